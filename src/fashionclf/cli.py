@@ -1,0 +1,159 @@
+"""The ``fashionclf`` command: parse, call one library function, print.
+
+Exit status: 0 success; 1 some inputs failed (predict); 2 usage or data error, with one
+line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import FashionclfError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files (.gz or raw)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the SHA-256 check of the data (for a deliberately modified copy)")
+
+
+def cmd_data(args) -> int:
+    from .data import describe
+
+    info = describe(args.data_dir, args.classes, args.verify, args.val_fraction, args.seed, args.grid)
+    print(f"data: {info['source']} (SHA-256 {info['verification']})")
+    width = max(len(c) for c in info["classes"])
+    print(f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
+    for i, name in enumerate(info["classes"]):
+        print(f"{name:<{width}}  " + " ".join(f"{info['counts'][s][i]:>6}" for s in ("train", "val", "test")))
+    print(f"{'total':<{width}}  " + " ".join(f"{sum(info['counts'][s]):>6}" for s in ("train", "val", "test")))
+    if "grid" in info:
+        print(f"sample grid: {info['grid']}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import count_parameters, create_model, get_model_entry, list_models
+
+    for name in list_models():
+        params = count_parameters(create_model(name, num_classes=args.num_classes))
+        print(f"{name:<16} {params:>10,} params  {get_model_entry(name).description}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, fit
+
+    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
+    metrics = fit(config, resume=args.resume)
+    print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device)
+    acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
+    print(f"{s['model']} on {s['split']}: accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
+    print(f"accuracy side by side: {acc}")
+    if s["overfitting"]["flag"]:
+        print(f"warning: {s['overfitting']['hint']}")
+    print(f"report: {s['files']['report_html']}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import format_rows, predict_paths
+
+    rows = predict_paths(args.checkpoint, args.inputs, args.top_k, args.batch_size)
+    text = format_rows(rows, args.format, args.top_k)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    failed = sum(bool(r.error) for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} inputs failed (see the error column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="fashionclf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fashionclf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="find and verify the data, show class counts, save a sample grid")
+    _data_args(p)
+    p.add_argument("--classes", help="class subset, e.g. 'tshirt,sneaker,bag' (default: all ten)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--grid", metavar="FILE.png", help="save a labelled grid of sample images")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model and write a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="a name from 'fashionclf models'")
+    p.add_argument("--classes", default=d.classes, help="class subset by name, alias or index (default: all)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: all cores)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--out", default=d.out, help="run directory")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    _data_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved model: metrics, plots, report.html")
+    p.add_argument("checkpoint", help="model.pt (or its run directory)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--out", help="output directory (default: RUN/eval-SPLIT)")
+    p.add_argument("--device", default="auto")
+    _data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files or directories; CSV or JSON out")
+    p.add_argument("checkpoint", help="model.pt (or its run directory)")
+    p.add_argument("inputs", nargs="+", help="image files or directories (28x28 grey)")
+    p.add_argument("--output", "-o", help="write here instead of stdout")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FashionclfError as exc:
+        print(f"fashionclf: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. an unknown model name from the registry
+        print(f"fashionclf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fashionclf: interrupted (a training run continues with --resume DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Fashion-MNIST: finding, fetching, verifying and parsing the IDX files; classes; splits.
+
+The four IDX files are looked for, in this order:
+
+1. ``data_dir`` (the ``--data-dir`` flag): when given, only this place is used;
+2. the environment variable ``FASHIONCLF_DATA``;
+3. the user cache directory (``~/.cache/fashionclf/fashion-mnist`` on Linux);
+4. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``);
+5. else they are downloaded from the dataset's official location into the cache.
+
+Each file may be raw or gzip-compressed. After decompression its SHA-256 is compared
+with the published one. A mismatch is an error (exit 2 from the CLI) unless
+verification is switched off (``verify=False`` / ``--no-verify``), for a deliberately
+modified copy of the data; the result ("verified", "skipped") is recorded in every
+run's metrics.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# Short names accepted wherever classes are named (compared after normalisation:
+# lower case, letters and digits only).
+ALIASES: dict[str, int] = {
+    "tshirt": 0,
+    "tee": 0,
+    "top": 0,
+    "trousers": 1,
+    "pants": 1,
+    "sweater": 2,
+    "jacket": 4,
+    "sandals": 5,
+    "sneakers": 7,
+    "shoe": 7,
+    "handbag": 8,
+    "boot": 9,
+    "boots": 9,
+}
+
+FILES: dict[str, str] = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+
+# SHA-256 of the *decompressed* files (Debian re-compresses the .gz files, so the
+# compressed bytes differ between sources while the data is the same).
+SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "FASHIONCLF_DATA"
+
+IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+
+FIX_HINT = (
+    "fix: install Debian's package (sudo apt-get install dataset-fashion-mnist) "
+    "or pass --data-dir DIR with the four IDX files (.gz or raw)"
+)
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("fashionclf")) / "fashion-mnist"
+
+
+# ---------------------------------------------------------------- finding files
+
+
+def _file_in(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _complete(directory: Path) -> bool:
+    return all(_file_in(directory, name) for name in FILES.values())
+
+
+def search_places(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The places searched, in order, each with a short label saying where it came from."""
+    if data_dir is not None:
+        return [("--data-dir", Path(data_dir))]
+    places = []
+    if os.environ.get(ENV_VAR):
+        places.append((ENV_VAR, Path(os.environ[ENV_VAR])))
+    places.append(("cache", cache_dir()))
+    places.append(("Debian package", DEBIAN_DIR))
+    return places
+
+
+def find_data(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the directory holding the four IDX files, downloading them if allowed."""
+    places = search_places(data_dir)
+    for _, place in places:
+        if _complete(place):
+            return place
+    searched = "; ".join(f"{where}: {place}" for where, place in places)
+    download_note = ""
+    if data_dir is None and download:
+        try:
+            return download_data(cache_dir())
+        except DataError as exc:
+            download_note = f"; download failed ({exc})"
+    raise DataError(
+        f"Fashion-MNIST not found (looked for {', '.join(FILES.values())} [.gz] in {searched})"
+        f"{download_note}; {FIX_HINT}"
+    )
+
+
+def download_data(
+    dest: Path,
+    base_url: str = DOWNLOAD_URL,
+    checksums: dict[str, str] = SHA256,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the four .gz files into ``dest``, verifying each before it is kept.
+
+    Each file goes to a temporary name first, so an interrupted download never leaves a
+    partial file where the search would find it.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES.values():
+        target = dest / f"{name}.gz"
+        if target.is_file():
+            continue
+        url = f"{base_url.rstrip('/')}/{name}.gz"
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
+            actual = sha256_of(Path(tmp))
+            if actual != checksums[name]:
+                raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksums[name]}")
+            os.replace(tmp, target)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return dest
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_bytes(path: Path) -> bytes:
+    """The decompressed bytes of a raw or gzip file; a broken gzip stream names the file."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt gzip data ({exc}); re-download or reinstall the file") from None
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(read_bytes(path)).hexdigest()
+
+
+def parse_idx(data: bytes, path: Path | str, expect_magic: int) -> np.ndarray:
+    """Parse one IDX file (magic number, big-endian dimensions, unsigned bytes)."""
+    kind = "images" if expect_magic == IMAGE_MAGIC else "labels"
+    if len(data) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expect_magic:
+        raise DataError(
+            f"{path}: bad magic number 0x{magic:08x}, expected 0x{expect_magic:08x} "
+            f"(an IDX {kind} file); is this the right file?"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DataError(
+            f"{path}: {what}: header says {'x'.join(map(str, shape))} = {expected} bytes, file has {len(data)}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable, owns its memory
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) int64, 0..k-1
+
+
+@dataclass
+class Dataset:
+    """The train and test splits, restricted to ``classes`` and relabelled 0..k-1."""
+
+    train: Split
+    test: Split
+    classes: list[str]
+    class_indices: list[int]
+    source: Path
+    verification: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> Split:
+    parts = {}
+    for name, magic in ((images_name, IMAGE_MAGIC), (labels_name, LABEL_MAGIC)):
+        path = _file_in(directory, name)
+        if path is None:
+            raise DataError(f"{directory / name}[.gz] is missing; {FIX_HINT}")
+        data = read_bytes(path)
+        if verify:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != SHA256[name]:
+                raise DataError(
+                    f"{path}: SHA-256 of the decompressed data is {actual}, expected {SHA256[name]}; "
+                    "the file is damaged or not Fashion-MNIST (re-install it, or pass --no-verify "
+                    "to use a deliberately modified copy)"
+                )
+        parts[magic] = parse_idx(data, path, magic)
+    images, labels = parts[IMAGE_MAGIC], parts[LABEL_MAGIC]
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{directory / images_name}: images are {images.shape[1:]}, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{directory}: {images_name} holds {len(images)} images but {labels_name} holds {len(labels)} labels"
+        )
+    if len(labels) and labels.max() >= len(CLASSES):
+        raise DataError(
+            f"{directory / labels_name}: label {int(labels.max())} out of range 0..{len(CLASSES) - 1}"
+        )
+    return Split(images, labels.astype(np.int64))
+
+
+def load_dataset(
+    data_dir: str | os.PathLike | None = None,
+    classes: str | list | None = None,
+    verify: bool = True,
+    download: bool = True,
+) -> Dataset:
+    """Find (or fetch), verify and parse Fashion-MNIST, keeping only ``classes``."""
+    source = find_data(data_dir, download=download)
+    train = _read_pair(source, FILES["train-images"], FILES["train-labels"], verify)
+    test = _read_pair(source, FILES["test-images"], FILES["test-labels"], verify)
+    indices = parse_classes(classes)
+    return Dataset(
+        train=select_classes(train, indices),
+        test=select_classes(test, indices),
+        classes=[CLASSES[i] for i in indices],
+        class_indices=indices,
+        source=source,
+        verification="verified" if verify else "skipped",
+        files={k: str(_file_in(source, v)) for k, v in FILES.items()},
+    )
+
+
+# ---------------------------------------------------------------- classes and splits
+
+
+def _normalise(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def parse_classes(spec: str | list | tuple | None) -> list[int]:
+    """Class indices from names, aliases or indices: ``"T-shirt/top,Sneaker,Bag"``,
+    ``"tshirt,sneaker,bag"``, ``"0,7,8"`` or a list of those. ``None`` means all ten."""
+    if spec is None or spec == "" or spec == "all":
+        return list(range(len(CLASSES)))
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    lookup = {_normalise(name): i for i, name in enumerate(CLASSES)} | ALIASES
+    indices = []
+    for item in items:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            index = int(item)
+            if not 0 <= index < len(CLASSES):
+                raise DataError(f"class index {index} out of range 0..{len(CLASSES) - 1}")
+        elif _normalise(str(item)) in lookup:
+            index = lookup[_normalise(str(item))]
+        else:
+            valid = ", ".join(f"{i}={name}" for i, name in enumerate(CLASSES))
+            raise DataError(f"unknown class {item!r}; valid classes: {valid} (or aliases: {', '.join(ALIASES)})")
+        if index in indices:
+            raise DataError(f"class {CLASSES[index]!r} is named twice in {spec!r}")
+        indices.append(index)
+    if len(indices) < 2:
+        raise DataError(f"a classifier needs at least 2 classes, got {len(indices)} from {spec!r}")
+    return indices
+
+
+def select_classes(split: Split, indices: list[int]) -> Split:
+    """Keep only the samples of ``indices`` and relabel them 0..k-1 in that order."""
+    if list(indices) == list(range(len(CLASSES))):
+        return split
+    relabel = np.full(len(CLASSES), -1, dtype=np.int64)
+    relabel[indices] = np.arange(len(indices))
+    keep = relabel[split.labels] >= 0
+    return Split(split.images[keep], relabel[split.labels[keep]])
+
+
+def train_val_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of indices into (train, val); the test set is never touched."""
+    from sklearn.model_selection import train_test_split
+
+    all_idx = np.arange(len(labels))
+    if val_fraction == 0:
+        return all_idx, all_idx[:0]
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    try:
+        train_idx, val_idx = train_test_split(
+            all_idx, test_size=val_fraction, random_state=seed, stratify=labels
+        )
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(labels)} samples with --val-fraction {val_fraction}: {exc}") from None
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+@dataclass
+class Splits:
+    """Tensors of one run: the seeded train/val carve-out of the training set, and the test set."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def make_splits(dataset: Dataset, val_fraction: float, seed: int) -> "Splits":
+    train_idx, val_idx = train_val_split(dataset.train.labels, val_fraction, seed)
+    x = torch.from_numpy(dataset.train.images)
+    y = torch.from_numpy(dataset.train.labels)
+    return Splits(
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx],
+        torch.from_numpy(dataset.test.images), torch.from_numpy(dataset.test.labels),
+    )
+
+
+def describe(data_dir: str | None = None, classes: str | None = None, verify: bool = True,
+             val_fraction: float = 0.1, seed: int = 0, grid: str | os.PathLike | None = None) -> dict:
+    """Where the data was found, its verification, per-class counts per split; optionally a
+    labelled grid of sample training images saved to ``grid``."""
+    dataset = load_dataset(data_dir, classes, verify=verify)
+    train_idx, val_idx = train_val_split(dataset.train.labels, val_fraction, seed)
+    k = len(dataset.classes)
+    info = {
+        "source": str(dataset.source),
+        "files": dataset.files,
+        "verification": dataset.verification,
+        "classes": dataset.classes,
+        "counts": {
+            "train": class_counts(dataset.train.labels[train_idx], k),
+            "val": class_counts(dataset.train.labels[val_idx], k),
+            "test": class_counts(dataset.test.labels, k),
+        },
+    }
+    if grid is not None:
+        from . import plots
+
+        plots.save(plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed), grid)
+        info["grid"] = str(grid)
+    return info

@@ -1,0 +1,208 @@
+"""Evaluation: numbers are computed here once; plots.py draws them and report.py shows them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transforms import preprocess
+
+# A large gap between train and val/test accuracy (measured in eval mode) is flagged.
+OVERFIT_GAP = 0.05
+EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: dict,
+                   device: str | torch.device = "cpu", batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits for uint8 ``(N, 28, 28)`` images, computed in eval mode, returned on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        out.append(model(preprocess(batch, preprocessing)).float().cpu())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
+
+
+@dataclass
+class EvalResult:
+    """Predictions on one split and the metrics derived from them."""
+
+    split: str
+    classes: list[str]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray  # (N, k) softmax probabilities
+    loss: float
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.y_true == self.y_pred).mean()) if len(self.y_true) else float("nan")
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+    def confusion_matrix(self, normalize: str | None = None) -> np.ndarray:
+        from sklearn.metrics import confusion_matrix
+
+        return confusion_matrix(self.y_true, self.y_pred, labels=range(len(self.classes)), normalize=normalize)
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        p, r, f, s = precision_recall_fscore_support(
+            self.y_true, self.y_pred, labels=range(len(self.classes)), zero_division=0
+        )
+        return {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(self.classes)
+        }
+
+    def mistakes(self, limit: int = 25) -> np.ndarray:
+        """Indices of the wrong predictions, most confident first."""
+        wrong = np.flatnonzero(self.y_true != self.y_pred)
+        return wrong[np.argsort(-self.confidence[wrong], kind="stable")][:limit]
+
+    def summary(self) -> dict:
+        return {
+            "split": self.split,
+            "samples": int(len(self.y_true)),
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "per_class": self.per_class(),
+            "confusion_matrix": self.confusion_matrix().tolist(),
+            "confusion_matrix_normalized": np.round(self.confusion_matrix("true"), 4).tolist(),
+        }
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+             preprocessing: dict, split: str = "test", device: str | torch.device = "cpu") -> EvalResult:
+    logits = predict_logits(model, images, preprocessing, device)
+    labels = torch.as_tensor(labels)
+    if len(labels):
+        loss = float(F.cross_entropy(logits, labels))
+    else:
+        loss = float("nan")
+    return EvalResult(
+        split=split,
+        classes=list(classes),
+        y_true=labels.numpy(),
+        y_pred=logits.argmax(1).numpy() if len(labels) else np.empty(0, dtype=np.int64),
+        probs=F.softmax(logits, 1).numpy() if len(labels) else np.empty((0, len(classes))),
+        loss=loss,
+    )
+
+
+def overfitting_check(accuracies: dict[str, float]) -> dict:
+    """Compare train accuracy (eval mode) with val and test; flag a large gap with a hint."""
+    train = accuracies.get("train")
+    held_out = {k: v for k, v in accuracies.items() if k != "train" and v == v}  # drop NaN
+    if train is None or not held_out:
+        return {"gap": None, "flag": False, "hint": ""}
+    worst = min(held_out, key=held_out.get)
+    gap = train - held_out[worst]
+    hint = ""
+    if gap > OVERFIT_GAP:
+        hint = (
+            f"train accuracy is {gap:.1%} above {worst} accuracy: the model overfits. Try fewer epochs "
+            "(the best-by-validation checkpoint already helps), augmentation or weight decay; if the gap "
+            "is huge, check that training and evaluation use the same preprocessing."
+        )
+    return {"gap": float(gap), "worst_split": worst, "flag": gap > OVERFIT_GAP, "hint": hint}
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
+                     accuracies: dict[str, float], info: dict, history: list[dict] | None = None) -> dict:
+    """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
+
+    ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
+    ``accuracies`` the train/val/test accuracies for the overfitting check; ``info`` the run's
+    settings shown in the report.
+    """
+    from . import plots, report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "confusion_matrix_png": out / "confusion_matrix.png",
+        "confusion_matrix_json": out / "confusion_matrix.json",
+        "mistakes_png": out / "mistakes.png",
+        "report_html": out / "report.html",
+    }
+    write_json(
+        {
+            "split": result.split,
+            "classes": result.classes,
+            "counts": result.confusion_matrix().tolist(),
+            "normalized": np.round(result.confusion_matrix("true"), 4).tolist(),
+        },
+        paths["confusion_matrix_json"],
+    )
+    plots.save(plots.plot_confusion_matrix(result), paths["confusion_matrix_png"])
+    plots.save(plots.plot_mistakes(result, images), paths["mistakes_png"])
+    if history:
+        paths["curves_png"] = out / "curves.png"
+        plots.save(plots.plot_curves(history), paths["curves_png"])
+    report.write_report(result, accuracies, overfitting_check(accuracies), info, paths, history)
+    return {k: str(v) for k, v in paths.items()}
+
+
+SPLITS = ("test", "val", "train")
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
+                        data_dir: str | None = None, verify: bool = True, device: str = "auto") -> dict:
+    """Evaluate a saved model on ``split`` (with train/val/test accuracy side by side) and
+    write the evaluation artefacts to ``out`` (default: ``<checkpoint dir>/eval-<split>``).
+
+    The validation split is rebuilt from the checkpoint's own seed and fraction, so it is
+    the very split the model was selected on."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import load_dataset, make_splits
+    from .errors import UsageError
+    from .train import resolve_device
+
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    ckpt = load_checkpoint(checkpoint)
+    config = ckpt["config"]
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    dataset = load_dataset(data_dir or config.get("data_dir"), ckpt["class_indices"], verify=verify)
+    data = make_splits(dataset, config.get("val_fraction", 0.1), config.get("seed", 0))
+    tensors = {"train": (data.train_x, data.train_y), "val": (data.val_x, data.val_y),
+               "test": (data.test_x, data.test_y)}
+    results = {
+        name: evaluate(model, x, y, ckpt["classes"], ckpt["preprocessing"], name, dev)
+        for name, (x, y) in tensors.items()
+    }
+    accuracies = {name: r.accuracy for name, r in results.items()}
+    result = results[split]
+    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    out = Path(out) if out else run_dir / f"eval-{split}"
+    info = {"checkpoint": str(checkpoint), "model": ckpt["model"]["name"], "classes": ", ".join(ckpt["classes"]),
+            **{k: v for k, v in config.items() if k not in ("model", "classes", "out")},
+            "data": f"{dataset.source} ({dataset.verification})"}
+    images = tensors[split][0].numpy()
+    paths = write_evaluation(result, images, out, accuracies, info)
+    summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
+                   accuracies=accuracies, overfitting=overfitting_check(accuracies), files=paths)
+    write_json(summary, out / "metrics.json")
+    summary["files"]["metrics_json"] = str(out / "metrics.json")
+    return summary

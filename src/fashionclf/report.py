@@ -1,0 +1,67 @@
+"""A self-contained ``report.html``: a run at a glance, images embedded as base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.flag{background:#fff3cd;border:1px solid #e0b000;padding:0.6em}.ok{background:#e8f5e9;padding:0.6em}
+img{max-width:100%}section{margin-bottom:2em}
+"""
+
+
+def _img(path) -> str:
+    if path is None or not Path(path).is_file():
+        return "<p>(not available)</p>"
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if v != v else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None) -> None:
+    acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
+    if overfit.get("flag"):
+        check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'
+    elif overfit.get("gap") is not None:
+        check = f'<p class="ok">Train accuracy is {overfit["gap"]:.1%} above the worst held-out split: no sign of strong overfitting.</p>'
+    else:
+        check = ""
+    per_class = _table(
+        ["class", "precision", "recall", "F1", "support"],
+        [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in result.per_class().items()],
+    )
+    settings = _table(["setting", "value"], [[k, v] for k, v in info.items()])
+    curves = ""
+    if history:
+        curves = f"<section><h2>Training curves</h2>{_img(paths.get('curves_png'))}</section>"
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fashionclf report: {html.escape(str(info.get('model', '')))}</title>
+<style>{STYLE}</style></head><body>
+<h1>fashionclf report: {html.escape(str(info.get('model', '')))}</h1>
+<section><h2>Accuracy: train vs val vs test</h2>{acc_table}{check}
+<p>{html.escape(result.split)} loss {_fmt(result.loss)}, {len(result.y_true)} images.
+Train accuracy is measured in eval mode on the training split.</p></section>
+{curves}
+<section><h2>Confusion matrix ({html.escape(result.split)})</h2>{_img(paths.get('confusion_matrix_png'))}</section>
+<section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
+<section><h2>Most confident mistakes</h2>{_img(paths.get('mistakes_png'))}</section>
+<section><h2>Settings</h2>{settings}</section>
+</body></html>
+"""
+    Path(paths["report_html"]).write_text(doc, encoding="utf-8")
