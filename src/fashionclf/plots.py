@@ -90,7 +90,7 @@ def plot_mistakes(result, images: np.ndarray, limit: int = 24, cols: int = 8):
     """The most confident wrong predictions: image, true class, predicted class, confidence."""
     picks = result.mistakes(limit)
     rows = max(1, -(-len(picks) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 2.3), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picks):

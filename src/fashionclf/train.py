@@ -258,7 +258,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
                  "train_counts": class_counts(data.train_y.numpy(), num_classes),
                  "val_counts": class_counts(data.val_y.numpy(), num_classes),
                  "test_counts": class_counts(data.test_y.numpy(), num_classes)},
-        "versions": {"fashionclf": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"fashionclf": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     }
     save_atomic(dict(best_ckpt, metrics=metrics), out / "model.pt")
     write_json(metrics, out / "metrics.json")

@@ -1,0 +1,94 @@
+"""The command line, run as a real subprocess: exit codes, one-line errors, outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_dataset, synthetic_images
+
+
+def run(*args, env=None, cwd=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fashionclf", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_data_dir_exits_2_with_one_line():
+    assert_one_line_error(run("data", "--data-dir", "/nonexistent"), "/nonexistent", "dataset-fashion-mnist")
+
+
+def test_corrupt_idx_exits_2_naming_the_file(tmp_path):
+    d = make_dataset(tmp_path / "d", compress=False)
+    path = d / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:50])
+    assert_one_line_error(run("data", "--data-dir", d, "--no-verify"), str(path), "truncated")
+    assert_one_line_error(run("train", "--data-dir", d, "--no-verify", "--out", tmp_path / "r"), str(path))
+
+
+def test_data_prints_counts_and_saves_grid(tmp_path):
+    d = make_dataset(tmp_path / "d")
+    r = run("data", "--data-dir", d, "--no-verify", "--grid", tmp_path / "grid.png")
+    assert r.returncode == 0, r.stderr
+    assert "SHA-256 skipped" in r.stdout and "Ankle boot" in r.stdout
+    assert "total" in r.stdout and " 360 " in r.stdout  # 400 train - 10% val
+    with Image.open(tmp_path / "grid.png") as img:
+        assert img.size[0] > 300
+
+
+def test_models_lists_registry():
+    r = run("models")
+    assert r.returncode == 0
+    assert "one-block-cnn" in r.stdout and "693,962" in r.stdout and "121,930" in r.stdout
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run("train", "--epochs", "x").returncode == 2
+    assert_one_line_error(run("train", "--model", "nope", "--out", tmp_path / "r"), "valid models")
+    assert_one_line_error(run("train", "--classes", "hat,bag", "--out", tmp_path / "r"), "unknown class")
+    assert_one_line_error(run("evaluate", tmp_path / "missing.pt"), "not found")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert_one_line_error(run("predict", tmp_path / "junk.pt", tmp_path), "not a readable checkpoint")
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path):
+    d = make_dataset(tmp_path / "d", n_train=500, n_test=100)
+    out = tmp_path / "run"
+    r = run("train", "--data-dir", d, "--no-verify", "--epochs", "2", "--threads", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "test_accuracy" in r.stdout and "epoch   2/2" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    r = run("evaluate", out / "model.pt", "--split", "val", "--data-dir", d, "--no-verify")
+    assert r.returncode == 0, r.stderr
+    assert (out / "eval-val" / "report.html").is_file()
+    assert f"val {metrics['val_accuracy']:.4f}" in r.stdout
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, img in enumerate(synthetic_images(np.array([1, 9]), seed=3)):
+        Image.fromarray(img).convert("RGB").save(images / f"{i}.png")
+    r = run("predict", out / "model.pt", images, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["label"] for row in rows] == ["Trouser", "Ankle boot"]
+
+    (images / "bad.png").write_text("oops")
+    r = run("predict", out / "model.pt", images, "--top-k", "3", "--output", tmp_path / "p.csv")
+    assert r.returncode == 1
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0].startswith("path,label,confidence,error,label_2")
+    assert len(lines) == 4 and "not an image" in [l for l in lines if "bad.png" in l][0]
+    assert_one_line_error(run("predict", out / "model.pt", images, "--top-k", "11"), "--top-k")

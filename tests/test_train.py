@@ -1,0 +1,113 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
+from fashionclf.evaluate import evaluate_checkpoint
+from fashionclf.predict import format_rows, predict_paths
+from fashionclf.train import TrainConfig, fit
+
+RUN_FILES = ["model.pt", "last.pt", "config.json", "history.csv", "metrics.json", "curves.png",
+             "confusion_matrix.png", "confusion_matrix.json", "mistakes.png", "report.html"]
+
+
+def _config(data_dir, out, **kw):
+    base = dict(data_dir=str(data_dir), verify=False, out=str(out), epochs=2, batch_size=32, threads=1, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("run")
+    data_dir = make_dataset(root / "idx", n_train=600, n_test=200)
+    out = root / "run"
+    metrics = fit(_config(data_dir, out, epochs=3), log=lambda *_: None)
+    return data_dir, out, metrics
+
+
+def test_run_directory_is_complete(trained_run):
+    _, out, metrics = trained_run
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("model", "classes", "train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
+                "per_class", "confusion_matrix", "train_seconds"):
+        assert key in saved, key
+    assert saved["test_accuracy"] == metrics["test_accuracy"]
+    # The synthetic classes are easy: a model that learned nothing would sit near 0.1.
+    assert saved["test_accuracy"] > 0.8
+    assert sum(map(sum, saved["confusion_matrix"])) == 200
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert saved["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows))
+
+
+def test_checkpoint_is_self_describing_and_safe_to_load(trained_run):
+    _, out, metrics = trained_run
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert raw["model"]["name"] == "one-block-cnn"
+    assert raw["classes"][0] == "T-shirt/top" and raw["preprocessing"]["image_size"] == 28
+    assert raw["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    assert raw["epoch"] == metrics["best_epoch"]
+    model = model_from_checkpoint(raw)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_seed_makes_runs_identical_and_resume_matches_uninterrupted(tiny_data, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    full = fit(_config(tiny_data, tmp_path / "full", epochs=3, seed=5), **quiet)
+    again = fit(_config(tiny_data, tmp_path / "again", epochs=3, seed=5), **quiet)
+    fit(_config(tiny_data, tmp_path / "part", epochs=2, seed=5), **quiet)
+    resumed = fit(_config(tiny_data, tmp_path / "ignored", epochs=3), resume=tmp_path / "part", **quiet)
+    history = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
+    assert history(tmp_path / "full") == history(tmp_path / "again") == history(tmp_path / "part")
+    assert len(history(tmp_path / "part")) == 3
+    assert full["test_accuracy"] == again["test_accuracy"] == resumed["test_accuracy"]
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+
+
+def test_class_subset_training(tiny_data, tmp_path):
+    metrics = fit(_config(tiny_data, tmp_path / "sub", classes="tshirt,sneaker,bag", epochs=2), log=lambda *_: None)
+    assert metrics["classes"] == ["T-shirt/top", "Sneaker", "Bag"]
+    assert len(metrics["confusion_matrix"]) == 3
+    assert load_checkpoint(tmp_path / "sub")["class_indices"] == [0, 7, 8]
+
+
+def test_evaluate_checkpoint_writes_report(trained_run, tmp_path):
+    data_dir, out, metrics = trained_run
+    summary = evaluate_checkpoint(out / "model.pt", "test", tmp_path / "ev", str(data_dir), verify=False, device="cpu")
+    assert summary["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert set(summary["accuracies"]) == {"train", "val", "test"}
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "Per-class metrics" in html
+    cm = json.loads((tmp_path / "ev" / "confusion_matrix.json").read_text())
+    assert len(cm["counts"]) == 10 and abs(sum(cm["normalized"][0]) - 1) < 1e-3
+
+
+def test_predict_rows_and_bad_input(trained_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import synthetic_images
+
+    _, out, _ = trained_run
+    labels = np.array([0, 7, 8])
+    images = synthetic_images(labels, seed=9)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"img{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    rows = predict_paths(out / "model.pt", [str(tmp_path)], top_k=2)
+    by_name = {r.path.rsplit("/", 1)[1]: r for r in rows}
+    assert "not an image" in by_name["broken.png"].error
+    assert "64x64" in by_name["big.png"].error
+    assert [by_name[f"img{i}.png"].label for i in range(3)] == ["T-shirt/top", "Sneaker", "Bag"]
+    text = format_rows(rows, "csv", top_k=2)
+    assert text.splitlines()[0] == "path,label,confidence,error,label_2,confidence_2"
+    assert len(text.splitlines()) == 6
