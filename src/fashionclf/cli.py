@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule)
+    p.add_argument("--augment", default=d.augment, help="training-batch augmentation: none, or e.g. flip,shift")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: all cores)")

@@ -32,7 +32,7 @@ from .data import class_counts, load_dataset, make_splits
 from .errors import UsageError
 from .evaluate import evaluate, overfitting_check, write_evaluation, write_json
 from .models import count_parameters, create_model, get_model_entry
-from .transforms import GREY_28, preprocess
+from .transforms import GREY_28, augment, parse_augment, preprocess
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd (SGD uses momentum 0.9, Nesterov)
     weight_decay: float = 0.0  # the references use none
     lr_schedule: str = "constant"  # constant (as the references) | cosine (decays to 0 over the run)
+    augment: str = "none"  # training batches only: none, or a list of flip, shift
     seed: int = 0  # fixes split, initial weights and batch order (see module docstring)
     val_fraction: float = 0.1  # as reference 2; carved from train, stratified; test is never used to select
     data_dir: str | None = None  # None: search the usual places (see fashionclf.data)
@@ -94,13 +95,15 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    parse_augment(config.augment)
     if not config.lr > 0:
         raise UsageError(f"--lr must be positive, got {config.lr}")
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, batch_size: int, generator: torch.Generator,
-                    preprocessing: dict, device: torch.device, desc: str = "train") -> tuple[float, float]:
+                    preprocessing: dict, device: torch.device, augmentations: list[str] = (),
+                    desc: str = "train") -> tuple[float, float]:
     """One pass over ``images`` (uint8, kept whole in memory) in a seeded random order.
 
     Batches are sliced from the in-memory tensor rather than drawn through a DataLoader:
@@ -115,7 +118,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     bar = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None)
     for step, start in enumerate(bar):
         idx = order[start : start + batch_size]
-        x = preprocess(images[idx].to(device, non_blocking=True), preprocessing)
+        batch = images[idx].to(device, non_blocking=True)
+        if augmentations:
+            batch = augment(batch, augmentations, generator)
+        x = preprocess(batch, preprocessing)
         y = labels[idx].to(device, non_blocking=True)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -200,7 +206,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         t0 = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
             model, optimizer, images_dev["train_x"], images_dev["train_y"], config.batch_size, generator,
-            preprocessing, device, desc=f"epoch {epoch}/{config.epochs}",
+            preprocessing, device, parse_augment(config.augment), desc=f"epoch {epoch}/{config.epochs}",
         )
         val = evaluate(model, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
         seconds = time.perf_counter() - t0

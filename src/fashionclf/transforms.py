@@ -29,3 +29,39 @@ def preprocess(images: torch.Tensor, preprocessing: dict = GREY_28) -> torch.Ten
     if mean.abs().sum() or (std != 1).any():
         x = (x - mean) / std
     return x
+
+
+AUGMENTATIONS = ("flip", "shift")
+
+
+def parse_augment(spec: str | None) -> list[str]:
+    """``"flip,shift"`` -> ``["flip", "shift"]``; ``"none"``/empty -> ``[]``."""
+    from .errors import UsageError
+
+    if not spec or spec == "none":
+        return []
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad:
+        raise UsageError(f"unknown augmentation {bad[0]!r}; valid: none, or a list of {', '.join(AUGMENTATIONS)}")
+    return names
+
+
+def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random training-time changes to a uint8 ``(N, H, W)`` batch, drawn from ``generator``
+    so that a seeded run is repeatable. ``flip``: mirror left-right with probability 1/2
+    (garments are left-right symmetric in meaning). ``shift``: move each image by up to
+    ``max_shift`` pixels in each direction, filling with black (the dataset's background)."""
+    n, h, w = images.shape
+    if "flip" in policy:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(mask.view(-1, 1, 1), images.flip(-1), images)
+    if "shift" in policy:
+        s = max_shift
+        padded = F.pad(images, (s, s, s, s))
+        offsets = torch.randint(0, 2 * s + 1, (2, n), generator=generator).to(images.device)
+        rows = offsets[0].view(-1, 1) + torch.arange(h, device=images.device)
+        cols = offsets[1].view(-1, 1) + torch.arange(w, device=images.device)
+        batch = torch.arange(n, device=images.device).view(-1, 1, 1)
+        images = padded[batch, rows.view(n, h, 1), cols.view(n, 1, w)]
+    return images

@@ -1,0 +1,38 @@
+# Set-up is part of every target: a fresh machine needs only `make run` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+RUN_DIR ?= runs/default
+PY := $(VENV)/bin/python
+FASHIONCLF := $(VENV)/bin/fashionclf
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup data bench-seeds clean
+
+setup: $(STAMP)
+
+# Reinstall when the project's dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $@
+
+# Find or fetch the data; on Debian/Ubuntu, install dataset-fashion-mnist if allowed.
+data: $(STAMP)
+	@bash scripts/ensure-data.sh $(FASHIONCLF)
+
+# Train and evaluate the default model (one-block-cnn, reference settings).
+run: data
+	$(FASHIONCLF) train --out $(RUN_DIR)
+
+# The test suite. Without the real data its integration tests are skipped (they fail under CI=true).
+test: $(STAMP)
+	@bash scripts/ensure-data.sh $(FASHIONCLF) >/dev/null || echo "warning: no Fashion-MNIST; integration tests will be skipped"
+	$(PY) -m pytest -q
+
+# Median of 3 seeds for both reference CNNs (about 20 minutes on 2 cores).
+bench-seeds: data
+	$(PY) benchmarks/seeds.py --out runs/seeds/one-block-cnn -- --model one-block-cnn --epochs 10 --batch-size 32
+	$(PY) benchmarks/seeds.py --out runs/seeds/two-block-cnn -- --model two-block-cnn --epochs 10 --batch-size 32
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
