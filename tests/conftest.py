@@ -57,8 +57,9 @@ def tiny_data(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """No test reads or writes the user's real cache, or picks up FASHIONCLF_DATA by accident."""
+    """No test reads or writes the user's real caches, or picks up FASHIONCLF_DATA by accident."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("FASHIONCLF_DATA", raising=False)
 
 

@@ -9,9 +9,9 @@ from fashionclf.models import count_parameters, create_model, get_model_entry, l
 def test_model_contract(name, num_classes):
     """Every registered model: output shape, a backward pass reaching every parameter, no NaN."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes)
-    size = get_model_entry(name).input_size
-    x = torch.rand(4, 1, size, size)
+    prep = get_model_entry(name).preprocessing
+    model = create_model(name, num_classes=num_classes, in_chans=prep["channels"])
+    x = torch.rand(4, prep["channels"], prep["image_size"], prep["image_size"])
     logits = model(x)
     assert logits.shape == (4, num_classes)
     assert torch.isfinite(logits).all()

@@ -61,8 +61,15 @@ def test_seed_makes_runs_identical_and_resume_matches_uninterrupted(tiny_data, t
     quiet = dict(log=lambda *_: None)
     full = fit(_config(tiny_data, tmp_path / "full", epochs=3, seed=5), **quiet)
     again = fit(_config(tiny_data, tmp_path / "again", epochs=3, seed=5), **quiet)
-    fit(_config(tiny_data, tmp_path / "part", epochs=2, seed=5), **quiet)
-    resumed = fit(_config(tiny_data, tmp_path / "ignored", epochs=3), resume=tmp_path / "part", **quiet)
+
+    def interrupt_after_epoch_2(line):
+        if line.startswith("epoch   2/3"):
+            raise KeyboardInterrupt  # as Ctrl-C would, once epoch 2's checkpoints are written
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(tiny_data, tmp_path / "part", epochs=3, seed=5), log=interrupt_after_epoch_2)
+    assert len(list(csv.DictReader(open(tmp_path / "part" / "history.csv")))) == 2
+    resumed = fit(TrainConfig(), resume=tmp_path / "part", **quiet)
     history = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
     assert history(tmp_path / "full") == history(tmp_path / "again") == history(tmp_path / "part")
     assert len(history(tmp_path / "part")) == 3

@@ -38,8 +38,11 @@ def cmd_models(args) -> int:
     from .models import count_parameters, create_model, get_model_entry, list_models
 
     for name in list_models():
-        params = count_parameters(create_model(name, num_classes=args.num_classes))
-        print(f"{name:<16} {params:>10,} params  {get_model_entry(name).description}")
+        entry = get_model_entry(name)
+        params = count_parameters(create_model(name, num_classes=args.num_classes,
+                                               in_chans=entry.preprocessing["channels"]))
+        size = f"{entry.input_size}x{entry.input_size}x{entry.preprocessing['channels']}"
+        print(f"{name:<16} {params:>10,} params  {size:>9} input  {entry.description}")
     return 0
 
 
@@ -83,7 +86,8 @@ def cmd_predict(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .train import OPTIMIZERS, SCHEDULES, TrainConfig
+    from .train import BN_POLICIES, DEFAULTS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from .transforms import AUGMENTATIONS
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="fashionclf", description=__doc__.splitlines()[0])
@@ -103,21 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model and write a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=d.model, help="a name from 'fashionclf models'")
-    p.add_argument("--classes", default=d.classes, help="class subset by name, alias or index (default: all)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule)
-    p.add_argument("--augment", default=d.augment, help="training-batch augmentation: none, or e.g. flip,shift")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: all cores)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--out", default=d.out, help="run directory")
+                       description="Train a model and write a run directory. Settings left out take the "
+                                   "model's defaults (fashionclf.train.DEFAULTS and the model's entry); "
+                                   "DIR/config.json records every value used.")
+    p.add_argument("--model", default=d.model, help=f"a name from 'fashionclf models' (default: {d.model})")
+    p.add_argument("--classes", help="class subset by name, alias or index, e.g. tshirt,sneaker,bag (default: all)")
+    p.add_argument("--weights", help="pretrained start: imagenet, none, or PATH of a state-dict file "
+                                     "(default: imagenet for models that have it, else none)")
+    p.add_argument("--image-size", type=int, help="input side after resizing the 28x28 images (default: model's)")
+    p.add_argument("--epochs", "--finetune-epochs", type=int, dest="epochs",
+                   help=f"epochs of the main (fine-tuning) phase (default: {DEFAULTS['epochs']})")
+    p.add_argument("--batch-size", type=int, help=f"default: {DEFAULTS['batch_size']}")
+    p.add_argument("--lr", "--finetune-lr", type=float, dest="lr",
+                   help=f"peak learning rate of the main (fine-tuning) phase (default: {DEFAULTS['lr']})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {DEFAULTS['optimizer']}")
+    p.add_argument("--weight-decay", type=float, help=f"default: {DEFAULTS['weight_decay']}")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, help=f"per phase (default: {DEFAULTS['lr_schedule']})")
+    p.add_argument("--augment", help=f"training batches only: none, or a list of {', '.join(AUGMENTATIONS)} "
+                                     f"(default: {DEFAULTS['augment']})")
+    p.add_argument("--head-epochs", type=int,
+                   help="phase 1: epochs training only the new head on the frozen base (0: no phase 1)")
+    p.add_argument("--head-lr", type=float, help=f"learning rate of phase 1 (default: {DEFAULTS['head_lr']})")
+    p.add_argument("--unfreeze", help="main phase trains 'all' of the base or its last N blocks (default: all)")
+    p.add_argument("--bn-policy", choices=BN_POLICIES,
+                   help="main phase: 'frozen' keeps BatchNorm in inference mode (running statistics "
+                        "untouched), 'train' updates it (default: frozen for pretrained weights, else train)")
+    p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
+                   help="phase 1 without augmentation: run the frozen base every epoch instead of once")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes split, initial weights, batch order (default: 0)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="default: 0.1")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--out", default=d.out, help=f"run directory (default: {d.out})")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
     _data_args(p)
     p.set_defaults(func=cmd_train)

@@ -16,6 +16,8 @@ from .transforms import preprocess
 
 # A large gap between train and val/test accuracy (measured in eval mode) is flagged.
 OVERFIT_GAP = 0.05
+# A gap this large (the MobileNetV2 reference: 96% train, 36% val) means a broken pipeline.
+BROKEN_GAP = 0.2
 EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
 
 
@@ -87,22 +89,22 @@ class EvalResult:
         }
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-             preprocessing: dict, split: str = "test", device: str | torch.device = "cpu") -> EvalResult:
-    logits = predict_logits(model, images, preprocessing, device)
+def result_from_logits(logits: torch.Tensor, labels, classes: list[str], split: str) -> EvalResult:
     labels = torch.as_tensor(labels)
-    if len(labels):
-        loss = float(F.cross_entropy(logits, labels))
-    else:
-        loss = float("nan")
+    empty = len(labels) == 0
     return EvalResult(
         split=split,
         classes=list(classes),
         y_true=labels.numpy(),
-        y_pred=logits.argmax(1).numpy() if len(labels) else np.empty(0, dtype=np.int64),
-        probs=F.softmax(logits, 1).numpy() if len(labels) else np.empty((0, len(classes))),
-        loss=loss,
+        y_pred=np.empty(0, dtype=np.int64) if empty else logits.argmax(1).numpy(),
+        probs=np.empty((0, len(classes))) if empty else F.softmax(logits, 1).numpy(),
+        loss=float("nan") if empty else float(F.cross_entropy(logits, labels)),
     )
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+             preprocessing: dict, split: str = "test", device: str | torch.device = "cpu") -> EvalResult:
+    return result_from_logits(predict_logits(model, images, preprocessing, device), labels, classes, split)
 
 
 def overfitting_check(accuracies: dict[str, float]) -> dict:
@@ -114,11 +116,18 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
     worst = min(held_out, key=held_out.get)
     gap = train - held_out[worst]
     hint = ""
-    if gap > OVERFIT_GAP:
+    if gap > BROKEN_GAP:
+        hint = (
+            f"train accuracy is {gap:.1%} above {worst} accuracy, far more than overfitting explains: "
+            "training and evaluation probably see different inputs or a different network. Usual causes: "
+            "BatchNorm statistics re-estimated in training mode while fine-tuning a pretrained base "
+            "(keep --bn-policy frozen), or preprocessing (channels, size, normalisation) that differs "
+            "between training and evaluation."
+        )
+    elif gap > OVERFIT_GAP:
         hint = (
             f"train accuracy is {gap:.1%} above {worst} accuracy: the model overfits. Try fewer epochs "
-            "(the best-by-validation checkpoint already helps), augmentation or weight decay; if the gap "
-            "is huge, check that training and evaluation use the same preprocessing."
+            "(the best-by-validation checkpoint already helps), --augment, or --weight-decay."
         )
     return {"gap": float(gap), "worst_split": worst, "flag": gap > OVERFIT_GAP, "hint": hint}
 

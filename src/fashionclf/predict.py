@@ -53,7 +53,7 @@ def load_image(path: Path) -> np.ndarray:
                     f"image is {img.size[0]}x{img.size[1]}, expected {SOURCE_SIZE}x{SOURCE_SIZE} "
                     "grey like Fashion-MNIST; resize it first"
                 )
-            return np.asarray(img.convert("L"), dtype=np.uint8)
+            return np.array(img.convert("L"), dtype=np.uint8)
     except UnidentifiedImageError:
         raise ValueError("not an image file Pillow can read") from None
     except FileNotFoundError:

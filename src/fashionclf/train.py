@@ -19,6 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,24 +31,33 @@ from . import __version__
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .data import class_counts, load_dataset, make_splits
 from .errors import UsageError
-from .evaluate import evaluate, overfitting_check, write_evaluation, write_json
-from .models import count_parameters, create_model, get_model_entry
+from .evaluate import EVAL_BATCH, evaluate, overfitting_check, result_from_logits, write_evaluation, write_json
+from .models import count_parameters, create_model, get_model_entry, list_models
 from .transforms import GREY_28, augment, parse_augment, preprocess
 
 
 @dataclass
 class TrainConfig:
-    """Every training setting, with its default and why."""
+    """Every training setting. ``None`` means "the default for this model": ``resolve_config``
+    fills it from the model's registry entry, then from ``DEFAULTS``; the run's config.json
+    records the resolved values."""
 
-    model: str = "one-block-cnn"  # the retail-tagging reference: 694k parameters, ~1 min/epoch budget on 2 cores
+    model: str = "one-block-cnn"  # the retail-tagging reference; `fashionclf models` lists all
     classes: str | None = None  # None: all ten classes; else names/aliases/indices, e.g. "tshirt,sneaker,bag"
-    epochs: int = 10  # the reference programs' budget; the best epoch by val accuracy is kept
-    batch_size: int = 32  # Keras' default, used by both reference programs
-    lr: float = 1e-3  # Adam's usual default, as in the references
-    optimizer: str = "adam"  # adam | adamw | sgd (SGD uses momentum 0.9, Nesterov)
-    weight_decay: float = 0.0  # the references use none
-    lr_schedule: str = "cosine"  # decays to 0 over the run: +0.8 pt test accuracy over constant (README); constant = the references
-    augment: str = "none"  # training batches only: none, or a list of flip, shift
+    weights: str | None = None  # imagenet | none | PATH of a state-dict file (models that have weights)
+    image_size: int | None = None  # input side after resizing the 28x28 source (models that accept sizes)
+    epochs: int | None = None  # epochs of the main phase (the fine-tuning phase after a head phase)
+    batch_size: int | None = None
+    lr: float | None = None  # peak learning rate of the main phase
+    optimizer: str | None = None  # adam | adamw | sgd (SGD uses momentum 0.9, Nesterov)
+    weight_decay: float | None = None
+    lr_schedule: str | None = None  # constant | cosine (decays to 0 over each phase)
+    augment: str | None = None  # training batches only: none, or a list of flip, shift, rotate
+    head_epochs: int | None = None  # phase 1: train only the new head on the frozen base (0: no phase 1)
+    head_lr: float | None = None  # learning rate of phase 1
+    unfreeze: str | None = None  # main phase trains "all" of the base, or only its last N blocks
+    bn_policy: str | None = None  # main phase: "frozen" keeps BatchNorm in inference mode, "train" updates it
+    cache_features: bool = True  # phase 1 without augmentation: compute the frozen base's features once
     seed: int = 0  # fixes split, initial weights and batch order (see module docstring)
     val_fraction: float = 0.1  # as reference 2; carved from train, stratified; test is never used to select
     data_dir: str | None = None  # None: search the usual places (see fashionclf.data)
@@ -57,8 +67,34 @@ class TrainConfig:
     out: str = "runs/default"  # run directory
 
 
+# Defaults for every model, unless its registry entry says otherwise; any flag overrides both.
+DEFAULTS = {
+    "weights": "none",  # a model with pretrained weights defaults to its first named weights instead
+    "epochs": 10,  # the reference programs' budget; the best epoch by val accuracy is kept
+    "batch_size": 32,  # Keras' default, used by both reference programs
+    "lr": 1e-3,  # Adam's usual default, as in the references
+    "optimizer": "adam",  # as the references
+    "weight_decay": 0.0,  # the references use none
+    "lr_schedule": "cosine",  # +0.8 pt median test accuracy over constant for one-block-cnn (README)
+    "augment": "none",  # flips narrow the train/test gap of the CNNs but do not raise test accuracy (README)
+    "head_epochs": 0,  # one phase: every parameter trains from the first epoch
+    "head_lr": 1e-3,
+    "unfreeze": "all",
+    "bn_policy": "train",  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
+}
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+BN_POLICIES = ("frozen", "train")
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fill every ``None`` setting: the flag if given, else the model's default, else ``DEFAULTS``."""
+    entry = get_model_entry(config.model)  # raises on an unknown name, listing valid ones
+    weights = config.weights or (entry.weights[0] if entry.weights else DEFAULTS["weights"])
+    defaults = {**DEFAULTS, "image_size": entry.input_size, **entry.train_defaults(weights), "weights": weights}
+    given = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
+    return TrainConfig(**{**defaults, **given})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,32 +115,108 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     raise UsageError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
+def phase_of(config: TrainConfig, epoch: int) -> tuple[str, int, int]:
+    """(phase name, epoch within the phase, epochs in the phase) for 1-based run ``epoch``.
+    Phases: "head" (phase 1, frozen base), then "finetune"; "train" when there is no phase 1."""
+    if epoch <= config.head_epochs:
+        return "head", epoch, config.head_epochs
+    return ("finetune" if config.head_epochs else "train"), epoch - config.head_epochs, config.epochs
+
+
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Learning rate for 1-based ``epoch``."""
+    """Learning rate for 1-based run ``epoch``; the schedule restarts with each phase."""
+    phase, i, n = phase_of(config, epoch)
+    peak = config.head_lr if phase == "head" else config.lr
     if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
-    return config.lr
+        return peak * 0.5 * (1 + math.cos(math.pi * (i - 1) / n))
+    return peak
 
 
 def validate_config(config: TrainConfig) -> None:
-    get_model_entry(config.model)  # raises on an unknown name, listing valid ones
+    """Check a resolved config; every problem is a UsageError that names the flag and the fix."""
+    entry = get_model_entry(config.model)
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.lr_schedule not in SCHEDULES:
         raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if config.bn_policy not in BN_POLICIES:
+        raise UsageError(f"unknown --bn-policy {config.bn_policy!r}; valid: {', '.join(BN_POLICIES)}")
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.head_epochs < 0:
+        raise UsageError(f"--head-epochs must be 0 or more, got {config.head_epochs}")
     parse_augment(config.augment)
-    if not config.lr > 0:
-        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if not (config.lr > 0 and config.head_lr > 0):
+        raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")
+    if config.unfreeze != "all" and not (str(config.unfreeze).isdigit() and int(config.unfreeze) > 0):
+        raise UsageError(f"--unfreeze takes 'all' or a number of blocks (1 or more), got {config.unfreeze!r}")
+    if config.weights != "none" and not entry.weights:
+        with_weights = [m for m in list_models() if get_model_entry(m).weights]
+        raise UsageError(f"model {config.model} has no pretrained weights; --weights applies to: "
+                         f"{', '.join(with_weights)}")
+    size = config.image_size
+    if entry.min_image_size is None and size != entry.input_size:
+        raise UsageError(f"model {config.model} takes {entry.input_size}x{entry.input_size} input only, "
+                         f"got --image-size {size}")
+    if entry.min_image_size is not None and size < entry.min_image_size:
+        raise UsageError(f"--image-size {size} is too small for {config.model}: at least {entry.min_image_size}")
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[nn.Module]:
+    """Set which parameters train in ``phase``; return the modules that stay in inference mode
+    while training (their BatchNorm running statistics are left untouched)."""
+    if phase == "head" or (config.unfreeze != "all" and hasattr(model, "blocks")):
+        if not hasattr(model, "head"):
+            raise UsageError(f"model {config.model} has no separate head; --head-epochs and --unfreeze N "
+                             "apply to transfer models such as mobilenet_v2")
+        model.requires_grad_(False)
+        model.head.requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    if phase == "head":
+        return [model.base]
+    frozen = []
+    if config.unfreeze != "all" and hasattr(model, "blocks"):
+        blocks = model.blocks
+        n = min(int(config.unfreeze), len(blocks))
+        for block in blocks[len(blocks) - n:]:
+            block.requires_grad_(True)
+        frozen = blocks[: len(blocks) - n]
+    if config.bn_policy == "frozen":
+        frozen += [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return frozen
+
+
+def make_prepare(preprocessing: dict, augmentations: list[str], generator: torch.Generator
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Training batches: uint8 source -> augmentations (if any) -> the shared ``preprocess``,
+    the very function that evaluate and predict use."""
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return preprocess(augment(batch, augmentations, generator) if augmentations else batch, preprocessing)
+
+    return prepare
+
+
+@torch.no_grad()
+def extract_features(base: nn.Module, images: torch.Tensor, preprocessing: dict, device: torch.device,
+                     desc: str) -> torch.Tensor:
+    """The frozen base's output for every image, computed once (phase 1 without augmentation)."""
+    base.eval()
+    out = []
+    for start in tqdm(range(0, len(images), EVAL_BATCH), desc=desc, unit="batch", leave=False, disable=None):
+        out.append(base(preprocess(images[start : start + EVAL_BATCH].to(device), preprocessing)))
+    return torch.cat(out) if out else torch.empty(0, 0, device=device)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                     labels: torch.Tensor, batch_size: int, generator: torch.Generator,
-                    preprocessing: dict, device: torch.device, augmentations: list[str] = (),
-                    desc: str = "train") -> tuple[float, float]:
-    """One pass over ``images`` (uint8, kept whole in memory) in a seeded random order.
+                    prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    eval_modules: list[nn.Module] = (), desc: str = "train") -> tuple[float, float]:
+    """One pass over ``inputs`` in a seeded random order; ``prepare`` turns a slice of
+    ``inputs`` into the model's input (augment + preprocess for images, nothing for cached
+    features); ``eval_modules`` stay in inference mode.
 
     Batches are sliced from the in-memory tensor rather than drawn through a DataLoader:
     the whole training set is 47 MB of uint8, and per-sample ``__getitem__`` calls plus
@@ -112,16 +224,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     Returns (mean loss, accuracy) over the epoch, as measured during training.
     """
     model.train()
-    order = torch.randperm(len(images), generator=generator)
+    for module in eval_modules:
+        module.eval()
+    order = torch.randperm(len(inputs), generator=generator)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None)
+    bar = tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False, disable=None)
     for step, start in enumerate(bar):
         idx = order[start : start + batch_size]
-        batch = images[idx].to(device, non_blocking=True)
-        if augmentations:
-            batch = augment(batch, augmentations, generator)
-        x = preprocess(batch, preprocessing)
+        x = prepare(inputs[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -131,9 +242,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         if step % 50 == 0:
-            seen = min(start + batch_size, len(images))
+            seen = min(start + batch_size, len(inputs))
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    return total_loss.item() / len(images), correct.item() / len(images)
+    return total_loss.item() / len(inputs), correct.item() / len(inputs)
 
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -157,7 +268,8 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     if resume is not None:
         state = load_checkpoint(Path(resume) / "last.pt")
         saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
-        config = dataclasses.replace(saved, epochs=max(config.epochs, saved.epochs), out=str(resume))
+        config = dataclasses.replace(saved, epochs=max(config.epochs or 0, saved.epochs), out=str(resume))
+    config = resolve_config(config)
     validate_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -169,16 +281,18 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     data = make_splits(dataset, config.val_fraction, config.seed)
     num_classes = len(dataset.classes)
     entry = get_model_entry(config.model)
-    preprocessing = dict(GREY_28, image_size=entry.input_size)
-    model_kwargs = {"in_chans": preprocessing["channels"]}
+    preprocessing = dict(entry.preprocessing, image_size=config.image_size)
+    model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
 
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=num_classes, **model_kwargs).to(device)
+    weights = {"weights": config.weights} if entry.weights and state is None else {}
+    model = create_model(config.model, num_classes=num_classes, **model_kwargs, **weights).to(device)
     optimizer = make_optimizer(config, model.parameters())
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": 0}
     start_epoch = 1
+    total_epochs = config.head_epochs + config.epochs
     config_dict = dataclasses.asdict(config)
     if state is not None:
         model.load_state_dict(state["state_dict"])
@@ -186,7 +300,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, best, start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
-        log(f"resuming {out} at epoch {start_epoch} of {config.epochs}")
+        log(f"resuming {out} at epoch {start_epoch} of {total_epochs}")
     write_json(config_dict, out / "config.json")
 
     def checkpoint(**extra) -> dict:
@@ -194,23 +308,44 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
                                preprocessing, config_dict, **extra)
 
     log(
-        f"{config.model}: {count_parameters(model):,} parameters, {num_classes} classes, "
+        f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
+        f"{config.image_size}x{config.image_size} input, {num_classes} classes, "
         f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
         f"device {device}, {torch.get_num_threads()} threads"
     )
-    images_dev = {k: getattr(data, k).to(device) for k in ("train_x", "train_y")}
-    for epoch in range(start_epoch, config.epochs + 1):
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    augmentations = parse_augment(config.augment)
+    prepare_images = make_prepare(preprocessing, augmentations, generator)
+
+    phase, eval_modules, features = None, [], None
+    for epoch in range(start_epoch, total_epochs + 1):
+        t0 = time.perf_counter()
+        if phase_of(config, epoch)[0] != phase:
+            phase = phase_of(config, epoch)[0]
+            eval_modules = configure_phase(model, phase, config)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log(f"phase {phase}: {trainable:,} trainable parameters")
+            features = None
+            if phase == "head" and config.cache_features and not augmentations:
+                features = {"train": extract_features(model.base, train_x, preprocessing, device, "features train"),
+                            "val": extract_features(model.base, data.val_x, preprocessing, device, "features val")}
         lr = learning_rate(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model, optimizer, images_dev["train_x"], images_dev["train_y"], config.batch_size, generator,
-            preprocessing, device, parse_augment(config.augment), desc=f"epoch {epoch}/{config.epochs}",
-        )
-        val = evaluate(model, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
+        desc = f"epoch {epoch}/{total_epochs} {phase}"
+        if features is not None:  # phase 1 on cached features: only the head runs
+            train_loss, train_acc = train_one_epoch(model.head, optimizer, features["train"], train_y,
+                                                    config.batch_size, generator, lambda f: f, device, desc=desc)
+            with torch.no_grad():
+                model.head.eval()
+                val = result_from_logits(model.head(features["val"]).float().cpu(), data.val_y,
+                                         dataset.classes, "val")
+        else:
+            train_loss, train_acc = train_one_epoch(model, optimizer, train_x, train_y, config.batch_size,
+                                                    generator, prepare_images, device, eval_modules, desc)
+            val = evaluate(model, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "phase": "train", "train_loss": train_loss, "train_acc": train_acc,
+        row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val.loss, "val_acc": val.accuracy, "lr": lr, "seconds": seconds}
         history.append(row)
         write_history(history, out / "history.csv")
@@ -225,13 +360,20 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
             out / "last.pt",
         )
         log(
-            f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+            f"epoch {epoch:>3}/{total_epochs} {phase:<8} train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {lr:.2e}  {seconds:.1f}s"
             + ("  *best" if improved else "")
         )
+    return finish_run(config, out, data, dataset, device, history, best, log)
 
+
+def finish_run(config: TrainConfig, out: Path, data, dataset, device: torch.device, history: list[dict],
+               best: dict, log) -> dict:
+    """Evaluate the best model on train (in eval mode), val and test; write metrics, plots, report."""
     best_ckpt = load_checkpoint(out / "model.pt")
     model = model_from_checkpoint(best_ckpt).to(device)
+    preprocessing = best_ckpt["preprocessing"]
+    num_classes = len(dataset.classes)
     results = {
         split: evaluate(model, x, y, dataset.classes, preprocessing, split, device)
         for split, x, y in (("train", data.train_x, data.train_y), ("val", data.val_x, data.val_y),
@@ -242,6 +384,8 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     metrics = {
         "model": config.model,
         "parameters": count_parameters(model),
+        "weights": config.weights,
+        "image_size": config.image_size,
         "classes": dataset.classes,
         "train_accuracy": accuracies["train"],
         "val_accuracy": accuracies["val"],
@@ -250,11 +394,14 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         "val_loss": results["val"].loss,
         "test_loss": test.loss,
         "best_epoch": best["epoch"],
-        "epochs": config.epochs,
+        "epochs": config.head_epochs + config.epochs,
+        "phases": {phase: sum(h["phase"] == phase for h in history) for phase in dict.fromkeys(
+            h["phase"] for h in history)},
         "per_class": test.per_class(),
         "confusion_matrix": test.confusion_matrix().tolist(),
         "overfitting": overfitting_check(accuracies),
-        # Wall time of the training loop including per-epoch validation; no data loading, no test.
+        # Wall time of the training loop including per-epoch validation (and, in phase 1, the
+        # one-off feature extraction); no data loading, no final evaluation.
         "train_seconds": sum(h["seconds"] for h in history),
         "median_epoch_seconds": statistics.median(h["seconds"] for h in history),
         "seed": config.seed,
@@ -268,11 +415,14 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     }
     save_atomic(dict(best_ckpt, metrics=metrics), out / "model.pt")
     write_json(metrics, out / "metrics.json")
+    config_dict = dataclasses.asdict(config)
     info = {"model": config.model, "parameters": metrics["parameters"], "classes": ", ".join(dataset.classes),
             **{k: v for k, v in config_dict.items() if k not in ("model", "classes")},
             "best_epoch": best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     write_evaluation(test, dataset.test.images, out, accuracies, info, history)
     log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {best['epoch']}; "
-        f"report: {out / 'report.html'}")
+        f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
+        + (f"; warning: {metrics['overfitting']['hint']}" if metrics["overfitting"]["flag"] else "")
+        + f"; report: {out / 'report.html'}")
     return metrics

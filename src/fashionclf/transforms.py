@@ -8,6 +8,8 @@ A model's preprocessing is a small dict stored in its checkpoint:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,11 +33,11 @@ def preprocess(images: torch.Tensor, preprocessing: dict = GREY_28) -> torch.Ten
     return x
 
 
-AUGMENTATIONS = ("flip", "shift")
+AUGMENTATIONS = ("flip", "shift", "rotate")
 
 
 def parse_augment(spec: str | None) -> list[str]:
-    """``"flip,shift"`` -> ``["flip", "shift"]``; ``"none"``/empty -> ``[]``."""
+    """``"flip,rotate"`` -> ``["flip", "rotate"]``; ``"none"``/empty -> ``[]``."""
     from .errors import UsageError
 
     if not spec or spec == "none":
@@ -47,11 +49,16 @@ def parse_augment(spec: str | None) -> list[str]:
     return names
 
 
-def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator, max_shift: int = 2,
+            max_degrees: float = 10.0) -> torch.Tensor:
     """Random training-time changes to a uint8 ``(N, H, W)`` batch, drawn from ``generator``
     so that a seeded run is repeatable. ``flip``: mirror left-right with probability 1/2
     (garments are left-right symmetric in meaning). ``shift``: move each image by up to
-    ``max_shift`` pixels in each direction, filling with black (the dataset's background)."""
+    ``max_shift`` pixels in each direction, filling with black (the dataset's background).
+    ``rotate``: turn each image by up to ``max_degrees`` either way (bilinear, black fill).
+
+    Applied on the 28x28 source, batched, before ``preprocess``: the cheapest place, and
+    evaluation then differs from training only by these changes."""
     n, h, w = images.shape
     if "flip" in policy:
         mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)
@@ -64,4 +71,11 @@ def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator,
         cols = offsets[1].view(-1, 1) + torch.arange(w, device=images.device)
         batch = torch.arange(n, device=images.device).view(-1, 1, 1)
         images = padded[batch, rows.view(n, h, 1), cols.view(n, 1, w)]
+    if "rotate" in policy:
+        angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+        cos, sin, zero = angles.cos(), angles.sin(), torch.zeros(n)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta.to(images.device), [n, 1, h, w], align_corners=False)
+        turned = F.grid_sample(images.unsqueeze(1).float(), grid, mode="bilinear", align_corners=False)
+        images = turned.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
     return images
