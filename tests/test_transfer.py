@@ -65,10 +65,10 @@ def test_weights_path_loads_the_file(weights_file):
 
 
 def test_weights_path_errors_are_clear(tmp_path):
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(UsageError, match="not found"):
         create_model("mobilenet_v2", weights=str(tmp_path / "missing.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
-    with pytest.raises(UsageError, match="not a readable state-dict"):
+    with pytest.raises(UsageError, match="not a readable --weights state-dict file"):
         create_model("mobilenet_v2", weights=str(tmp_path / "junk.pth"))
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(UsageError, match="no MobileNetV2 'features"):

@@ -54,16 +54,22 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class
     }
 
 
+def safe_load(path: Path, what: str, missing_hint: str):
+    """``torch.load`` with ``weights_only=True`` (no pickled code runs); a missing or
+    unreadable file is a UsageError naming ``what`` it should have been."""
+    if not path.is_file():
+        raise UsageError(f"{what} {path} not found; {missing_hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise UsageError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.is_dir() and (path / "model.pt").is_file():
         path = path / "model.pt"
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} not found; pass the model.pt written by 'fashionclf train'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise UsageError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    ckpt = safe_load(path, "checkpoint", "pass the model.pt written by 'fashionclf train'")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path}: not a fashionclf checkpoint (no '{FORMAT}' marker)")
     return ckpt

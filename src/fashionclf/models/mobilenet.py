@@ -73,13 +73,9 @@ def load_imagenet_state_dict() -> dict:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--weights {path}: no such file; expected imagenet, none or the path of a state-dict file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise UsageError(f"--weights {path}: not a readable state-dict file ({type(exc).__name__}: {exc})") from None
+    from ..checkpoint import safe_load  # here: checkpoint imports the registry
+
+    state = safe_load(Path(path), "--weights state-dict file", "--weights takes imagenet, none or a file's path")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a checkpoint that wraps its weights
     if not isinstance(state, dict):
@@ -159,7 +155,7 @@ MOBILENET_DEFAULTS = {
         "head_lr": 1e-3,
         "lr": 1e-4,
         "optimizer": "adam",
-        "augment": "flip,rotate",
+        "augment": "none",  # lets phase 1 run on cached features; add --augment flip,rotate for both phases
         "head_epochs": 3,
         "bn_policy": "frozen",
     },
