@@ -118,3 +118,22 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
     text = format_rows(rows, "csv", top_k=2)
     assert text.splitlines()[0] == "path,label,confidence,error,label_2,confidence_2"
     assert len(text.splitlines()) == 6
+
+
+def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, tmp_path):
+    from fashionclf.evaluate import predict_logits
+    from fashionclf.transforms import GREY_28, preprocess
+
+    fit(_config(tiny_data, tmp_path / "tta", epochs=1, tta="flip"), log=lambda *_: None)
+    ckpt = load_checkpoint(tmp_path / "tta")
+    assert ckpt["preprocessing"]["tta"] == "flip"
+    model = model_from_checkpoint(ckpt)
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        x = preprocess(images, GREY_28)
+        expected = (model(x) + model(x.flip(-1))) / 2
+    torch.testing.assert_close(predict_logits(model, images, ckpt["preprocessing"]), expected)
+    plain = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "plain", verify=False, tta="none")
+    flipped = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "flipped", verify=False)
+    assert plain["samples"] == flipped["samples"] == 100
+    assert plain["loss"] != flipped["loss"]  # the override took effect

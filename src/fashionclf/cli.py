@@ -58,7 +58,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint
 
-    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device)
+    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device, args.tta)
     acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
     print(f"{s['model']} on {s['split']}: accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
     print(f"accuracy side by side: {acc}")
@@ -86,6 +86,7 @@ def cmd_predict(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .evaluate import TTA_CHOICES
     from .train import BN_POLICIES, DEFAULTS, OPTIMIZERS, SCHEDULES, TrainConfig
     from .transforms import AUGMENTATIONS
 
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-policy", choices=BN_POLICIES,
                    help="main phase: 'frozen' keeps BatchNorm in inference mode (running statistics "
                         "untouched), 'train' updates it (default: frozen for pretrained weights, else train)")
+    p.add_argument("--tta", choices=TTA_CHOICES,
+                   help="test-time augmentation kept in the model: flip averages each image with its mirror "
+                        "in evaluation and prediction (default: none)")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                    help="phase 1 without augmentation: run the frozen base every epoch instead of once")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes split, initial weights, batch order (default: 0)")
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--out", help="output directory (default: RUN/eval-SPLIT)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=TTA_CHOICES, help="override the model's test-time augmentation")
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
 

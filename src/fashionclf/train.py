@@ -31,7 +31,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .data import class_counts, load_dataset, make_splits
 from .errors import UsageError
-from .evaluate import EVAL_BATCH, evaluate, overfitting_check, result_from_logits, write_evaluation, write_json
+from .evaluate import EVAL_BATCH, TTA_CHOICES, evaluate, overfitting_check, result_from_logits, write_evaluation, write_json
 from .models import count_parameters, create_model, get_model_entry, list_models
 from .transforms import GREY_28, augment, parse_augment, preprocess
 
@@ -57,6 +57,7 @@ class TrainConfig:
     head_lr: float | None = None  # learning rate of phase 1
     unfreeze: str | None = None  # main phase trains "all" of the base, or only its last N blocks
     bn_policy: str | None = None  # main phase: "frozen" keeps BatchNorm in inference mode, "train" updates it
+    tta: str | None = None  # test-time augmentation stored in the model's input contract: none | flip
     cache_features: bool = True  # phase 1 without augmentation: compute the frozen base's features once
     seed: int = 0  # fixes split, initial weights and batch order (see module docstring)
     val_fraction: float = 0.1  # as reference 2; carved from train, stratified; test is never used to select
@@ -80,6 +81,7 @@ DEFAULTS = {
     "head_epochs": 0,  # one phase: every parameter trains from the first epoch
     "head_lr": 1e-3,
     "unfreeze": "all",
+    "tta": "none",  # flip averaging doubles inference cost; a model opts in
     "bn_policy": "train",  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
 }
 
@@ -139,6 +141,8 @@ def validate_config(config: TrainConfig) -> None:
         raise UsageError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.lr_schedule not in SCHEDULES:
         raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if config.tta not in TTA_CHOICES:
+        raise UsageError(f"unknown --tta {config.tta!r}; valid: {', '.join(TTA_CHOICES)}")
     if config.bn_policy not in BN_POLICIES:
         raise UsageError(f"unknown --bn-policy {config.bn_policy!r}; valid: {', '.join(BN_POLICIES)}")
     for name in ("epochs", "batch_size"):
@@ -281,7 +285,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     data = make_splits(dataset, config.val_fraction, config.seed)
     num_classes = len(dataset.classes)
     entry = get_model_entry(config.model)
-    preprocessing = dict(entry.preprocessing, image_size=config.image_size)
+    preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
     model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
 
     torch.manual_seed(config.seed)
