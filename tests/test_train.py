@@ -137,3 +137,26 @@ def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, t
     flipped = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "flipped", verify=False)
     assert plain["samples"] == flipped["samples"] == 100
     assert plain["loss"] != flipped["loss"]  # the override took effect
+
+
+def test_ema_weights_are_kept_and_survive_resume(tiny_data, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    fit(_config(tiny_data, tmp_path / "full", epochs=2, ema=0.9, label_smoothing=0.1), **quiet)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    best = load_checkpoint(tmp_path / "full" / "model.pt")
+    assert "ema" in full
+    if best["epoch"] == full["epoch"]:  # model.pt holds the average, last.pt the raw weights
+        for key, value in best["state_dict"].items():
+            assert torch.equal(value, full["ema"]["module." + key]), key
+        assert not torch.equal(best["state_dict"]["0.weight"], full["state_dict"]["0.weight"])
+
+    def stop(line):
+        if line.startswith("epoch   1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(tiny_data, tmp_path / "part", epochs=2, ema=0.9, label_smoothing=0.1), log=stop)
+    fit(TrainConfig(), resume=tmp_path / "part", **quiet)
+    part = load_checkpoint(tmp_path / "part" / "last.pt")
+    for key in full["ema"]:
+        torch.testing.assert_close(full["ema"][key], part["ema"][key], rtol=0, atol=0)

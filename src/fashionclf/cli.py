@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-policy", choices=BN_POLICIES,
                    help="main phase: 'frozen' keeps BatchNorm in inference mode (running statistics "
                         "untouched), 'train' updates it (default: frozen for pretrained weights, else train)")
+    p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default: 0)")
+    p.add_argument("--ema", type=float, help="evaluate and keep an exponential moving average of the weights "
+                                             "with this per-step decay, e.g. 0.999 (default: 0, off)")
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time augmentation kept in the model: flip averages each image with its mirror "
                         "in evaluation and prediction (default: none)")

@@ -57,6 +57,8 @@ class TrainConfig:
     head_lr: float | None = None  # learning rate of phase 1
     unfreeze: str | None = None  # main phase trains "all" of the base, or only its last N blocks
     bn_policy: str | None = None  # main phase: "frozen" keeps BatchNorm in inference mode, "train" updates it
+    label_smoothing: float | None = None  # cross-entropy against (1 - s) one-hot + s uniform targets
+    ema: float | None = None  # decay of an exponential moving average of the weights per step; 0: off
     tta: str | None = None  # test-time augmentation stored in the model's input contract: none | flip
     cache_features: bool = True  # phase 1 without augmentation: compute the frozen base's features once
     seed: int = 0  # fixes split, initial weights and batch order (see module docstring)
@@ -81,6 +83,8 @@ DEFAULTS = {
     "head_epochs": 0,  # one phase: every parameter trains from the first epoch
     "head_lr": 1e-3,
     "unfreeze": "all",
+    "label_smoothing": 0.0,  # the references use none
+    "ema": 0.0,  # off: the reference CNNs end on a decayed learning rate anyway
     "tta": "none",  # flip averaging doubles inference cost; a model opts in
     "bn_policy": "train",  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
 }
@@ -141,6 +145,9 @@ def validate_config(config: TrainConfig) -> None:
         raise UsageError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.lr_schedule not in SCHEDULES:
         raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if not 0 <= config.label_smoothing < 1 or not 0 <= config.ema < 1:
+        raise UsageError(f"--label-smoothing and --ema take values in [0, 1), got {config.label_smoothing} "
+                         f"and {config.ema}")
     if config.tta not in TTA_CHOICES:
         raise UsageError(f"unknown --tta {config.tta!r}; valid: {', '.join(TTA_CHOICES)}")
     if config.bn_policy not in BN_POLICIES:
@@ -192,6 +199,17 @@ def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[n
     return frozen
 
 
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and BatchNorm buffers, updated after
+    every step; its decay ramps up as (1 + n) / (10 + n) so the random start is soon forgotten."""
+
+    def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        return averaged * d + current * (1 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_update, use_buffers=True)
+
+
 def make_prepare(preprocessing: dict, augmentations: list[str], generator: torch.Generator
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training batches: uint8 source -> augmentations (if any) -> the shared ``preprocess``,
@@ -217,10 +235,12 @@ def extract_features(base: nn.Module, images: torch.Tensor, preprocessing: dict,
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                     labels: torch.Tensor, batch_size: int, generator: torch.Generator,
                     prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                    eval_modules: list[nn.Module] = (), desc: str = "train") -> tuple[float, float]:
+                    eval_modules: list[nn.Module] = (), desc: str = "train", label_smoothing: float = 0.0,
+                    after_step: Callable[[], None] | None = None) -> tuple[float, float]:
     """One pass over ``inputs`` in a seeded random order; ``prepare`` turns a slice of
     ``inputs`` into the model's input (augment + preprocess for images, nothing for cached
-    features); ``eval_modules`` stay in inference mode.
+    features); ``eval_modules`` stay in inference mode; ``after_step`` runs after every
+    optimizer step (the weight average's update).
 
     Batches are sliced from the in-memory tensor rather than drawn through a DataLoader:
     the whole training set is 47 MB of uint8, and per-sample ``__getitem__`` calls plus
@@ -239,10 +259,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: 
         x = prepare(inputs[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         if step % 50 == 0:
@@ -298,8 +320,11 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     start_epoch = 1
     total_epochs = config.head_epochs + config.epochs
     config_dict = dataclasses.asdict(config)
+    ema = make_ema(model, config.ema) if config.ema else None
     if state is not None:
         model.load_state_dict(state["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -307,8 +332,8 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         log(f"resuming {out} at epoch {start_epoch} of {total_epochs}")
     write_json(config_dict, out / "config.json")
 
-    def checkpoint(**extra) -> dict:
-        return make_checkpoint(model, config.model, model_kwargs, dataset.classes, dataset.class_indices,
+    def checkpoint(weights_of: nn.Module, **extra) -> dict:
+        return make_checkpoint(weights_of, config.model, model_kwargs, dataset.classes, dataset.class_indices,
                                preprocessing, config_dict, **extra)
 
     log(
@@ -321,6 +346,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     augmentations = parse_augment(config.augment)
     prepare_images = make_prepare(preprocessing, augmentations, generator)
 
+    after_step = (lambda: ema.update_parameters(model)) if ema is not None else None
     phase, eval_modules, features = None, [], None
     for epoch in range(start_epoch, total_epochs + 1):
         t0 = time.perf_counter()
@@ -338,16 +364,18 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
             group["lr"] = lr
         desc = f"epoch {epoch}/{total_epochs} {phase}"
         if features is not None:  # phase 1 on cached features: only the head runs
-            train_loss, train_acc = train_one_epoch(model.head, optimizer, features["train"], train_y,
-                                                    config.batch_size, generator, lambda f: f, device, desc=desc)
+            train_loss, train_acc = train_one_epoch(
+                model.head, optimizer, features["train"], train_y, config.batch_size, generator, lambda f: f,
+                device, desc=desc, label_smoothing=config.label_smoothing, after_step=after_step)
             with torch.no_grad():
-                model.head.eval()
-                val = result_from_logits(model.head(features["val"]).float().cpu(), data.val_y,
-                                         dataset.classes, "val")
+                head = (ema.module if ema is not None else model).head.eval()
+                val = result_from_logits(head(features["val"]).float().cpu(), data.val_y, dataset.classes, "val")
         else:
-            train_loss, train_acc = train_one_epoch(model, optimizer, train_x, train_y, config.batch_size,
-                                                    generator, prepare_images, device, eval_modules, desc)
-            val = evaluate(model, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
+            train_loss, train_acc = train_one_epoch(
+                model, optimizer, train_x, train_y, config.batch_size, generator, prepare_images, device,
+                eval_modules, desc, config.label_smoothing, after_step)
+            val = evaluate(ema.module if ema is not None else model, data.val_x, data.val_y, dataset.classes,
+                           preprocessing, "val", device)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val.loss, "val_acc": val.accuracy, "lr": lr, "seconds": seconds}
@@ -357,10 +385,11 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         improved = len(data.val_y) == 0 or val.accuracy > best["val_acc"]
         if improved:
             best = {"val_acc": val.accuracy if len(data.val_y) else float("nan"), "epoch": epoch}
-            save_atomic(checkpoint(epoch=epoch), out / "model.pt")
+            save_atomic(checkpoint(ema.module if ema is not None else model, epoch=epoch), out / "model.pt")
         save_atomic(
-            checkpoint(epoch=epoch, optimizer=optimizer.state_dict(), generator=generator.get_state(),
-                       torch_rng=torch.get_rng_state(), history=history, best=best),
+            checkpoint(model, epoch=epoch, optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                       torch_rng=torch.get_rng_state(), history=history, best=best,
+                       **({"ema": ema.state_dict()} if ema is not None else {})),
             out / "last.pt",
         )
         log(
