@@ -10,6 +10,7 @@ never interrupted. Different machines or torch versions may differ in the last d
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import math
@@ -33,7 +34,7 @@ from .data import class_counts, load_dataset, make_splits
 from .errors import UsageError
 from .evaluate import EVAL_BATCH, TTA_CHOICES, evaluate, overfitting_check, result_from_logits, write_evaluation, write_json
 from .models import count_parameters, create_model, get_model_entry, list_models
-from .transforms import GREY_28, augment, parse_augment, preprocess
+from .transforms import augment, parse_augment, preprocess
 
 
 @dataclass
@@ -321,6 +322,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     total_epochs = config.head_epochs + config.epochs
     config_dict = dataclasses.asdict(config)
     ema = make_ema(model, config.ema) if config.ema else None
+    evaluated = ema.module if ema is not None else model  # what is validated and kept as model.pt
     if state is not None:
         model.load_state_dict(state["state_dict"])
         if ema is not None:
@@ -350,8 +352,9 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     phase, eval_modules, features = None, [], None
     for epoch in range(start_epoch, total_epochs + 1):
         t0 = time.perf_counter()
-        if phase_of(config, epoch)[0] != phase:
-            phase = phase_of(config, epoch)[0]
+        epoch_phase = phase_of(config, epoch)[0]
+        if epoch_phase != phase:
+            phase = epoch_phase
             eval_modules = configure_phase(model, phase, config)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log(f"phase {phase}: {trainable:,} trainable parameters")
@@ -368,14 +371,13 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
                 model.head, optimizer, features["train"], train_y, config.batch_size, generator, lambda f: f,
                 device, desc=desc, label_smoothing=config.label_smoothing, after_step=after_step)
             with torch.no_grad():
-                head = (ema.module if ema is not None else model).head.eval()
-                val = result_from_logits(head(features["val"]).float().cpu(), data.val_y, dataset.classes, "val")
+                logits = evaluated.head.eval()(features["val"])
+                val = result_from_logits(logits.float().cpu(), data.val_y, dataset.classes, "val")
         else:
             train_loss, train_acc = train_one_epoch(
                 model, optimizer, train_x, train_y, config.batch_size, generator, prepare_images, device,
                 eval_modules, desc, config.label_smoothing, after_step)
-            val = evaluate(ema.module if ema is not None else model, data.val_x, data.val_y, dataset.classes,
-                           preprocessing, "val", device)
+            val = evaluate(evaluated, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val.loss, "val_acc": val.accuracy, "lr": lr, "seconds": seconds}
@@ -385,7 +387,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         improved = len(data.val_y) == 0 or val.accuracy > best["val_acc"]
         if improved:
             best = {"val_acc": val.accuracy if len(data.val_y) else float("nan"), "epoch": epoch}
-            save_atomic(checkpoint(ema.module if ema is not None else model, epoch=epoch), out / "model.pt")
+            save_atomic(checkpoint(evaluated, epoch=epoch), out / "model.pt")
         save_atomic(
             checkpoint(model, epoch=epoch, optimizer=optimizer.state_dict(), generator=generator.get_state(),
                        torch_rng=torch.get_rng_state(), history=history, best=best,
@@ -428,8 +430,7 @@ def finish_run(config: TrainConfig, out: Path, data, dataset, device: torch.devi
         "test_loss": test.loss,
         "best_epoch": best["epoch"],
         "epochs": config.head_epochs + config.epochs,
-        "phases": {phase: sum(h["phase"] == phase for h in history) for phase in dict.fromkeys(
-            h["phase"] for h in history)},
+        "phases": dict(collections.Counter(h["phase"] for h in history)),  # epochs per phase, in order
         "per_class": test.per_class(),
         "confusion_matrix": test.confusion_matrix().tolist(),
         "overfitting": overfitting_check(accuracies),
