@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONCLF := $(VENV)/bin/fashionclf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup data bench-seeds clean
+.PHONY: run test setup setup-bench data bench bench-seeds clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,15 @@ run: data
 test: $(STAMP)
 	@bash scripts/ensure-data.sh $(FASHIONCLF) >/dev/null || echo "warning: no Fashion-MNIST; integration tests will be skipped"
 	$(PY) -m pytest -q
+
+# The Keras reference program as a peer in `make bench` (tensorflow-cpu, about 600 MB).
+setup-bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+
+# Keras peer (if installed), fast and strong recipes over 3 seeds, inference on both backends:
+# about 40 minutes on 2 cores. Writes runs/bench/results.md and results.json.
+bench: data
+	$(PY) benchmarks/bench.py --out runs/bench
 
 # Median of 3 seeds for both reference CNNs (about 20 minutes on 2 cores).
 bench-seeds: data

@@ -17,15 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each uses --threads of its own)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("train_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    train_args = [a for a in args.train_args if a != "--"]
-    out = Path(args.out)
+def run_seeds(train_args: list[str], seeds: list[int], out: Path, jobs: int = 1) -> dict:
+    """``fashionclf train TRAIN_ARGS --seed S --out OUT/seed-S`` for each seed; the per-seed
+    figures and their median, also written to ``OUT/summary.json``."""
 
     def one(seed: int) -> dict:
         run_dir = out / f"seed-{seed}"
@@ -38,24 +32,41 @@ def main() -> int:
             raise SystemExit(f"seed {seed} failed (exit {rc}); see {log}")
         return json.loads((run_dir / "metrics.json").read_text())
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(args.seeds, pool.map(one, args.seeds)))
+    with ThreadPoolExecutor(jobs) as pool:
+        results = dict(zip(seeds, pool.map(one, seeds)))
     keys = ("test_accuracy", "val_accuracy", "train_accuracy", "best_epoch", "train_seconds")
     summary = {
         "command": "fashionclf train " + " ".join(train_args),
         "seeds": {s: {k: m[k] for k in keys} for s, m in results.items()},
         "median": {k: statistics.median(m[k] for m in results.values()) for k in keys},
+        "min": {k: min(m[k] for m in results.values()) for k in keys},
+        "max": {k: max(m[k] for m in results.values()) for k in keys},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"`{summary['command']}`\n")
-    print("| seed | test acc | val acc | train acc (eval mode) | best epoch | train s |")
-    print("|---|---|---|---|---|---|")
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"`{summary['command']}`", "",
+             "| seed | test acc | val acc | train acc (eval mode) | best epoch | train s |", "|---|---|---|---|---|---|"]
     for s, m in summary["seeds"].items():
-        print(f"| {s} | {m['test_accuracy']:.4f} | {m['val_accuracy']:.4f} | {m['train_accuracy']:.4f} "
-              f"| {m['best_epoch']} | {m['train_seconds']:.0f} |")
+        lines.append(f"| {s} | {m['test_accuracy']:.4f} | {m['val_accuracy']:.4f} | {m['train_accuracy']:.4f} "
+                     f"| {m['best_epoch']} | {m['train_seconds']:.1f} |")
     med = summary["median"]
-    print(f"| median | {med['test_accuracy']:.4f} | {med['val_accuracy']:.4f} | {med['train_accuracy']:.4f} "
-          f"| {med['best_epoch']:g} | {med['train_seconds']:.0f} |")
+    lines.append(f"| median | {med['test_accuracy']:.4f} | {med['val_accuracy']:.4f} | {med['train_accuracy']:.4f} "
+                 f"| {med['best_epoch']:g} | {med['train_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each uses --threads of its own)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    train_args = [a for a in args.train_args if a != "--"]
+    print(markdown(run_seeds(train_args, args.seeds, Path(args.out), args.jobs)))
     return 0
 
 

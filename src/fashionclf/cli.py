@@ -46,8 +46,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, fit
+    from .train import RECIPES, TrainConfig, fit
 
+    if args.recipe:
+        args.model = RECIPES[args.recipe]
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
     metrics = fit(config, resume=args.resume)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
@@ -70,7 +72,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import format_rows, predict_paths
 
-    rows = predict_paths(args.checkpoint, args.inputs, args.top_k, args.batch_size)
+    rows = predict_paths(args.checkpoint, args.inputs, args.top_k, args.batch_size, args.device, args.backend)
     text = format_rows(rows, args.format, args.top_k)
     if args.output:
         with open(args.output, "w") as f:
@@ -83,10 +85,21 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    r = export_onnx(args.checkpoint, args.output, args.data_dir, args.check_images)
+    print(f"wrote {r['output']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['export_seconds']:.1f} s)")
+    print(f"parity on {r['checked_on']}: max |p_onnx - p_torch| = {r['max_abs_diff']:.2e} "
+          f"(tolerance {r['tolerance']:.0e}), same top class for {r['argmax_agreement']:.2%}: {r['parity']}")
+    return 0 if r["parity"] == "ok" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluate import TTA_CHOICES
-    from .train import BN_POLICIES, DEFAULTS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from .inference import BACKENDS
+    from .train import BN_POLICIES, DEFAULTS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
     from .transforms import AUGMENTATIONS
 
     d = TrainConfig()
@@ -110,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model and write a run directory. Settings left out take the "
                                    "model's defaults (fashionclf.train.DEFAULTS and the model's entry); "
                                    "DIR/config.json records every value used.")
-    p.add_argument("--model", default=d.model, help=f"a name from 'fashionclf models' (default: {d.model})")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default=d.model, help=f"a name from 'fashionclf models' (default: {d.model})")
+    which.add_argument("--recipe", choices=sorted(RECIPES),
+                       help="a model with its training recipe: "
+                            + ", ".join(f"{k} = --model {v}" for k, v in sorted(RECIPES.items()))
+                            + "; flags given with it override the recipe")
     p.add_argument("--classes", help="class subset by name, alias or index, e.g. tshirt,sneaker,bag (default: all)")
     p.add_argument("--weights", help="pretrained start: imagenet, none, or PATH of a state-dict file "
                                      "(default: imagenet for models that have it, else none)")
@@ -138,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time augmentation kept in the model: flip averages each image with its mirror "
                         "in evaluation and prediction (default: none)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="training arithmetic: fp32, bf16 (autocast; weights stay fp32), or auto: bf16 where the "
+                        "CPU/GPU has it in hardware (default: fp32; the recipes: auto). Evaluation is fp32")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                    help="phase 1 without augmentation: run the frozen base every epoch instead of once")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes split, initial weights, batch order (default: 0)")
@@ -159,13 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files or directories; CSV or JSON out")
-    p.add_argument("checkpoint", help="model.pt (or its run directory)")
+    p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx from 'fashionclf export'")
     p.add_argument("inputs", nargs="+", help="image files or directories (28x28 grey)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="torch or onnx (ONNX Runtime; a model.pt is exported in memory); "
+                        "auto: the checkpoint's own kind (default)")
+    p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (default: cpu)")
     p.add_argument("--output", "-o", help="write here instead of stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    p.add_argument("checkpoint", help="model.pt (or its run directory)")
+    p.add_argument("--output", "-o", help="ONNX file to write (default: model.onnx beside the checkpoint)")
+    p.add_argument("--check-images", type=int, default=1000,
+                   help="test images (random ones without the data) run through both backends (default: 1000)")
+    _data_args(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import UsageError
-from .evaluate import predict_logits
+from .inference import load_classifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 SOURCE_SIZE = 28  # images must look like the dataset's: 28x28 grey, light garment on dark ground
@@ -61,10 +60,11 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = 256,
-                  device: str = "cpu") -> list[Prediction]:
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt).to(device)
-    classes = ckpt["classes"]
+                  device: str = "cpu", backend: str = "auto") -> list[Prediction]:
+    """One row per input file; ``checkpoint`` is a model.pt (or run directory) or an ONNX file
+    from ``fashionclf export``; ``backend`` as in ``fashionclf.inference.load_classifier``."""
+    classifier = load_classifier(checkpoint, backend, device)
+    classes = classifier.classes
     if not 1 <= top_k <= len(classes):
         raise UsageError(f"--top-k must be between 1 and {len(classes)} (the number of classes), got {top_k}")
     paths = expand_inputs(inputs)
@@ -82,8 +82,7 @@ def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int =
                 row.error = str(exc) or type(exc).__name__
         if not good:
             continue
-        probs = torch.softmax(predict_logits(model, torch.from_numpy(np.stack(arrays)), ckpt["preprocessing"],
-                                             device), 1)
+        probs = torch.from_numpy(classifier.predict_proba(np.stack(arrays)))
         conf, idx = probs.topk(top_k, dim=1)
         for row, c, i in zip(good, conf.tolist(), idx.tolist()):
             row.top = [(classes[j], p) for j, p in zip(i, c)]

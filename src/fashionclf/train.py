@@ -11,6 +11,7 @@ never interrupted. Different machines or torch versions may differ in the last d
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import math
@@ -43,7 +44,7 @@ class TrainConfig:
     fills it from the model's registry entry, then from ``DEFAULTS``; the run's config.json
     records the resolved values."""
 
-    model: str = "one-block-cnn"  # the retail-tagging reference; `fashionclf models` lists all
+    model: str = "one-block-cnn"  # the retail-tagging reference; `fashionclf models` lists all; see RECIPES
     classes: str | None = None  # None: all ten classes; else names/aliases/indices, e.g. "tshirt,sneaker,bag"
     weights: str | None = None  # imagenet | none | PATH of a state-dict file (models that have weights)
     image_size: int | None = None  # input side after resizing the 28x28 source (models that accept sizes)
@@ -52,7 +53,7 @@ class TrainConfig:
     lr: float | None = None  # peak learning rate of the main phase
     optimizer: str | None = None  # adam | adamw | sgd (SGD uses momentum 0.9, Nesterov)
     weight_decay: float | None = None
-    lr_schedule: str | None = None  # constant | cosine (decays to 0 over each phase)
+    lr_schedule: str | None = None  # constant | cosine (per epoch, to 0) | onecycle (per step: warm-up, linear to 0)
     augment: str | None = None  # training batches only: none, or a list of flip, shift, rotate
     head_epochs: int | None = None  # phase 1: train only the new head on the frozen base (0: no phase 1)
     head_lr: float | None = None  # learning rate of phase 1
@@ -61,6 +62,7 @@ class TrainConfig:
     label_smoothing: float | None = None  # cross-entropy against (1 - s) one-hot + s uniform targets
     ema: float | None = None  # decay of an exponential moving average of the weights per step; 0: off
     tta: str | None = None  # test-time augmentation stored in the model's input contract: none | flip
+    precision: str | None = None  # training arithmetic: fp32 | bf16 | auto (bf16 where the hardware has it)
     cache_features: bool = True  # phase 1 without augmentation: compute the frozen base's features once
     seed: int = 0  # fixes split, initial weights and batch order (see module docstring)
     val_fraction: float = 0.1  # as reference 2; carved from train, stratified; test is never used to select
@@ -87,12 +89,39 @@ DEFAULTS = {
     "label_smoothing": 0.0,  # the references use none
     "ema": 0.0,  # off: the reference CNNs end on a decayed learning rate anyway
     "tta": "none",  # flip averaging doubles inference cost; a model opts in
-    "bn_policy": "train",  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
+    "bn_policy": "train",
+    "precision": "fp32",  # bit-for-bit repeatable everywhere; the recipes say "auto"  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
+ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
+
+# ``--recipe NAME`` is ``--model RECIPES[NAME]``: the model's registry entry carries the recipe.
+RECIPES = {"fast": "fast-cnn", "strong": "strong-cnn"}
 BN_POLICIES = ("frozen", "train")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: CUDA that supports it, or a CPU with
+    AMX or AVX512-BF16 (measured on one: a training step in 0.5-0.7x the fp32 time; without
+    them bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(config: "TrainConfig", device: torch.device) -> torch.dtype | None:
+    """The dtype training's forward pass runs in under autocast; None for plain fp32."""
+    if config.precision == "bf16" or (config.precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -101,7 +130,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     weights = config.weights or (entry.weights[0] if entry.weights else DEFAULTS["weights"])
     defaults = {**DEFAULTS, "image_size": entry.input_size, **entry.train_defaults(weights), "weights": weights}
     given = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
-    return TrainConfig(**{**defaults, **given})
+    resolved = TrainConfig(**{**defaults, **given})
+    if isinstance(resolved.epochs, dict):  # a recipe sized in time: epochs per training precision
+        fast_arithmetic = autocast_dtype(resolved, resolve_device(resolved.device)) is not None
+        resolved.epochs = resolved.epochs["bf16" if fast_arithmetic else "fp32"]
+    return resolved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +145,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay applies to weight matrices and kernels only: decaying biases and
+    BatchNorm scales only fights the normalisation (the usual exemption, as in timm)."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    others = [p for p in model.parameters() if p.ndim <= 1]
+    params = [{"params": weights}, {"params": others, "weight_decay": 0.0}]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -130,12 +168,16 @@ def phase_of(config: TrainConfig, epoch: int) -> tuple[str, int, int]:
     return ("finetune" if config.head_epochs else "train"), epoch - config.head_epochs, config.epochs
 
 
-def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Learning rate for 1-based run ``epoch``; the schedule restarts with each phase."""
+def learning_rate(config: TrainConfig, epoch: int, fraction: float = 0.0) -> float:
+    """Learning rate ``fraction`` of the way through 1-based run ``epoch``; the schedule
+    restarts with each phase. ``cosine`` changes once per epoch, ``onecycle`` every step."""
     phase, i, n = phase_of(config, epoch)
     peak = config.head_lr if phase == "head" else config.lr
     if config.lr_schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * (i - 1) / n))
+    if config.lr_schedule == "onecycle":
+        t = (i - 1 + fraction) / n
+        return peak * (t / ONECYCLE_WARMUP if t < ONECYCLE_WARMUP else (1 - t) / (1 - ONECYCLE_WARMUP))
     return peak
 
 
@@ -151,6 +193,8 @@ def validate_config(config: TrainConfig) -> None:
                          f"and {config.ema}")
     if config.tta not in TTA_CHOICES:
         raise UsageError(f"unknown --tta {config.tta!r}; valid: {', '.join(TTA_CHOICES)}")
+    if config.precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
     if config.bn_policy not in BN_POLICIES:
         raise UsageError(f"unknown --bn-policy {config.bn_policy!r}; valid: {', '.join(BN_POLICIES)}")
     for name in ("epochs", "batch_size"):
@@ -237,11 +281,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: 
                     labels: torch.Tensor, batch_size: int, generator: torch.Generator,
                     prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                     eval_modules: list[nn.Module] = (), desc: str = "train", label_smoothing: float = 0.0,
-                    after_step: Callable[[], None] | None = None) -> tuple[float, float]:
+                    after_step: Callable[[], None] | None = None,
+                    lr_at: Callable[[float], float] | None = None,
+                    autocast: torch.dtype | None = None) -> tuple[float, float]:
     """One pass over ``inputs`` in a seeded random order; ``prepare`` turns a slice of
     ``inputs`` into the model's input (augment + preprocess for images, nothing for cached
     features); ``eval_modules`` stay in inference mode; ``after_step`` runs after every
-    optimizer step (the weight average's update).
+    optimizer step (the weight average's update); ``lr_at(fraction of the epoch done)``, if
+    given, sets the learning rate before every step; ``autocast`` (e.g. ``torch.bfloat16``)
+    runs the forward pass in that precision, with fp32 weights and optimizer state.
 
     Batches are sliced from the in-memory tensor rather than drawn through a DataLoader:
     the whole training set is 47 MB of uint8, and per-sample ``__getitem__`` calls plus
@@ -259,8 +307,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: 
         idx = order[start : start + batch_size]
         x = prepare(inputs[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(start / len(inputs))
+        with torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -314,7 +366,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None else {}
     model = create_model(config.model, num_classes=num_classes, **model_kwargs, **weights).to(device)
-    optimizer = make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     best = {"val_acc": -1.0, "epoch": 0}
@@ -338,11 +390,13 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         return make_checkpoint(weights_of, config.model, model_kwargs, dataset.classes, dataset.class_indices,
                                preprocessing, config_dict, **extra)
 
+    autocast = autocast_dtype(config, device)
     log(
         f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
         f"{config.image_size}x{config.image_size} input, {num_classes} classes, "
         f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, "
-        f"device {device}, {torch.get_num_threads()} threads"
+        f"device {device}, {torch.get_num_threads()} threads, training in "
+        f"{'bf16' if autocast else 'fp32'}"
     )
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     augmentations = parse_augment(config.augment)
@@ -365,18 +419,20 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log=print)
         lr = learning_rate(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        lr_at = (lambda f, e=epoch: learning_rate(config, e, f)) if config.lr_schedule == "onecycle" else None
         desc = f"epoch {epoch}/{total_epochs} {phase}"
         if features is not None:  # phase 1 on cached features: only the head runs
             train_loss, train_acc = train_one_epoch(
                 model.head, optimizer, features["train"], train_y, config.batch_size, generator, lambda f: f,
-                device, desc=desc, label_smoothing=config.label_smoothing, after_step=after_step)
+                device, desc=desc, label_smoothing=config.label_smoothing, after_step=after_step, lr_at=lr_at,
+                autocast=autocast)
             with torch.no_grad():
                 logits = evaluated.head.eval()(features["val"])
                 val = result_from_logits(logits.float().cpu(), data.val_y, dataset.classes, "val")
         else:
             train_loss, train_acc = train_one_epoch(
                 model, optimizer, train_x, train_y, config.batch_size, generator, prepare_images, device,
-                eval_modules, desc, config.label_smoothing, after_step)
+                eval_modules, desc, config.label_smoothing, after_step, lr_at, autocast)
             val = evaluate(evaluated, data.val_x, data.val_y, dataset.classes, preprocessing, "val", device)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "train_acc": train_acc,

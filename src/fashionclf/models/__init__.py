@@ -77,4 +77,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Importing the model modules registers them.
-from . import cnn, mobilenet  # noqa: E402,F401
+from . import cnn, mobilenet, recipes  # noqa: E402,F401
