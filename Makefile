@@ -24,9 +24,10 @@ data: $(STAMP)
 run: data
 	$(FASHIONCLF) train --recipe strong --out $(RUN_DIR)
 
-# The test suite. Without the real data its integration tests are skipped (they fail under CI=true).
+# The test suite. Without the real data or chromium, the tests needing them are skipped (they fail under CI=true).
 test: $(STAMP)
 	@bash scripts/ensure-data.sh $(FASHIONCLF) >/dev/null || echo "warning: no Fashion-MNIST; integration tests will be skipped"
+	@command -v chromium >/dev/null || bash scripts/apt-install.sh chromium || echo "warning: no chromium; the web page test will be skipped"
 	$(PY) -m pytest -q
 
 # The Keras reference program as a peer in `make bench` (tensorflow-cpu, about 600 MB).

@@ -158,7 +158,7 @@ def report(r: dict) -> str:
             lines.append(f"| {row['model']} | {row['backend']} | {row['tta']} | {row['images_per_s_batch256']:,.0f} "
                          f"| {row['latency_ms_batch1_p50']:.3f} / {row['latency_ms_batch1_p99']:.3f} | {ratio} |")
         lines.append("")
-    lines += ["Commands: " + "; ".join(f"`{c}`" for c in r["commands"]), ""]
+    lines += ["Commands: " + "; ".join(f"`{c}`" for c in r["commands"].values()), ""]
     return "\n".join(lines)
 
 
@@ -175,7 +175,10 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = ["--threads", str(args.threads)] if args.threads else []
-    r: dict = {"machine": machine(), "commands": []}
+    # Sections skipped this time keep their figures from an earlier run into the same OUT.
+    previous = out / "results.json"
+    r: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    r.update(machine=machine(), commands=r.get("commands") if isinstance(r.get("commands"), dict) else {})
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(r, indent=2) + "\n")
@@ -184,18 +187,16 @@ def main() -> int:
     if "keras" not in args.skip:
         print("keras reference ...", flush=True)
         r["keras"] = keras_peer(out)
-        r["commands"].append("python benchmarks/keras_reference.py")
+        r["commands"]["keras"] = "python benchmarks/keras_reference.py"
         save()
-    checkpoints = {}
     for recipe, seeds in (("fast", args.seeds), ("strong", args.strong_seeds)):
         if recipe in args.skip:
             continue
         print(f"{recipe} recipe, seeds {seeds} ...", flush=True)
         summary = run_seeds(["--recipe", recipe, *threads], seeds, out / recipe)
-        r["commands"].append(f"fashionclf train --recipe {recipe} --seed S{' ' + ' '.join(threads) if threads else ''}")
+        r["commands"][recipe] = f"fashionclf train --recipe {recipe} --seed S{' ' + ' '.join(threads) if threads else ''}"
         r[recipe] = ({"summary": summary, "time_to_accuracy": time_to_accuracy(summary, REFERENCE_ACCURACY)}
                      if recipe == "fast" else summary)
-        checkpoints[f"{recipe} recipe"] = out / recipe / f"seed-{seeds[0]}" / "model.pt"
         save()
     if "inference" not in args.skip:
         print("inference ...", flush=True)
@@ -205,6 +206,9 @@ def main() -> int:
         from fashionclf.transforms import GREY_28
 
         images = load_dataset(None).test.images
+        checkpoints = {f"{recipe} recipe": out / recipe / f"seed-{seeds[0]}" / "model.pt"
+                       for recipe, seeds in (("fast", args.seeds), ("strong", args.strong_seeds))
+                       if (out / recipe / f"seed-{seeds[0]}" / "model.pt").exists()}
         # The reference network's speed does not depend on its weights: an untrained copy will do.
         ref = out / "one-block-cnn-untrained.pt"
         save_atomic(make_checkpoint(create_model("one-block-cnn"), "one-block-cnn", {"in_chans": 1},

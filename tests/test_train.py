@@ -109,11 +109,11 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
     for i, img in enumerate(images):
         Image.fromarray(img).save(tmp_path / f"img{i}.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    Image.new("L", (64, 64)).save(tmp_path / "blank.png")
     rows = predict_paths(out / "model.pt", [str(tmp_path)], top_k=2)
     by_name = {r.path.rsplit("/", 1)[1]: r for r in rows}
     assert "not an image" in by_name["broken.png"].error
-    assert "64x64" in by_name["big.png"].error
+    assert "blank image" in by_name["blank.png"].error
     assert [by_name[f"img{i}.png"].label for i in range(3)] == ["T-shirt/top", "Sneaker", "Bag"]
     text = format_rows(rows, "csv", top_k=2)
     assert text.splitlines()[0] == "path,label,confidence,error,label_2,confidence_2"

@@ -70,19 +70,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import format_rows, predict_paths
+    from .predict import tag_files
 
-    rows = predict_paths(args.checkpoint, args.inputs, args.top_k, args.batch_size, args.device, args.backend)
-    text = format_rows(rows, args.format, args.top_k)
+    kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
+                  min_confidence=args.min_confidence, backend=args.backend, device=args.device)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        with open(args.output, "w", newline="") as f:
+            counts = tag_files(args.checkpoint, args.inputs, f, **kwargs)
     else:
-        sys.stdout.write(text)
-    failed = sum(bool(r.error) for r in rows)
-    if failed:
-        print(f"{failed} of {len(rows)} inputs failed (see the error column)", file=sys.stderr)
-    return 1 if failed else 0
+        counts = tag_files(args.checkpoint, args.inputs, sys.stdout, **kwargs)
+    if counts["low_confidence"]:
+        print(f"{counts['low_confidence']} of {counts['rows']} rows below --min-confidence "
+              f"{args.min_confidence} (low_confidence=true)", file=sys.stderr)
+    if counts["failed"]:
+        print(f"{counts['failed']} of {counts['rows']} inputs failed (see the error column)", file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 def cmd_export(args) -> int:
@@ -93,6 +95,13 @@ def cmd_export(args) -> int:
     print(f"parity on {r['checked_on']}: max |p_onnx - p_torch| = {r['max_abs_diff']:.2e} "
           f"(tolerance {r['tolerance']:.0e}), same top class for {r['argmax_agreement']:.2%}: {r['parity']}")
     return 0 if r["parity"] == "ok" else 1
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files or directories; CSV or JSON out")
     p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx from 'fashionclf export'")
-    p.add_argument("inputs", nargs="+", help="image files or directories (28x28 grey)")
+    p.add_argument("inputs", nargs="+",
+                   help="image files, directories (recursive) or quoted globs ('photos/**/*.jpg'): shop photos "
+                        "(JPEG, PNG, WEBP, ...; any size and mode) or 28x28 dataset images")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch or onnx (ONNX Runtime; a model.pt is exported in memory); "
                         "auto: the checkpoint's own kind (default)")
@@ -189,8 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write here instead of stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="add a low_confidence column, true where the top probability is below P (e.g. 0.6), "
+                        "for a person to review")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")
+    p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: onnx)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     p.add_argument("checkpoint", help="model.pt (or its run directory)")

@@ -95,7 +95,9 @@ def model_info(ckpt: dict) -> dict:
     }
 
 
-def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu") -> Classifier:
+def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
+                    threads: int | None = None) -> Classifier:
+    """``threads``: ONNX Runtime's intra-op threads (default: torch's thread count)."""
     from .checkpoint import load_checkpoint
 
     if backend not in BACKENDS:
@@ -106,10 +108,12 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
             raise UsageError(f"{path} is an ONNX file; the torch backend needs the model.pt it was exported from")
         if not path.is_file():
             raise UsageError(f"ONNX model {path} not found; write one with 'fashionclf export MODEL.pt'")
-        return OnnxClassifier(path.read_bytes())
+        return OnnxClassifier(path.read_bytes(), threads)
     ckpt = load_checkpoint(path)
     if backend == "onnx":
         from .export import export_onnx_bytes
 
-        return OnnxClassifier(export_onnx_bytes(ckpt))
+        return OnnxClassifier(export_onnx_bytes(ckpt), threads)
+    if threads:
+        torch.set_num_threads(threads)
     return TorchClassifier(ckpt, device)

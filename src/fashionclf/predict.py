@@ -1,23 +1,32 @@
-"""Prediction on image files: one row per input, an error in its row never stops the batch."""
+"""Batch tagging: photos in, one row per input out; an error in one row never stops the batch.
+
+Inputs are files, directories (searched recursively for image suffixes) and glob patterns
+(``photos/**/*.jpg``). Each image goes through ``fashionclf.photos.photo_to_28`` (so shop
+photos and the dataset's own 28x28 images both work), batches go through a ``Classifier``
+(PyTorch or ONNX Runtime) and rows are written as soon as their batch is done: memory stays
+bounded by the batch size, whatever the number of files.
+"""
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, TextIO
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from .errors import UsageError
-from .inference import load_classifier
+from .inference import Classifier, load_classifier
+from .photos import PhotoError, photo_to_28
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
-SOURCE_SIZE = 28  # images must look like the dataset's: 28x28 grey, light garment on dark ground
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass
@@ -27,85 +36,157 @@ class Prediction:
     confidence: float | None = None
     error: str = ""
     top: list[tuple[str, float]] = field(default_factory=list)
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, directories expanded (recursively, sorted) to their image files.
-    A name that does not exist is kept, so that its row reports the error."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            paths.append(p)
-    return paths
+    low_confidence: bool = False
 
 
 def load_image(path: Path) -> np.ndarray:
-    """A 28x28 uint8 grey array, or ValueError/OSError saying what is wrong with the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.size != (SOURCE_SIZE, SOURCE_SIZE):
-                raise ValueError(
-                    f"image is {img.size[0]}x{img.size[1]}, expected {SOURCE_SIZE}x{SOURCE_SIZE} "
-                    "grey like Fashion-MNIST; resize it first"
-                )
-            return np.array(img.convert("L"), dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ValueError("not an image file Pillow can read") from None
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
+    """A photo or dataset image file -> 28x28 uint8 in dataset form; PhotoError says why not."""
+    return photo_to_28(path)
+
+
+def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
+    """Files as given, directories expanded recursively (sorted) to their image files, glob
+    patterns expanded (``**`` included). A name that does not exist is kept, so that its row
+    reports the error."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif not p.exists() and glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                yield p  # reported as "no such file"
+            for m in matches:
+                q = Path(m)
+                if q.is_dir():
+                    yield from iter_inputs([m])
+                else:
+                    yield q
+        else:
+            yield p
+
+
+def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = 256,
+             min_confidence: float = 0.0) -> Iterator[Prediction]:
+    """Rows for ``paths`` in order, produced a batch at a time."""
+    classes = classifier.classes
+    batch: list[Prediction] = []
+    arrays: list[np.ndarray] = []
+
+    def flush() -> list[Prediction]:
+        good = [r for r in batch if not r.error]
+        if good:
+            probs = classifier.predict_proba(np.stack(arrays))
+            order = np.argsort(-probs, axis=1)[:, :top_k]
+            for row, p, idx in zip(good, probs, order):
+                row.top = [(classes[j], float(p[j])) for j in idx]
+                row.label, row.confidence = row.top[0]
+                row.low_confidence = row.confidence < min_confidence
+        done = list(batch)
+        batch.clear()
+        arrays.clear()
+        return done
+
+    for path in paths:
+        row = Prediction(str(path))
+        try:
+            arrays.append(load_image(path))
+        except PhotoError as exc:
+            row.error = str(exc)
+        except OSError as exc:  # e.g. permission denied, a read error
+            row.error = f"cannot read the file ({exc.strerror or exc})"
+        batch.append(row)
+        if len(arrays) >= batch_size or len(batch) >= 4 * batch_size:
+            yield from flush()
+    yield from flush()
+
+
+class RowWriter:
+    """CSV ``path,label,confidence,error`` (+ ``label_K,confidence_K`` for ``--top-k``, +
+    ``low_confidence`` with ``--min-confidence``) or a JSON list, written row by row."""
+
+    def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False):
+        self.out, self.fmt, self.top_k, self.flag_low = out, fmt, top_k, flag_low
+        self.count = 0
+        if fmt == "csv":
+            self.csv = csv.writer(out, lineterminator="\n")
+            header = ["path", "label", "confidence", "error"]
+            for k in range(2, top_k + 1):
+                header += [f"label_{k}", f"confidence_{k}"]
+            self.csv.writerow(header + (["low_confidence"] if flag_low else []))
+        else:
+            out.write("[")
+
+    def write(self, r: Prediction) -> None:
+        if self.fmt == "json":
+            item = {"path": r.path, "label": r.label or None, "confidence": r.confidence, "error": r.error or None,
+                    "top": [{"label": lab, "confidence": c} for lab, c in r.top]}
+            if self.flag_low:
+                item["low_confidence"] = r.low_confidence
+            self.out.write(("," if self.count else "") + "\n  " + json.dumps(item))
+        else:
+            line = [r.path, r.label, "" if r.confidence is None else f"{r.confidence:.6f}", r.error]
+            for k in range(1, self.top_k):
+                line += [r.top[k][0], f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
+            if self.flag_low:
+                line.append("" if r.error else str(r.low_confidence).lower())
+            self.csv.writerow(line)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+
+
+def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
+              top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
+              backend: str = "auto", device: str = "cpu", progress: bool | None = None) -> dict:
+    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence)."""
+    classifier = load_classifier(checkpoint, backend, device)
+    if not 1 <= top_k <= len(classifier.classes):
+        raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)} (the number of classes), "
+                         f"got {top_k}")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
+    paths = iter_inputs(inputs)
+    first = next(paths, None)
+    if first is None:
+        raise UsageError(f"no image files found in {', '.join(inputs)}")
+    writer = RowWriter(out, fmt, top_k, flag_low=min_confidence is not None)
+    counts = {"rows": 0, "failed": 0, "low_confidence": 0}
+    bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
+    for row in classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0):
+        writer.write(row)
+        counts["rows"] += 1
+        counts["failed"] += bool(row.error)
+        counts["low_confidence"] += row.low_confidence
+        bar.update()
+    bar.close()
+    writer.close()
+    return counts
+
+
+def _chain(first: Path, rest: Iterator[Path]) -> Iterator[Path]:
+    yield first
+    yield from rest
 
 
 def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = 256,
                   device: str = "cpu", backend: str = "auto") -> list[Prediction]:
-    """One row per input file; ``checkpoint`` is a model.pt (or run directory) or an ONNX file
-    from ``fashionclf export``; ``backend`` as in ``fashionclf.inference.load_classifier``."""
+    """All rows as a list (for a library caller with a modest number of files)."""
     classifier = load_classifier(checkpoint, backend, device)
-    classes = classifier.classes
-    if not 1 <= top_k <= len(classes):
-        raise UsageError(f"--top-k must be between 1 and {len(classes)} (the number of classes), got {top_k}")
-    paths = expand_inputs(inputs)
-    if not paths:
+    if not 1 <= top_k <= len(classifier.classes):
+        raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)}, got {top_k}")
+    rows = list(classify(classifier, iter_inputs(inputs), top_k, batch_size))
+    if not rows:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
-    rows = [Prediction(str(p)) for p in paths]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        good, arrays = [], []
-        for row in chunk:
-            try:
-                arrays.append(load_image(Path(row.path)))
-                good.append(row)
-            except (ValueError, OSError) as exc:
-                row.error = str(exc) or type(exc).__name__
-        if not good:
-            continue
-        probs = torch.from_numpy(classifier.predict_proba(np.stack(arrays)))
-        conf, idx = probs.topk(top_k, dim=1)
-        for row, c, i in zip(good, conf.tolist(), idx.tolist()):
-            row.top = [(classes[j], p) for j, p in zip(i, c)]
-            row.label, row.confidence = row.top[0]
     return rows
 
 
 def format_rows(rows: list[Prediction], fmt: str = "csv", top_k: int = 1) -> str:
-    if fmt == "json":
-        return json.dumps(
-            [{"path": r.path, "label": r.label or None, "confidence": r.confidence, "error": r.error or None,
-              "top": [{"label": l, "confidence": c} for l, c in r.top]} for r in rows],
-            indent=2,
-        ) + "\n"
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header = ["path", "label", "confidence", "error"]
-    for k in range(2, top_k + 1):
-        header += [f"label_{k}", f"confidence_{k}"]
-    writer.writerow(header)
+    writer = RowWriter(buf, fmt, top_k)
     for r in rows:
-        line = [r.path, r.label, "" if r.confidence is None else f"{r.confidence:.6f}", r.error]
-        for k in range(1, top_k):
-            line += [r.top[k][0], f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
-        writer.writerow(line)
+        writer.write(r)
+    writer.close()
     return buf.getvalue()

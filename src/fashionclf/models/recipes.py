@@ -29,7 +29,7 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 
 FAST_DEFAULTS = {
-    "epochs": 4,  # 3 epochs: 0.9159 test accuracy; 4 clear the reference's 0.9184 (README)
+    "epochs": 5,  # 4 epochs: median 0.9182 of 3 seeds, just short of the reference's 0.9184 (README)
     "batch_size": 128,  # 128 beat 64 (slower steps) and 256 (fewer updates) at equal time
     "optimizer": "adamw",
     "lr": 3e-3,  # AdamW 3e-3 beat SGD-Nesterov 0.05 by 0.2 pt at 4 epochs
@@ -43,7 +43,7 @@ FAST_DEFAULTS = {
 
 @register_model(
     "fast-cnn",
-    "recipe 'fast': strided Conv32 5x5 > Conv64 3x3 (BN) > Dense128 > Dense k, 4 epochs",
+    "recipe 'fast': strided Conv32 5x5 > Conv64 3x3 (BN) > Dense128 > Dense k, 5 epochs",
     train_defaults=lambda weights: FAST_DEFAULTS,
 )
 def fast_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 32) -> nn.Module:

@@ -1,0 +1,189 @@
+"""Turn a shop's photo into a Fashion-MNIST image: the one function predict, serve and the
+tests use (``photo_to_28``).
+
+Fashion-MNIST was made from Zalando product photos (Xiao, Rasul, Vollgraf 2017,
+arXiv:1708.07747) by trimming the edges close to the corner pixels' colour, resizing the
+longest edge to 28, sharpening, extending the shorter edge to 28 with the item centred,
+negating intensities and converting to 8-bit grey. A user's photo goes the same way:
+
+1. refuse images over ``MAX_PIXELS`` from their header alone, before decoding (a
+   decompression bomb is a small file that decodes to gigabytes);
+2. first frame of an animation; EXIF orientation applied; alpha flattened onto white;
+   CMYK, palette, 16-bit and other modes converted to 8-bit grey (16-bit scaled, not clipped);
+3. the background's polarity from the image's border: a light background (a product photo)
+   is negated, a dark one (already dataset polarity) is kept;
+4. trim rows and columns within 5% of full intensity of the background; resize the longest
+   edge to 28 (Lanczos), sharpen, centre on a 28x28 black canvas.
+
+An image that is already 28x28 grey with a dark background passes through unchanged, so the
+dataset's own images (and PNGs saved from them) are classified exactly as in evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+SIZE = 28
+MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
+TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
+
+# Pillow's own guard warns at MAX_IMAGE_PIXELS and refuses at twice that; ours refuses first.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be tagged; the message says what is wrong and what would work.
+    ``kind``: "too_large", "unsupported" (not an image) or "unreadable" (damaged, empty, blank)."""
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def open_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Open a path or bytes with Pillow, refusing non-images and oversized images before the
+    pixel data is decoded."""
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise PhotoError("empty file (0 bytes)")
+            img = Image.open(io.BytesIO(source))
+        else:
+            path = Path(source)
+            if path.is_file() and path.stat().st_size == 0:
+                raise PhotoError("empty file (0 bytes)")
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise PhotoError("no such file") from None
+    except IsADirectoryError:
+        raise PhotoError("is a directory, not an image file", "unsupported") from None
+    except UnidentifiedImageError:
+        raise PhotoError("not an image Pillow can read (expected JPEG, PNG, WEBP, GIF, BMP, TIFF, ...)",
+                         "unsupported") from None
+    except Image.DecompressionBombError as exc:
+        raise PhotoError(f"image is over the limit of {MAX_PIXELS:,} pixels ({exc}); downscale it first",
+                         "too_large") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise PhotoError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,}; "
+                         "downscale it first", "too_large")
+    if w == 0 or h == 0:
+        raise PhotoError(f"image has no pixels ({w}x{h})")
+    return img
+
+
+def to_grey(img: Image.Image) -> np.ndarray:
+    """Decode the first frame, apply EXIF orientation, flatten alpha onto white and return
+    8-bit grey as a uint8 array."""
+    try:
+        img.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "palette images with transparency ..."
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                a = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+                return np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or damaged data
+        raise PhotoError(f"image data is damaged or truncated ({exc})") from None
+
+
+def border_value(grey: np.ndarray) -> float:
+    """The background's intensity: the median of the outermost rows and columns."""
+    edge = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return float(np.median(edge))
+
+
+def photo_to_28(source: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
+    """A photo (path, bytes or open Pillow image) -> a 28x28 uint8 image in Fashion-MNIST's
+    form: light item, black background, centred, longest side 28. Raises PhotoError."""
+    img = source if isinstance(source, Image.Image) else open_image(source)
+    grey = to_grey(img)
+    light_background = border_value(grey) > 127
+    if grey.shape == (SIZE, SIZE) and not light_background:
+        return grey  # already a dataset image
+    if light_background:
+        grey = 255 - grey
+    background = border_value(grey)
+    mask = np.abs(grey.astype(np.int16) - background) > TRIM_TOLERANCE
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        raise PhotoError("blank image: no pixel differs from the background")
+    crop = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    # Subtracting the background makes it exactly black, as the dataset's is.
+    crop = np.clip(crop.astype(np.float32) - background, 0, 255).astype(np.uint8)
+    h, w = crop.shape
+    scale = SIZE / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    item = Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    item = item.filter(ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0))
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    canvas.paste(item, ((SIZE - new_w) // 2, (SIZE - new_h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- the conversion backwards
+
+CATALOGUE_FORMATS = ("jpeg", "png", "png-rgba", "webp", "gif", "jpeg-grey", "png-16bit", "jpeg-cmyk",
+                     "jpeg-exif-rotated")
+
+
+def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpeg") -> bytes:
+    """A Fashion-MNIST image turned back into a catalogue-style photo, for tests and benchmarks:
+    un-negated (dark item on a white background), coloured, upscaled 6-12x, placed off-centre
+    on a larger white canvas, saved as ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
+    from PIL import TiffImagePlugin  # noqa: F401  (registers EXIF tag names)
+
+    v = image.astype(np.float32)[..., None] / 255.0  # item strength
+    colour = rng.uniform(0.0, 0.6, size=3) * 255  # a dark-to-mid colour
+    rgb = (1 - v) * 255 + v * colour
+    item = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+    side = int(rng.integers(6, 13)) * SIZE
+    item = item.resize((side, side), Image.Resampling.BICUBIC)
+    canvas_w, canvas_h = side + int(rng.integers(10, side)), side + int(rng.integers(10, side))
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+    offset = (int(rng.integers(0, canvas_w - side + 1)), int(rng.integers(0, canvas_h - side + 1)))
+    canvas.paste(item, offset)
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        canvas.save(buf, "JPEG", quality=85)
+    elif fmt == "png":
+        canvas.save(buf, "PNG")
+    elif fmt == "png-rgba":  # transparent background: alpha carries the item
+        alpha = Image.new("L", canvas.size, 0)
+        alpha.paste(Image.fromarray((v[..., 0] * 255).astype(np.uint8)).resize((side, side)), offset)
+        rgba = canvas.copy()
+        rgba.putalpha(alpha)
+        rgba.save(buf, "PNG")
+    elif fmt == "webp":
+        canvas.save(buf, "WEBP", quality=85)
+    elif fmt == "gif":  # palette mode
+        canvas.convert("P", palette=Image.Palette.ADAPTIVE).save(buf, "GIF")
+    elif fmt == "jpeg-grey":
+        canvas.convert("L").save(buf, "JPEG", quality=85)
+    elif fmt == "png-16bit":
+        grey = np.asarray(canvas.convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(grey).save(buf, "PNG")
+    elif fmt == "jpeg-cmyk":
+        canvas.convert("CMYK").save(buf, "JPEG", quality=90)
+    elif fmt == "jpeg-exif-rotated":  # stored turned 90 degrees, with the EXIF tag that undoes it
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+        canvas.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=85, exif=exif)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CATALOGUE_FORMATS)}")
+    return buf.getvalue()

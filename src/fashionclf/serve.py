@@ -1,0 +1,179 @@
+"""The HTTP service: ``fashionclf serve MODEL [--host 127.0.0.1] [--port 8000] [--backend onnx|torch]
+[--workers N]`` (FastAPI on uvicorn).
+
+Endpoints:
+
+- ``POST /predict``: multipart form, one or more ``file`` fields (photos of any common format,
+  size and mode; ``fashionclf.photos`` turns each into a 28x28 dataset image). Answers a JSON
+  list, one object per file: ``{filename, label, confidence, probabilities, error}``
+  (``?preview=true`` adds ``preview``, the 28x28 image the model saw, as a PNG data URL).
+  One bad file does not stop the others: its object carries the error and the answer is 200.
+  When every file failed, the status is that of the first failure: 413 too large, 415 not an
+  image, 422 unreadable (damaged, truncated, blank). Limits, whole request: ``max_request_bytes``
+  and ``max_files`` (413); per image: ``fashionclf.photos.MAX_PIXELS``, checked before decoding.
+  Every error body is JSON ``{"detail": "..."}``; bad input never causes a 500.
+- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /model``: model name, classes, test accuracy, input contract, backend, limits.
+- ``GET /``: a web page to drop or choose a photo and see the preprocessed 28x28 view, the
+  label and a bar chart of the probabilities.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+
+from .inference import Classifier, load_classifier
+from .photos import MAX_PIXELS, PhotoError, photo_to_28
+
+STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 20 * 1024 * 1024  # a few large JPEGs; bigger uploads get 413 unread
+    max_files: int = 32  # per request; larger batches belong to `fashionclf predict`
+    max_pixels: int = MAX_PIXELS  # per image, checked from its header before decoding
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, judged from
+    Content-Length when given and by counting otherwise, before the form parser sees it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._too_large(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send):
+        import json
+
+        body = json.dumps({"detail": f"request body over the limit of {self.limit:,} bytes; "
+                                     "send fewer or smaller files"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def preview_png(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def create_app(classifier: Classifier, limits: Limits = Limits()):
+    app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.")
+    classes = classifier.classes
+    page = (Path(__file__).parent / "web" / "index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model() -> dict:
+        return {**classifier.info, "backend": classifier.backend, "limits": asdict(limits)}
+
+    @app.post("/predict")
+    async def predict(request: Request, preview: bool = False):
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
+                                           f"got Content-Type {content_type or 'none'!r}"}, 415)
+        try:
+            form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 8)
+        except _TooLarge:
+            raise
+        except Exception as exc:  # the form parser's errors (too many files, malformed body)
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            status = 413 if "Too many" in str(detail) else 422
+            return JSONResponse({"detail": f"could not read the form: {detail} "
+                                           f"(at most {limits.max_files} files per request)"}, status)
+        files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
+        if not files:
+            return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
+        results, images, ok = [], [], []
+        statuses = []
+        for upload in files:
+            item = {"filename": upload.filename, "label": None, "confidence": None, "probabilities": None,
+                    "error": None}
+            try:
+                image = photo_to_28(await upload.read())
+                images.append(image)
+                ok.append(item)
+                if preview:
+                    item["preview"] = preview_png(image)
+            except PhotoError as exc:
+                item["error"] = str(exc)
+                statuses.append(STATUS_OF.get(exc.kind, 422))
+            results.append(item)
+        await form.close()
+        if images:
+            probs = classifier.predict_proba(np.stack(images))
+            for item, p in zip(ok, probs):
+                best = int(p.argmax())
+                item.update(label=classes[best], confidence=float(p[best]),
+                            probabilities={c: float(v) for c, v in zip(classes, p)})
+        status = 200 if ok else statuses[0]
+        return JSONResponse(results, status)
+
+    return BodyLimit(app, limits.max_request_bytes)
+
+
+def app_from_env():
+    """The app for ``uvicorn --factory`` (used by ``--workers N``): model and backend from
+    FASHIONCLF_MODEL and FASHIONCLF_BACKEND; each worker process loads its own copy."""
+    workers = int(os.environ.get("FASHIONCLF_WORKERS", "1"))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    classifier = load_classifier(os.environ["FASHIONCLF_MODEL"], os.environ.get("FASHIONCLF_BACKEND", "onnx"),
+                                 threads=threads)
+    return create_app(classifier)
+
+
+def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
+          workers: int = 1, access_log: bool = False) -> None:
+    import uvicorn
+
+    load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
+    os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers))
+    uvicorn.run("fashionclf.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                access_log=access_log, log_level="info")

@@ -1,0 +1,154 @@
+"""The HTTP service, started for real on 127.0.0.1 and called over HTTP; the web page driven
+in headless Chromium."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from fashionclf.checkpoint import make_checkpoint, save_atomic
+from fashionclf.data import CLASSES
+from fashionclf.models import create_model
+from fashionclf.photos import catalogue_photo
+from fashionclf.transforms import GREY_28
+from test_photos import dataset_like_image, png_header_only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`fashionclf serve` in its own process, on a free port; yields the base URL."""
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    ckpt = make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list(CLASSES),
+                           list(range(10)), GREY_28, {}, metrics={"test_accuracy": 0.92})
+    save_atomic(ckpt, root / "model.pt")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(root / "model.pt"), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {(root / 'server.log').read_text()}")
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {(root / 'server.log').read_text()}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
+    return catalogue_photo(dataset_like_image(), np.random.default_rng(seed), fmt)
+
+
+def test_health_and_model(server):
+    assert httpx.get(server + "/health").json() == {"status": "ok"}
+    info = httpx.get(server + "/model").json()
+    assert info["model"] == "fast-cnn" and info["classes"] == list(CLASSES)
+    assert info["backend"] == "onnx" and info["test_accuracy"] == 0.92
+    assert info["limits"]["max_files"] >= 1 and info["input"]["shape"] == ["N", 28, 28]
+
+
+def test_predict_one_photo(server):
+    r = httpx.post(server + "/predict", files={"file": ("shirt.jpg", photo(), "image/jpeg")})
+    assert r.status_code == 200
+    [item] = r.json()
+    assert item["filename"] == "shirt.jpg" and item["error"] is None
+    assert item["label"] in CLASSES and 0 < item["confidence"] <= 1
+    assert sum(item["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert item["probabilities"][item["label"]] == pytest.approx(item["confidence"])
+
+
+def test_one_bad_file_does_not_stop_the_others(server):
+    files = [("file", ("a.png", photo(1, "png"), "image/png")), ("file", ("bad.jpg", b"garbage", "image/jpeg")),
+             ("file", ("c.webp", photo(2, "webp"), "image/webp"))]
+    r = httpx.post(server + "/predict", files=files)
+    assert r.status_code == 200
+    a, bad, c = r.json()
+    assert a["label"] and c["label"] and bad["label"] is None
+    assert "not an image" in bad["error"]
+
+
+@pytest.mark.parametrize("name, data, status, message", [
+    ("notes.jpg", b"%PDF-1.4 not a photo", 415, "not an image"),
+    ("empty.png", b"", 422, "empty file"),
+    ("cut.jpg", photo()[:2000], 422, "damaged or truncated"),
+    ("bomb.png", png_header_only(40_000, 40_000), 413, "over the limit"),
+    ("blank.png", None, 422, "blank image"),
+])
+def test_bad_single_file_gets_the_right_status_and_a_json_error(server, name, data, status, message):
+    if data is None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), "white").save(buf, "PNG")
+        data = buf.getvalue()
+    r = httpx.post(server + "/predict", files={"file": (name, data, "application/octet-stream")})
+    assert r.status_code == status
+    assert message in r.json()[0]["error"]
+
+
+def test_request_limits(server):
+    limits = httpx.get(server + "/model").json()["limits"]
+    too_many = [("file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(limits["max_files"] + 1)]
+    r = httpx.post(server + "/predict", files=too_many)
+    assert r.status_code == 413 and "files per request" in r.json()["detail"]
+    huge = b"\0" * (limits["max_request_bytes"] + 1)
+    r = httpx.post(server + "/predict", files={"file": ("big.jpg", huge, "image/jpeg")})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    r = httpx.post(server + "/predict", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+    r = httpx.post(server + "/predict", files={"photo": ("x.jpg", photo(), "image/jpeg")})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+    r = httpx.post(server + "/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code < 500
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """Choose a photo on the page; the preview, label and bar chart appear."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required under CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "dress.jpg").write_bytes(photo(3))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(server + "/")
+        assert "Tag a clothing photo" in page.title() + page.content()
+        page.set_input_files("#file", str(tmp_path / "dress.jpg"))
+        page.wait_for_selector("#result.shown", timeout=15_000)
+        label = page.get_attribute("#label", "data-label")
+        assert label in CLASSES
+        assert page.locator(".bar").count() == 10
+        preview = page.get_attribute("#preview", "src")
+        assert preview.startswith("data:image/png;base64,")
+        natural = page.evaluate("document.getElementById('preview').naturalWidth")
+        assert natural == 28
+        assert page.text_content("#error") == ""
+        browser.close()
