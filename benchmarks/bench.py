@@ -134,11 +134,13 @@ def report(r: dict) -> str:
                   f"batch-1 latency {keras['latency_ms_batch1_p50']:.2f} ms; versions {keras['versions']}", ""]
     if "fast" in r:
         t = r["fast"]["time_to_accuracy"]
+        reached = t["median_seconds"] != float("inf")
         lines += ["## Fast recipe", "", markdown(r["fast"]["summary"]), "",
-                  f"Time to {t['target']} test accuracy: median {t['median_seconds']:.1f} s "
-                  f"({t['runs_reaching']} runs reach it); test accuracy median {t['test_accuracy']['median']:.4f} "
+                  f"Time to {t['target']} test accuracy: "
+                  + (f"median {t['median_seconds']:.1f} s" if reached else "not reached by the median run")
+                  + f" ({t['runs_reaching']} runs reach it); test accuracy median {t['test_accuracy']['median']:.4f} "
                   f"(min {t['test_accuracy']['min']:.4f}, max {t['test_accuracy']['max']:.4f})."]
-        if "train_seconds" in keras:
+        if "train_seconds" in keras and reached:
             lines.append(f"Keras reference training / fast recipe time to accuracy: "
                          f"**{keras['train_seconds'] / t['median_seconds']:.1f}x** (target: 10x).")
         lines.append("")

@@ -92,3 +92,71 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert lines[0].startswith("path,label,confidence,error,label_2")
     assert len(lines) == 4 and "not an image" in [l for l in lines if "bad.png" in l][0]
     assert_one_line_error(run("predict", out / "model.pt", images, "--top-k", "11"), "--top-k")
+
+
+def test_predict_globs_min_confidence_and_bad_files_in_one_batch(tmp_path, capsys):
+    """Globs and folders; every kind of bad file gets its own row and error; exit 1; the
+    low_confidence column marks rows under --min-confidence."""
+    import csv
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fashionclf.checkpoint import make_checkpoint, save_atomic
+    from fashionclf.cli import main
+    from fashionclf.data import CLASSES
+    from fashionclf.models import create_model
+    from fashionclf.photos import catalogue_photo
+    from fashionclf.transforms import GREY_28
+    from test_photos import dataset_like_image, png_header_only
+
+    torch.manual_seed(0)
+    save_atomic(make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list(CLASSES),
+                                list(range(10)), GREY_28, {}), tmp_path / "model.pt")
+    shop = tmp_path / "shop" / "summer"
+    shop.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for fmt in ("jpeg", "png-rgba", "gif", "png-16bit", "jpeg-cmyk"):
+        (shop / f"ok-{fmt}.{'jpg' if 'jpeg' in fmt else fmt.split('-')[0]}").write_bytes(
+            catalogue_photo(dataset_like_image(), rng, fmt))
+    (shop / "empty.jpg").write_bytes(b"")
+    (shop / "text.png").write_text("not an image")
+    (shop / "bomb.png").write_bytes(png_header_only(40_000, 40_000))
+    good = (shop / "ok-jpeg.jpg").read_bytes()
+    (shop / "cut.jpg").write_bytes(good[: len(good) // 3])
+    Image.fromarray(dataset_like_image()).save(tmp_path / "loose.png")
+
+    rc = main(["predict", str(tmp_path / "model.pt"), str(tmp_path / "shop" / "**" / "*.jpg"),
+               str(tmp_path / "shop" / "summer" / "*.png"), str(tmp_path / "loose.png"),
+               str(tmp_path / "missing.jpg"), "--min-confidence", "0.99", "--top-k", "2"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(io.StringIO(captured.out))}
+    assert set(rows) == {"ok-jpeg.jpg", "ok-jpeg-cmyk.jpg", "empty.jpg", "cut.jpg", "ok-png-rgba.png",
+                         "ok-png-16bit.png", "text.png", "bomb.png", "loose.png", "missing.jpg"}
+    assert "empty file" in rows["empty.jpg"]["error"]
+    assert "not an image" in rows["text.png"]["error"]
+    assert "over the limit" in rows["bomb.png"]["error"]
+    assert "damaged or truncated" in rows["cut.jpg"]["error"]
+    assert "no such file" in rows["missing.jpg"]["error"]
+    for name in ("ok-jpeg.jpg", "ok-jpeg-cmyk.jpg", "ok-png-rgba.png", "ok-png-16bit.png", "loose.png"):
+        assert rows[name]["error"] == "" and rows[name]["label"] in CLASSES and rows[name]["label_2"]
+        # An untrained model is never 99% sure: every good row is flagged for review.
+        assert rows[name]["low_confidence"] == "true"
+    assert "5 of 10 inputs failed" in captured.err and "below --min-confidence" in captured.err
+
+
+def test_predict_with_nothing_to_tag_is_a_usage_error(tmp_path, capsys):
+    from fashionclf.checkpoint import make_checkpoint, save_atomic
+    from fashionclf.cli import main
+    from fashionclf.models import create_model
+    from fashionclf.transforms import GREY_28
+
+    save_atomic(make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list("abcdefghij"),
+                                list(range(10)), GREY_28, {}), tmp_path / "model.pt")
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "model.pt"), str(tmp_path / "empty")]) == 2
+    assert "no image files found" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "model.pt"), str(tmp_path), "--min-confidence", "2"]) == 2

@@ -117,6 +117,14 @@ def test_request_limits(server):
     huge = b"\0" * (limits["max_request_bytes"] + 1)
     r = httpx.post(server + "/predict", files={"file": ("big.jpg", huge, "image/jpeg")})
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    def chunked():  # no Content-Length: the limit is enforced by counting
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for _ in range(limits["max_request_bytes"] // 65536 + 2):
+            yield b"\0" * 65536
+
+    r = httpx.post(server + "/predict", content=chunked(),
+                   headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
     r = httpx.post(server + "/predict", content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = httpx.post(server + "/predict", files={"photo": ("x.jpg", photo(), "image/jpeg")})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,31 +62,31 @@ class BodyLimit:
         seen = 0
 
         async def counted():
+            # Without Content-Length (chunked upload): stop reading at the limit; the form
+            # parser then sees a disconnect and /predict answers 413 from the flag.
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge()
+                    scope[TOO_LARGE] = True
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(send)
+        await self.app(scope, counted, send)
 
     async def _too_large(self, send):
-        import json
-
-        body = json.dumps({"detail": f"request body over the limit of {self.limit:,} bytes; "
-                                     "send fewer or smaller files"}).encode()
+        body = json.dumps({"detail": too_large_message(self.limit)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+TOO_LARGE = "fashionclf.body_too_large"
+
+
+def too_large_message(limit: int) -> str:
+    return f"request body over the limit of {limit:,} bytes; send fewer or smaller files"
 
 
 def preview_png(image: np.ndarray) -> str:
@@ -121,9 +122,9 @@ def create_app(classifier: Classifier, limits: Limits = Limits()):
                                            f"got Content-Type {content_type or 'none'!r}"}, 415)
         try:
             form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 8)
-        except _TooLarge:
-            raise
-        except Exception as exc:  # the form parser's errors (too many files, malformed body)
+        except Exception as exc:  # the form parser's errors (too many files, malformed body, cut short)
+            if request.scope.get(TOO_LARGE):
+                return JSONResponse({"detail": too_large_message(limits.max_request_bytes)}, 413)
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             status = 413 if "Too many" in str(detail) else 422
             return JSONResponse({"detail": f"could not read the form: {detail} "

@@ -1,0 +1,189 @@
+"""Load benchmark of ``fashionclf serve`` and of batch tagging, with real JPEG photos.
+
+    python benchmarks/load.py MODEL.pt [--concurrency 1 8 32] [--requests 3000] [--seconds 20]
+                                       [--workers 1] [--backend onnx] [--batch-files 2000] [--json FILE]
+
+The photos are catalogue-style JPEGs made from test images (``fashionclf.photos.catalogue_photo``:
+white background, colour, 168-336 px, off-centre). The server runs in its own process on
+127.0.0.1; each client keeps one HTTP/1.1 connection and sends ``POST /predict`` with one
+photo, waiting for each answer before the next request (a closed loop). The client is raw
+asyncio streams with the requests prepared in advance, so it costs the shared 2 cores as
+little as a client can. Each level stops after ``--requests`` requests or ``--seconds``,
+whichever comes first, and reports requests/s, p50/p99 latency and errors (non-200 answers
+and failed connections).
+
+Batch tagging: ``fashionclf.predict.tag_files`` over a folder of ``--batch-files`` JPEGs,
+images/s, for each backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+
+def photos(count: int, seed: int = 0) -> list[bytes]:
+    from fashionclf.data import load_dataset
+    from fashionclf.photos import catalogue_photo
+
+    images = load_dataset(None).test.images
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(images), count, replace=False)
+    return [catalogue_photo(images[i], rng, "jpeg") for i in picks]
+
+
+def request_bytes(photo: bytes, port: int) -> bytes:
+    boundary = "fashionclfbench"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def client(port: int, requests: list[bytes], stop_at: float, budget: list[int], latencies: list[float],
+                 errors: list[str]) -> None:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        errors.append(f"connect: {exc}")
+        return
+    i = 0
+    while budget[0] > 0 and time.perf_counter() < stop_at:
+        budget[0] -= 1
+        data = requests[i % len(requests)]
+        i += 1
+        t = time.perf_counter()
+        try:
+            writer.write(data)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            errors.append(f"connection: {exc}")
+            return
+        latencies.append(time.perf_counter() - t)
+        status = status_line.split(b" ")[1:2]
+        if status != [b"200"]:
+            errors.append(status_line.decode(errors="replace").strip())
+    writer.close()
+
+
+async def level(port: int, requests: list[bytes], concurrency: int, total: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    budget = [total]
+    start = time.perf_counter()
+    await asyncio.gather(*(client(port, requests, start + seconds, budget, latencies, errors)
+                           for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, backend: str, workers: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", model, "--port", str(port),
+                             "--backend", backend, "--workers", str(workers)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start in 60 s")
+
+
+def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
+    from fashionclf.predict import tag_files
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, data in enumerate(files):
+            Path(tmp, f"{i:06d}.jpg").write_bytes(data)
+        for backend in ("onnx", "torch"):
+            t = time.perf_counter()
+            counts = tag_files(model, [tmp], io.StringIO(), backend=backend, progress=False)
+            seconds = time.perf_counter() - t
+            rows.append({"backend": backend, "files": counts["rows"], "failed": counts["failed"],
+                         "seconds": seconds, "images_per_s": counts["rows"] / seconds})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=3000, help="per level, at most")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per level, at most")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--backend", default="onnx", choices=("onnx", "torch"))
+    parser.add_argument("--photos", type=int, default=200, help="distinct JPEGs the clients cycle through")
+    parser.add_argument("--batch-files", type=int, default=2000, help="JPEGs for the batch-tagging figure (0: skip)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    jpegs = photos(max(args.photos, args.batch_files))
+    port = free_port()
+    server = start_server(args.model, port, args.backend, args.workers)
+    try:
+        requests = [request_bytes(p, port) for p in jpegs[: args.photos]]
+        asyncio.run(level(port, requests, 1, 50, 10))  # warm-up
+        levels = [asyncio.run(level(port, requests, c, args.requests, args.seconds)) for c in args.concurrency]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    result = {"model": args.model, "backend": args.backend, "workers": args.workers, "cores": os.cpu_count(),
+              "jpeg_bytes_median": int(statistics.median(len(p) for p in jpegs[: args.photos])),
+              "levels": levels,
+              "batch_tagging": batch_tagging(args.model, jpegs[: args.batch_files]) if args.batch_files else []}
+    print(f"`python benchmarks/load.py {args.model} --workers {args.workers} --backend {args.backend}` "
+          f"({os.cpu_count()} cores, JPEGs of median {result['jpeg_bytes_median']:,} bytes)\n")
+    print("| clients | requests | requests/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for r in levels:
+        print(f"| {r['concurrency']} | {r['requests']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} "
+              f"| {r['p99_ms']:.2f} | {r['errors']} |")
+    for b in result["batch_tagging"]:
+        print(f"\nbatch tagging ({b['backend']}): {b['files']} JPEGs in {b['seconds']:.1f} s = "
+              f"{b['images_per_s']:,.0f} images/s, {b['failed']} failed")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
