@@ -132,11 +132,18 @@ def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp, "photos")
+        folder.mkdir()
         for i, data in enumerate(files):
-            Path(tmp, f"{i:06d}.jpg").write_bytes(data)
-        for backend in ("onnx", "torch"):
+            (folder / f"{i:06d}.jpg").write_bytes(data)
+        from fashionclf.checkpoint import load_checkpoint
+        from fashionclf.export import export_onnx_bytes
+
+        onnx_file = Path(tmp, "model.onnx")  # exported once, as a user would, not per batch run
+        onnx_file.write_bytes(export_onnx_bytes(load_checkpoint(model)))
+        for backend, path in (("onnx", onnx_file), ("torch", model)):
             t = time.perf_counter()
-            counts = tag_files(model, [tmp], io.StringIO(), backend=backend, progress=False)
+            counts = tag_files(path, [str(folder)], io.StringIO(), backend=backend, progress=False)
             seconds = time.perf_counter() - t
             rows.append({"backend": backend, "files": counts["rows"], "failed": counts["failed"],
                          "seconds": seconds, "images_per_s": counts["rows"] / seconds})

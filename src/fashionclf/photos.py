@@ -32,6 +32,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
+DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
 
 # Pillow's own guard warns at MAX_IMAGE_PIXELS and refuses at twice that; ours refuses first.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -83,6 +84,10 @@ def to_grey(img: Image.Image) -> np.ndarray:
     8-bit grey as a uint8 array."""
     try:
         img.seek(0)
+        if img.format == "JPEG" and img.mode in ("RGB", "L"):
+            # Let libjpeg decode straight to grey at 1/2, 1/4 or 1/8 scale, keeping at least
+            # DRAFT_SIDE pixels a side: 3-4x faster on catalogue photos, and 28 px come out.
+            img.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "palette images with transparency ..."
             img.load()
@@ -97,7 +102,7 @@ def to_grey(img: Image.Image) -> np.ndarray:
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(white, rgba)
-            return np.asarray(img.convert("L"), dtype=np.uint8)
+            return np.array(img.convert("L"), dtype=np.uint8)  # a writable copy
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or damaged data
         raise PhotoError(f"image data is damaged or truncated ({exc})") from None
 
@@ -129,11 +134,11 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
     h, w = crop.shape
     scale = SIZE / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    item = Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    item = Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
     item = item.filter(ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0))
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(item, ((SIZE - new_w) // 2, (SIZE - new_h) // 2))
-    return np.asarray(canvas, dtype=np.uint8)
+    return np.array(canvas, dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- the conversion backwards
