@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONCLF := $(VENV)/bin/fashionclf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup setup-bench data bench bench-seeds clean
+.PHONY: run test setup setup-bench data bench bench-load bench-seeds clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ setup-bench: $(STAMP)
 # about 40 minutes on 2 cores. Writes runs/bench/results.md and results.json.
 bench: data
 	$(PY) benchmarks/bench.py --out runs/bench
+
+# The HTTP service under 1, 8 and 32 clients sending JPEGs, and batch tagging of a folder of
+# JPEGs (about 2 minutes; needs a model: `make run` or `make bench` first).
+LOAD_MODEL ?= $(firstword $(wildcard runs/bench/fast/seed-0/model.pt $(RUN_DIR)/model.pt))
+bench-load: data
+	$(PY) benchmarks/load.py $(LOAD_MODEL) --workers 2 --json runs/load.json
 
 # Median of 3 seeds for both reference CNNs (about 20 minutes on 2 cores).
 bench-seeds: data
