@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -22,21 +23,25 @@ FORMAT = "fashionclf-checkpoint"
 VERSION = 1
 
 
-def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never half of one."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file in the same directory, fsync, then rename
+    over ``path``: a crash leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, classes: list[str],

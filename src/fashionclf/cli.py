@@ -7,7 +7,6 @@ line on stderr and no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .errors import FashionclfError

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, write_atomic
 from .transforms import preprocess
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
@@ -92,11 +91,7 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None 
     seconds = time.perf_counter() - start
     src = Path(checkpoint)
     output = Path(output) if output else (src if src.is_dir() else src.parent) / "model.onnx"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, output)
+    write_atomic(output, lambda f: f.write(data))
 
     images, what = check_images(check_count, data_dir)
     p_torch = TorchClassifier(ckpt).predict_proba(images)

@@ -151,8 +151,6 @@ def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpe
     """A Fashion-MNIST image turned back into a catalogue-style photo, for tests and benchmarks:
     un-negated (dark item on a white background), coloured, upscaled 6-12x, placed off-centre
     on a larger white canvas, saved as ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
-    from PIL import TiffImagePlugin  # noqa: F401  (registers EXIF tag names)
-
     v = image.astype(np.float32)[..., None] / 255.0  # item strength
     colour = rng.uniform(0.0, 0.6, size=3) * 255  # a dark-to-mid colour
     rgb = (1 - v) * 255 + v * colour

@@ -138,14 +138,19 @@ class RowWriter:
             self.out.write("\n]\n" if self.count else "]\n")
 
 
-def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
-              top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
-              backend: str = "auto", device: str = "cpu", progress: bool | None = None) -> dict:
-    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence)."""
+def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k: int) -> Classifier:
     classifier = load_classifier(checkpoint, backend, device)
     if not 1 <= top_k <= len(classifier.classes):
         raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)} (the number of classes), "
                          f"got {top_k}")
+    return classifier
+
+
+def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
+              top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
+              backend: str = "auto", device: str = "cpu", progress: bool | None = None) -> dict:
+    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence)."""
+    classifier = load_checked(checkpoint, backend, device, top_k)
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
     paths = iter_inputs(inputs)
@@ -174,9 +179,7 @@ def _chain(first: Path, rest: Iterator[Path]) -> Iterator[Path]:
 def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = 256,
                   device: str = "cpu", backend: str = "auto") -> list[Prediction]:
     """All rows as a list (for a library caller with a modest number of files)."""
-    classifier = load_classifier(checkpoint, backend, device)
-    if not 1 <= top_k <= len(classifier.classes):
-        raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)}, got {top_k}")
+    classifier = load_checked(checkpoint, backend, device, top_k)
     rows = list(classify(classifier, iter_inputs(inputs), top_k, batch_size))
     if not rows:
         raise UsageError(f"no image files found in {', '.join(inputs)}")

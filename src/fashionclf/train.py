@@ -14,6 +14,7 @@ import collections
 import contextlib
 import csv
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,7 +54,7 @@ class TrainConfig:
     optimizer: str | None = None  # adam | adamw | sgd (SGD uses momentum 0.9, Nesterov)
     weight_decay: float | None = None
     lr_schedule: str | None = None  # constant | cosine (per epoch, to 0) | onecycle (per step: warm-up, linear to 0)
-    augment: str | None = None  # training batches only: none, or a list of flip, shift, rotate
+    augment: str | None = None  # training batches only: none, or a list of flip, shift, rotate, erase
     head_epochs: int | None = None  # phase 1: train only the new head on the frozen base (0: no phase 1)
     head_lr: float | None = None  # learning rate of phase 1
     unfreeze: str | None = None  # main phase trains "all" of the base, or only its last N blocks
@@ -89,8 +89,8 @@ DEFAULTS = {
     "label_smoothing": 0.0,  # the references use none
     "ema": 0.0,  # off: the reference CNNs end on a decayed learning rate anyway
     "tta": "none",  # flip averaging doubles inference cost; a model opts in
-    "bn_policy": "train",
-    "precision": "fp32",  # bit-for-bit repeatable everywhere; the recipes say "auto"  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
+    "bn_policy": "train",  # BatchNorm trained from scratch must learn its statistics; pretrained bases say "frozen"
+    "precision": "fp32",  # bit-for-bit repeatable everywhere; the recipes say "auto"
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -103,6 +103,7 @@ BN_POLICIES = ("frozen", "train")
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+@functools.lru_cache(maxsize=None)  # asked at config resolution and again at training start
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: CUDA that supports it, or a CPU with
     AMX or AVX512-BF16 (measured on one: a training step in 0.5-0.7x the fp32 time; without
