@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONCLF := $(VENV)/bin/fashionclf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup setup-bench data bench bench-load bench-seeds clean
+.PHONY: run test test-fast setup setup-bench data bench bench-load bench-seeds clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	@bash scripts/ensure-data.sh $(FASHIONCLF)
 
-# Train and evaluate the best model that trains in under 10 minutes on 2 cores (README "Recipes").
+# Train and evaluate the best model that trains in about 10 minutes on 2 cores (docs/results.md).
 run: data
 	$(FASHIONCLF) train --recipe strong --out $(RUN_DIR)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 	@bash scripts/ensure-data.sh $(FASHIONCLF) >/dev/null || echo "warning: no Fashion-MNIST; integration tests will be skipped"
 	@command -v chromium >/dev/null || bash scripts/apt-install.sh chromium || echo "warning: no chromium; the web page test will be skipped"
 	$(PY) -m pytest -q
+
+# The tests not marked slow (no training beyond a few steps, no server, browser or ONNX export): under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # The Keras reference program as a peer in `make bench` (tensorflow-cpu, about 600 MB).
 setup-bench: $(STAMP)

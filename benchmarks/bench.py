@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: an untrained checkpoint
 from seeds import markdown, run_seeds  # noqa: E402
 
 REFERENCE_ACCURACY = 0.9184  # the one-block reference program's published test accuracy
@@ -120,7 +121,8 @@ def inference(checkpoints: dict[str, Path], images: np.ndarray, repeats: int = 5
 
 def report(r: dict) -> str:
     m = r["machine"]
-    lines = ["# fashionclf benchmark", "",
+    lines = ["# fashionclf benchmark", "", "All figures below come from this one run on this one machine"
+             + (f"; sections skipped: {', '.join(r['skipped'])}." if r.get("skipped") else "."), "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
              f"flags {' '.join(m['flags'])}, torch CPU capability {m['torch_cpu_capability']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
@@ -177,10 +179,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = ["--threads", str(args.threads)] if args.threads else []
-    # Sections skipped this time keep their figures from an earlier run into the same OUT.
-    previous = out / "results.json"
-    r: dict = json.loads(previous.read_text()) if previous.exists() else {}
-    r.update(machine=machine(), commands=r.get("commands") if isinstance(r.get("commands"), dict) else {})
+    # One run, one table: sections skipped this time are left out, never copied from an earlier
+    # run (figures from two runs, possibly two machines, are not comparable).
+    r: dict = {"machine": machine(), "commands": {}, "skipped": sorted(args.skip)}
 
     def save() -> None:
         (out / "results.json").write_text(json.dumps(r, indent=2) + "\n")
@@ -202,10 +203,8 @@ def main() -> int:
         save()
     if "inference" not in args.skip:
         print("inference ...", flush=True)
-        from fashionclf.checkpoint import make_checkpoint, save_atomic
         from fashionclf.data import load_dataset
-        from fashionclf.models import create_model
-        from fashionclf.transforms import GREY_28
+        from helpers import save_untrained_checkpoint
 
         images = load_dataset(None).test.images
         checkpoints = {f"{recipe} recipe": out / recipe / f"seed-{seeds[0]}" / "model.pt"
@@ -213,8 +212,7 @@ def main() -> int:
                        if (out / recipe / f"seed-{seeds[0]}" / "model.pt").exists()}
         # The reference network's speed does not depend on its weights: an untrained copy will do.
         ref = out / "one-block-cnn-untrained.pt"
-        save_atomic(make_checkpoint(create_model("one-block-cnn"), "one-block-cnn", {"in_chans": 1},
-                                    [str(i) for i in range(10)], list(range(10)), GREY_28, {}), ref)
+        save_untrained_checkpoint(ref, "one-block-cnn")
         r["inference"] = inference({"one-block-cnn (reference net)": ref, **checkpoints}, images)
         save()
     print(report(r))

@@ -3,7 +3,7 @@
     python benchmarks/load.py MODEL.pt [--concurrency 1 8 32] [--requests 3000] [--seconds 20]
                                        [--workers 1] [--backend onnx] [--batch-files 2000] [--json FILE]
 
-The photos are catalogue-style JPEGs made from test images (``fashionclf.photos.catalogue_photo``:
+The photos are catalogue-style JPEGs made from test images (``tests/helpers.py``'s ``catalogue_photo``:
 white background, colour, 168-336 px, off-centre). The server runs in its own process on
 127.0.0.1; each client keeps one HTTP/1.1 connection and sends ``POST /predict`` with one
 photo, waiting for each answer before the next request (a closed loop). The client is raw
@@ -34,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: catalogue photos
+
 
 def photos(count: int, seed: int = 0) -> list[bytes]:
     from fashionclf.data import load_dataset
-    from fashionclf.photos import catalogue_photo
+    from helpers import catalogue_photo
 
     images = load_dataset(None).test.images
     rng = np.random.default_rng(seed)
@@ -136,11 +138,10 @@ def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
         folder.mkdir()
         for i, data in enumerate(files):
             (folder / f"{i:06d}.jpg").write_bytes(data)
-        from fashionclf.checkpoint import load_checkpoint
-        from fashionclf.export import export_onnx_bytes
+        from fashionclf.export import export_onnx
 
         onnx_file = Path(tmp, "model.onnx")  # exported once, as a user would, not per batch run
-        onnx_file.write_bytes(export_onnx_bytes(load_checkpoint(model)))
+        export_onnx(model, onnx_file)
         for backend, path in (("onnx", onnx_file), ("torch", model)):
             t = time.perf_counter()
             counts = tag_files(path, [str(folder)], io.StringIO(), backend=backend, progress=False)

@@ -21,11 +21,11 @@ import time
 
 import torch
 
+from fashionclf.config import parse_augment
+from fashionclf.contract import predict_logits
 from fashionclf.data import load_dataset, make_splits
-from fashionclf.evaluate import predict_logits
 from fashionclf.models import create_model, get_model_entry, list_models
-from fashionclf.train import make_prepare, train_one_epoch
-from fashionclf.transforms import parse_augment
+from fashionclf.train import TrainStep, make_prepare, train_one_epoch
 
 
 def measure(name: str, size: int, in_chans: int, args, data, num_classes: int, cpu: torch.device) -> dict:
@@ -44,7 +44,7 @@ def measure(name: str, size: int, in_chans: int, args, data, num_classes: int, c
     epoch_s, prep_share, ips = [], [], []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        train_one_epoch(model, opt, x, y, args.batch_size, g, prepare, cpu)
+        train_one_epoch(TrainStep(model=model, optimizer=opt, prepare=prepare, device=cpu), x, y, args.batch_size, g)
         epoch_s.append((time.perf_counter() - t) * total / n)
         t = time.perf_counter()
         for start in range(0, n, args.batch_size):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_dataset, synthetic_images
+from helpers import (catalogue_photo, dataset_like_image, make_dataset, png_header_only, save_untrained_checkpoint,
+                     synthetic_images)
 
 
 def run(*args, env=None, cwd=None):
@@ -53,6 +54,7 @@ def test_models_lists_registry():
     assert r.returncode == 0
     assert "one-block-cnn" in r.stdout and "693,962" in r.stdout and "121,930" in r.stdout
 
+@pytest.mark.slow
 
 def test_usage_errors_exit_2(tmp_path):
     assert run("train", "--epochs", "x").returncode == 2
@@ -62,6 +64,7 @@ def test_usage_errors_exit_2(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert_one_line_error(run("predict", tmp_path / "junk.pt", tmp_path), "not a readable checkpoint")
 
+@pytest.mark.slow
 
 def test_train_evaluate_predict_end_to_end(tmp_path):
     d = make_dataset(tmp_path / "d", n_train=500, n_test=100)
@@ -100,21 +103,10 @@ def test_predict_globs_min_confidence_and_bad_files_in_one_batch(tmp_path, capsy
     import csv
     import io
 
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from fashionclf.checkpoint import make_checkpoint, save_atomic
     from fashionclf.cli import main
     from fashionclf.data import CLASSES
-    from fashionclf.models import create_model
-    from fashionclf.photos import catalogue_photo
-    from fashionclf.transforms import GREY_28
-    from test_photos import dataset_like_image, png_header_only
 
-    torch.manual_seed(0)
-    save_atomic(make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list(CLASSES),
-                                list(range(10)), GREY_28, {}), tmp_path / "model.pt")
+    save_untrained_checkpoint(tmp_path / "model.pt")
     shop = tmp_path / "shop" / "summer"
     shop.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -148,15 +140,17 @@ def test_predict_globs_min_confidence_and_bad_files_in_one_batch(tmp_path, capsy
     assert "5 of 10 inputs failed" in captured.err and "below --min-confidence" in captured.err
 
 
-def test_predict_with_nothing_to_tag_is_a_usage_error(tmp_path, capsys):
-    from fashionclf.checkpoint import make_checkpoint, save_atomic
+def test_predict_with_nothing_to_tag_or_a_bad_threshold_is_a_usage_error(tmp_path, capsys):
     from fashionclf.cli import main
-    from fashionclf.models import create_model
-    from fashionclf.transforms import GREY_28
 
-    save_atomic(make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list("abcdefghij"),
-                                list(range(10)), GREY_28, {}), tmp_path / "model.pt")
+    save_untrained_checkpoint(tmp_path / "model.pt", classes=list("abcdefghij"))
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "model.pt"), str(tmp_path / "empty")]) == 2
     assert "no image files found" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "model.pt"), str(tmp_path), "--min-confidence", "2"]) == 2
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(dataset_like_image()).save(photos / "a.png")
+    assert main(["predict", str(tmp_path / "model.pt"), str(photos), "--min-confidence", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-confidence takes a probability between 0 and 1, got 2" in err
+    assert main(["predict", str(tmp_path / "model.pt"), str(photos), "--min-confidence", "0.5"]) == 0

@@ -7,10 +7,10 @@ from functools import partial
 import numpy as np
 import pytest
 
-from conftest import make_dataset, synthetic_images, write_idx
+from helpers import make_dataset, synthetic_images, write_idx
 from fashionclf import data
 from fashionclf.data import (CLASSES, FILES, DataError, find_data, load_dataset, parse_classes, read_bytes,
-                             select_classes, Split, train_val_split)
+                             select_classes, ImageSet, train_val_split)
 
 
 def test_load_gz_and_raw_give_the_same_arrays(tmp_path):
@@ -161,7 +161,7 @@ def test_parse_classes_errors(spec, message):
 
 def test_select_classes_relabels_in_the_given_order():
     labels = np.array([0, 7, 8, 3, 8, 0])
-    split = Split(synthetic_images(labels), labels)
+    split = ImageSet(synthetic_images(labels), labels)
     sub = select_classes(split, [8, 0])
     assert sub.labels.tolist() == [1, 0, 0, 1]
     np.testing.assert_array_equal(sub.images, split.images[[0, 2, 4, 5]])

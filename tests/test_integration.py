@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_one_epoch_of_the_reference_cnn_on_real_data(real_data_dir, tmp_path):
@@ -66,7 +66,7 @@ def test_catalogue_photos_are_tagged_nearly_as_well_as_the_test_set(real_data_di
 
     from fashionclf.data import load_dataset
     from fashionclf.inference import load_classifier
-    from fashionclf.photos import CATALOGUE_FORMATS, catalogue_photo
+    from helpers import CATALOGUE_FORMATS, catalogue_photo
 
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "fashionclf", "train", "--recipe", "fast", "--epochs", "2",

@@ -28,18 +28,33 @@ def test_reference_cnns_match_keras_parameter_counts(name, params):
     assert count_parameters(create_model(name, num_classes=10)) == params
 
 
-def test_keras_like_initialisation():
-    model = create_model("one-block-cnn")
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-            assert torch.count_nonzero(module.bias) == 0
+@pytest.mark.parametrize("name", ["one-block-cnn", "two-block-cnn"])
+def test_keras_like_initialisation(name):
+    """Keras' start: zero biases and Glorot-uniform weights, U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
+    (PyTorch's default Kaiming-uniform has a = sqrt(1 / fan_in) and random biases)."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) >= 3
+    for module in layers:
+        assert torch.count_nonzero(module.bias) == 0
+        w = module.weight
+        receptive = w[0, 0].numel() if w.ndim > 2 else 1
+        bound = (6 / (w.shape[1] * receptive + w.shape[0] * receptive)) ** 0.5
+        assert w.abs().max() <= bound
+        # Uniform on (-a, a): standard deviation a / sqrt(3), and the extremes are reached.
+        assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+        assert w.abs().max() > 0.9 * bound
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*one-block-cnn.*two-block-cnn"):
+    from fashionclf.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'.*one-block-cnn.*two-block-cnn"):
         create_model("resnet9000")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_onnx_export_matches_torch(name, tta):
@@ -48,15 +63,15 @@ def test_onnx_export_matches_torch(name, tta):
     import numpy as np
 
     from fashionclf.checkpoint import make_checkpoint
-    from fashionclf.export import PARITY_TOLERANCE, export_onnx_bytes
-    from fashionclf.inference import OnnxClassifier, TorchClassifier
+    from fashionclf.export import onnx_bytes
+    from fashionclf.inference import PARITY_TOLERANCE, OnnxClassifier, TorchClassifier
 
     torch.manual_seed(0)
     entry = get_model_entry(name)
     prep = dict(entry.preprocessing, tta=tta)
     model = create_model(name, num_classes=3)
     ckpt = make_checkpoint(model, name, {"in_chans": prep["channels"]}, ["a", "b", "c"], [0, 1, 2], prep, {})
-    onnx_clf = OnnxClassifier(export_onnx_bytes(ckpt))
+    onnx_clf = OnnxClassifier(onnx_bytes(ckpt))
     assert onnx_clf.classes == ["a", "b", "c"] and onnx_clf.info["model"] == name
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     p_torch = TorchClassifier(ckpt).predict_proba(images)

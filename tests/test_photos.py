@@ -2,30 +2,13 @@
 bad files give a clear error of the right kind, never a crash."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fashionclf.photos import CATALOGUE_FORMATS, MAX_PIXELS, PhotoError, catalogue_photo, photo_to_28
-
-
-def dataset_like_image() -> np.ndarray:
-    """A light 'garment' on black, as in Fashion-MNIST: centred, its longest side (height)
-    spanning all 28 rows; a trapezoid, wider and brighter at the bottom."""
-    img = np.zeros((28, 28), np.uint8)
-    for r in range(28):
-        half = 6 + r // 4
-        img[r, 14 - half : 14 + half] = 110 + 5 * r
-    return img
-
-
-def png_bytes(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG", **kw)
-    return buf.getvalue()
+from fashionclf.photos import MAX_PIXELS, PhotoError, photo_to_28
+from helpers import CATALOGUE_FORMATS, catalogue_photo, dataset_like_image, png_bytes, png_header_only
 
 
 def test_a_dataset_image_passes_through_unchanged():
@@ -70,14 +53,6 @@ def test_animated_gif_uses_the_first_frame():
     first.save(buf, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
     out = photo_to_28(buf.getvalue())
     assert out.max() > 100  # the first frame's item, not the blank second frame
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with a tiny (wrong) body: a bomb's shape."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("data, kind, message", [

@@ -8,21 +8,35 @@ import pytest
 import torch
 
 from fashionclf.cli import main
-from fashionclf.train import RECIPES, TrainConfig, learning_rate, resolve_config
+from fashionclf.config import TrainConfig, resolve_config
+from fashionclf.recipes import RECIPES
+from fashionclf.train import learning_rate
 from fashionclf.transforms import augment
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_recipe_is_a_model_with_its_defaults_and_flags_override_it(recipe):
-    config = resolve_config(TrainConfig(model=RECIPES[recipe]))
+def test_recipe_sets_its_model_and_settings_and_flags_override_it(recipe):
+    config = resolve_config(TrainConfig(recipe=recipe))
+    assert config.model == RECIPES[recipe]["model"]
     assert config.lr_schedule == "onecycle" and config.label_smoothing > 0
-    overridden = resolve_config(TrainConfig(model=RECIPES[recipe], epochs=1, lr=0.123))
+    overridden = resolve_config(TrainConfig(recipe=recipe, epochs=1, lr=0.123))
     assert (overridden.epochs, overridden.lr) == (1, 0.123)
     assert overridden.optimizer == config.optimizer  # the rest of the recipe stays
+    plain = resolve_config(TrainConfig(model=RECIPES[recipe]["model"]))  # the model alone: the global defaults
+    assert plain.lr_schedule == "cosine" and plain.optimizer == "adam"
+
+
+def test_a_recipe_works_with_any_model():
+    config = resolve_config(TrainConfig(recipe="strong", model="two-block-cnn", precision="fp32", device="cpu"))
+    assert config.model == "two-block-cnn"
+    assert (config.optimizer, config.lr, config.augment, config.tta) == ("sgd", 0.05, "flip,shift,erase", "flip")
+    # A model's own defaults give way to the recipe, and flags to nothing.
+    mobile = resolve_config(TrainConfig(recipe="fast", model="mobilenet_v2", weights="none", lr=0.5))
+    assert (mobile.optimizer, mobile.batch_size, mobile.lr, mobile.ema) == ("adamw", 128, 0.5, 0.999)
 
 
 def test_onecycle_rises_then_falls_to_zero_within_the_phase():
-    config = resolve_config(TrainConfig(model="fast-cnn", epochs=4, lr=1.0))
+    config = resolve_config(TrainConfig(recipe="fast", epochs=4, lr=1.0))
     lrs = [learning_rate(config, e, f) for e in range(1, 5) for f in np.linspace(0, 1, 9)[:-1]]
     peak = int(np.argmax(lrs))
     assert lrs[0] == 0 and max(lrs) == pytest.approx(1.0)
@@ -44,6 +58,7 @@ def test_random_erasing_blacks_out_one_rectangle_in_about_half_the_images():
     assert torch.equal(out[~erased], images[~erased])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
@@ -52,9 +67,12 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
                "--data-dir", str(tiny_data), "--no-verify", "--threads", "1", "--out", str(out)])
     assert rc == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == RECIPES[recipe] and config["epochs"] == 4 and config["lr_schedule"] == "onecycle"
-    lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "history.csv"))]
-    assert lrs[0] == 0.0 and lrs[1] > 0  # one-cycle starts from zero
+    assert config["model"] == RECIPES[recipe]["model"] and config["recipe"] == recipe
+    assert config["epochs"] == 4 and config["lr_schedule"] == "onecycle"
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(out / "history.csv"))]  # each epoch's mean rate
+    peak = config["lr"]
+    # One-cycle over 4 epochs: warm-up over the first, then linear decay to 0.
+    assert lrs[0] == pytest.approx(peak / 2, rel=0.1) and lrs[1] > lrs[2] > lrs[3] > 0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.5  # chance is 0.1
 
     assert main(["export", str(out / "model.pt"), "--data-dir", str(tiny_data), "--check-images", "50"]) == 0
@@ -64,7 +82,7 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
 
     from PIL import Image
 
-    from conftest import synthetic_images
+    from helpers import synthetic_images
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -79,11 +97,11 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
     assert results["torch"] == results[str(out / "model.onnx")] == results["onnx"]
 
 
-def test_recipe_and_model_together_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--recipe", "fast", "--model", "one-block-cnn"])
-    assert exc.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
+def test_recipes_command_lists_every_recipe(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name, table in RECIPES.items():
+        assert f"{name}:" in out and f"--model {table['model']}" in out
 
 
 def test_onnx_file_not_from_fashionclf_and_torch_backend_on_onnx_are_usage_errors(tmp_path, capsys):
@@ -103,10 +121,10 @@ def test_onnx_file_not_from_fashionclf_and_torch_backend_on_onnx_are_usage_error
 
 
 def test_strong_recipe_epochs_follow_the_training_precision():
-    fp32 = resolve_config(TrainConfig(model="strong-cnn", precision="fp32", device="cpu"))
-    bf16 = resolve_config(TrainConfig(model="strong-cnn", precision="bf16", device="cpu"))
+    fp32 = resolve_config(TrainConfig(recipe="strong", precision="fp32", device="cpu"))
+    bf16 = resolve_config(TrainConfig(recipe="strong", precision="bf16", device="cpu"))
     assert bf16.epochs > fp32.epochs > 1  # bf16 steps are cheaper: more of them in the same time
-    assert resolve_config(TrainConfig(model="strong-cnn", epochs=3)).epochs == 3
+    assert resolve_config(TrainConfig(recipe="strong", epochs=3)).epochs == 3
 
 
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):

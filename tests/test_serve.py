@@ -4,58 +4,57 @@ in headless Chromium."""
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from fashionclf.checkpoint import make_checkpoint, save_atomic
 from fashionclf.data import CLASSES
-from fashionclf.models import create_model
-from fashionclf.photos import catalogue_photo
-from fashionclf.transforms import GREY_28
-from test_photos import dataset_like_image, png_header_only
+from helpers import catalogue_photo, dataset_like_image, free_port, png_header_only, save_untrained_checkpoint
+
+pytestmark = pytest.mark.slow  # starts servers and a browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def running_server(model, *args):
+    """`fashionclf serve MODEL ARGS` in its own process, on a free port; yields the base URL."""
+    port = free_port()
+    log_path = model.parent / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(model), "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log_path.read_text()}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"server did not start: {log_path.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`fashionclf serve` in its own process, on a free port; yields the base URL."""
-    root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    ckpt = make_checkpoint(create_model("fast-cnn"), "fast-cnn", {"in_chans": 1}, list(CLASSES),
-                           list(range(10)), GREY_28, {}, metrics={"test_accuracy": 0.92})
-    save_atomic(ckpt, root / "model.pt")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(root / "model.pt"), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {(root / 'server.log').read_text()}")
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {(root / 'server.log').read_text()}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def model_path(tmp_path_factory):
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("serve") / "model.pt", metrics={"test_accuracy": 0.92})
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    with running_server(model_path) as url:
+        yield url
 
 
 def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
@@ -130,7 +129,7 @@ def test_request_limits(server):
     r = httpx.post(server + "/predict", files={"photo": ("x.jpg", photo(), "image/jpeg")})
     assert r.status_code == 422 and "'file'" in r.json()["detail"]
     r = httpx.post(server + "/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
-    assert r.status_code < 500
+    assert r.status_code == 422 and "form" in r.json()["detail"]  # a JSON error, not a 500
 
 
 def test_web_page_in_headless_chromium(server, tmp_path):
@@ -160,3 +159,16 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         assert natural == 28
         assert page.text_content("#error") == ""
         browser.close()
+
+
+def test_several_worker_processes_answer_alike(model_path):
+    """--workers 2: two server processes, each with its own model copy, give the same answers."""
+    with running_server(model_path, "--workers", "2") as url:
+        answers = set()
+        for i in range(8):
+            r = httpx.post(url + "/predict", files={"file": ("a.jpg", photo(5), "image/jpeg")})
+            assert r.status_code == 200
+            item = r.json()[0]
+            answers.add((item["label"], round(item["confidence"], 5)))
+        assert len(answers) == 1
+        assert httpx.get(url + "/model").json()["model"] == "fast-cnn"

@@ -8,6 +8,7 @@ from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
 from fashionclf.evaluate import evaluate_checkpoint
 from fashionclf.predict import format_rows, predict_paths
 from fashionclf.train import TrainConfig, fit
+from helpers import make_dataset, synthetic_images
 
 RUN_FILES = ["model.pt", "last.pt", "config.json", "history.csv", "metrics.json", "curves.png",
              "confusion_matrix.png", "confusion_matrix.json", "mistakes.png", "report.html"]
@@ -20,8 +21,6 @@ def _config(data_dir, out, **kw):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from conftest import make_dataset
-
     root = tmp_path_factory.mktemp("run")
     data_dir = make_dataset(root / "idx", n_train=600, n_test=200)
     out = root / "run"
@@ -62,12 +61,8 @@ def test_seed_makes_runs_identical_and_resume_matches_uninterrupted(tiny_data, t
     full = fit(_config(tiny_data, tmp_path / "full", epochs=3, seed=5), **quiet)
     again = fit(_config(tiny_data, tmp_path / "again", epochs=3, seed=5), **quiet)
 
-    def interrupt_after_epoch_2(line):
-        if line.startswith("epoch   2/3"):
-            raise KeyboardInterrupt  # as Ctrl-C would, once epoch 2's checkpoints are written
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(_config(tiny_data, tmp_path / "part", epochs=3, seed=5), log=interrupt_after_epoch_2)
+    stopped = fit(_config(tiny_data, tmp_path / "part", epochs=3, seed=5), stop_after_epoch=2, **quiet)
+    assert stopped == {"stopped_after_epoch": 2} and not (tmp_path / "part" / "metrics.json").exists()
     assert len(list(csv.DictReader(open(tmp_path / "part" / "history.csv")))) == 2
     resumed = fit(TrainConfig(), resume=tmp_path / "part", **quiet)
     history = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
@@ -101,8 +96,6 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from conftest import synthetic_images
-
     _, out, _ = trained_run
     labels = np.array([0, 7, 8])
     images = synthetic_images(labels, seed=9)
@@ -121,8 +114,7 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
 
 
 def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, tmp_path):
-    from fashionclf.evaluate import predict_logits
-    from fashionclf.transforms import GREY_28, preprocess
+    from fashionclf.contract import GREY_28, predict_logits, preprocess
 
     fit(_config(tiny_data, tmp_path / "tta", epochs=1, tta="flip"), log=lambda *_: None)
     ckpt = load_checkpoint(tmp_path / "tta")
@@ -141,22 +133,65 @@ def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, t
 
 def test_ema_weights_are_kept_and_survive_resume(tiny_data, tmp_path):
     quiet = dict(log=lambda *_: None)
-    fit(_config(tiny_data, tmp_path / "full", epochs=2, ema=0.9, label_smoothing=0.1), **quiet)
+    # No validation split: the latest epoch is always kept, so model.pt and last.pt are the same epoch.
+    fit(_config(tiny_data, tmp_path / "full", epochs=2, ema=0.9, label_smoothing=0.1, val_fraction=0), **quiet)
     full = load_checkpoint(tmp_path / "full" / "last.pt")
     best = load_checkpoint(tmp_path / "full" / "model.pt")
-    assert "ema" in full
-    if best["epoch"] == full["epoch"]:  # model.pt holds the average, last.pt the raw weights
-        for key, value in best["state_dict"].items():
-            assert torch.equal(value, full["ema"]["module." + key]), key
-        assert not torch.equal(best["state_dict"]["0.weight"], full["state_dict"]["0.weight"])
+    assert best["epoch"] == full["epoch"] == 2
+    for key, value in best["state_dict"].items():  # model.pt holds the average, last.pt the raw weights
+        assert torch.equal(value, full["ema"]["module." + key]), key
+    assert not torch.equal(best["state_dict"]["0.weight"], full["state_dict"]["0.weight"])
 
-    def stop(line):
-        if line.startswith("epoch   1/2"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(_config(tiny_data, tmp_path / "part", epochs=2, ema=0.9, label_smoothing=0.1), log=stop)
+    fit(_config(tiny_data, tmp_path / "part", epochs=2, ema=0.9, label_smoothing=0.1, val_fraction=0),
+        stop_after_epoch=1, **quiet)
     fit(TrainConfig(), resume=tmp_path / "part", **quiet)
     part = load_checkpoint(tmp_path / "part" / "last.pt")
     for key in full["ema"]:
         torch.testing.assert_close(full["ema"][key], part["ema"][key], rtol=0, atol=0)
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tiny_data, tmp_path):
+    metrics = fit(_config(tiny_data, tmp_path / "run", epochs=2, val_fraction=0), log=lambda *_: None)
+    assert metrics["best_epoch"] == 2 and metrics["val_accuracy"] != metrics["val_accuracy"]  # NaN: no val split
+    assert sum(metrics["data"]["val_counts"]) == 0 and sum(metrics["data"]["train_counts"]) == 400
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 2
+
+
+def test_precision_auto_trains_in_bf16_exactly_where_the_cpu_has_it(tiny_data, tmp_path):
+    from fashionclf.device import autocast_dtype, native_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    lines = []
+    fit(_config(tiny_data, tmp_path / "run", model="fast-cnn", epochs=1, precision="auto"), log=lines.append)
+    expected = "bf16" if native_bf16(cpu) else "fp32"
+    assert f"training in {expected}" in lines[0]
+
+
+def test_resume_with_more_epochs_continues_the_run(tiny_data, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    fit(_config(tiny_data, tmp_path / "run", epochs=2, lr_schedule="constant"), **quiet)
+    first = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    metrics = fit(TrainConfig(epochs=3), resume=tmp_path / "run", **quiet)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[:2] == first
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
+    assert metrics["total_epochs"] == 3
+
+
+def test_evaluating_a_checkpoint_scores_the_training_split_only_when_asked(trained_run, tmp_path, monkeypatch):
+    import fashionclf.evaluate as ev
+
+    data_dir, out, metrics = trained_run
+    scored = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: scored.append(a[5]) or real(*a, **k))
+    summary = evaluate_checkpoint(out, "test", tmp_path / "a", str(data_dir), verify=False, device="cpu")
+    assert sorted(scored) == ["test", "val"]
+    assert summary["accuracies"]["train"] == metrics["train_accuracy"]  # as recorded by training
+    scored.clear()
+    again = evaluate_checkpoint(out, "test", tmp_path / "b", str(data_dir), verify=False, device="cpu",
+                                score_train=True)
+    assert sorted(scored) == ["test", "train", "val"]
+    assert again["accuracies"]["train"] == pytest.approx(metrics["train_accuracy"])

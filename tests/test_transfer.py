@@ -16,8 +16,10 @@ from fashionclf.errors import UsageError
 from fashionclf.models import create_model
 from fashionclf.models.mobilenet import imagenet_weights
 from fashionclf.predict import load_image
+from fashionclf.contract import preprocess
 from fashionclf.train import TrainConfig, fit, make_prepare
-from fashionclf.transforms import augment, preprocess
+from fashionclf.transforms import augment
+from helpers import make_dataset
 
 QUIET = dict(log=lambda *_: None)
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: any download fails at once, as offline
@@ -49,13 +51,6 @@ def _base_state(state_dict):
     return {k: v for k, v in state_dict.items() if k.startswith("base.")}
 
 
-def _interrupted_after(epoch, total):
-    def log(line):
-        if line.startswith(f"epoch {epoch:>3}/{total}"):
-            raise KeyboardInterrupt
-    return log
-
-
 def test_weights_path_loads_the_file(weights_file):
     model = create_model("mobilenet_v2", num_classes=3, weights=str(weights_file))
     saved = torch.load(weights_file, weights_only=True)
@@ -85,10 +80,9 @@ def test_imagenet_weights_load_offline_from_a_filled_torch_home(weights_file, tm
     saved = torch.load(weights_file, weights_only=True)
     torch.testing.assert_close(model.state_dict()["base.0.18.1.running_var"], saved["features.18.1.running_var"])
 
+@pytest.mark.slow
 
 def test_imagenet_weights_missing_offline_exit_2_with_the_fix(tmp_path):
-    from conftest import make_dataset
-
     data = make_dataset(tmp_path / "idx", n_train=200, n_test=30)
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty-torch-home"), HTTPS_PROXY=DEAD_PROXY,
                https_proxy=DEAD_PROXY, NO_PROXY="", no_proxy="")
@@ -111,8 +105,7 @@ def test_phase_1_trains_only_the_head_and_leaves_batchnorm_untouched(tiny_data, 
                                                                       augment_policy):
     out = tmp_path / "run"
     config = _config(tiny_data, out, weights=str(weights_file), head_epochs=1, epochs=1, augment=augment_policy)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, log=_interrupted_after(1, 2))  # stop once phase 1 is done and saved
+    fit(config, stop_after_epoch=1, **QUIET)  # stop once phase 1 is done and saved
     after = load_checkpoint(out / "last.pt")["state_dict"]
     before = create_model("mobilenet_v2", num_classes=3, weights=str(weights_file)).state_dict()
     for key, value in _base_state(before).items():  # weights and every BatchNorm buffer
@@ -142,10 +135,9 @@ def test_unfreeze_last_blocks_only(tiny_data, tmp_path, weights_file):
     assert torch.equal(after["base.0.16.conv.0.0.weight"], before["base.0.16.conv.0.0.weight"])  # frozen block
     assert not torch.equal(after["base.0.17.conv.0.0.weight"], before["base.0.17.conv.0.0.weight"])  # unfrozen
 
+@pytest.mark.slow
 
 def test_from_scratch_run_is_complete_and_learns(tmp_path):
-    from conftest import make_dataset
-
     # ~80 steps: BatchNorm's running statistics (momentum 0.1) need that many to forget their start.
     data = make_dataset(tmp_path / "idx", n_train=1500, n_test=300)
     # The weight average (a default) needs hundreds of steps to settle; these ~80 test the pipeline.
@@ -189,6 +181,7 @@ def test_rotate_augmentation_is_seeded_and_keeps_the_item():
     ({"image_size": 16}, "too small"),
     ({"unfreeze": "some"}, "--unfreeze"),
     ({"model": "one-block-cnn", "image_size": 28, "head_epochs": 1}, "no separate head"),
+    ({"model": "one-block-cnn", "image_size": 28, "unfreeze": "2"}, "no separate head"),
 ])
 def test_bad_transfer_settings_are_usage_errors(tiny_data, tmp_path, flags, fragment):
     with pytest.raises(UsageError, match=fragment):

@@ -2,46 +2,23 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
 with ``torch.load(path, weights_only=True)`` (no pickled code runs). It carries the model
-name and arguments, the class names, the preprocessing, the training config and metrics,
-so predict, evaluate and export need only its path.
+name and arguments, the class names, the preprocessing (``fashionclf.contract``), the
+training config and metrics, so predict, evaluate, export and serve need only its path.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
-import torch
 from torch import nn
 
 from .errors import UsageError
+from .fileio import safe_torch_load, save_torch_atomic
 from .models import create_model
 
 FORMAT = "fashionclf-checkpoint"
-VERSION = 1
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file in the same directory, fsync, then rename
-    over ``path``: a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    write_atomic(path, lambda f: torch.save(obj, f))
+VERSION = 1  # raised when the layout changes; load_checkpoint refuses other versions with the fix
 
 
 def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, classes: list[str],
@@ -59,24 +36,27 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class
     }
 
 
-def safe_load(path: Path, what: str, missing_hint: str):
-    """``torch.load`` with ``weights_only=True`` (no pickled code runs); a missing or
-    unreadable file is a UsageError naming ``what`` it should have been."""
-    if not path.is_file():
-        raise UsageError(f"{what} {path} not found; {missing_hint}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise UsageError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a crash leaves the previous file or the new one, never half of one."""
+    save_torch_atomic(ckpt, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint file (or the model.pt of a run directory), checked for format and version."""
     path = Path(path)
     if path.is_dir() and (path / "model.pt").is_file():
         path = path / "model.pt"
-    ckpt = safe_load(path, "checkpoint", "pass the model.pt written by 'fashionclf train'")
+    ckpt = safe_torch_load(path, "checkpoint", "pass the model.pt written by 'fashionclf train'")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path}: not a fashionclf checkpoint (no '{FORMAT}' marker)")
+    version = ckpt.get("version")
+    if version != VERSION:
+        newer = isinstance(version, int) and version > VERSION
+        raise UsageError(
+            f"{path}: checkpoint format version {version!r}, this fashionclf reads version {VERSION}; "
+            + ("upgrade fashionclf to load it" if newer else
+               "load it with the fashionclf version that wrote it, or retrain")
+        )
     return ckpt
 
 
@@ -85,3 +65,17 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     model = create_model(spec["name"], num_classes=len(ckpt["classes"]), **spec["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def model_info(ckpt: dict) -> dict:
+    """The facts about a checkpoint that a client of predict/serve may want; the ONNX export
+    carries the same dict in its metadata."""
+    metrics = ckpt.get("metrics") or {}
+    return {
+        "model": ckpt["model"]["name"],
+        "classes": list(ckpt["classes"]),
+        "preprocessing": dict(ckpt["preprocessing"]),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "input": {"dtype": "uint8", "shape": ["N", 28, 28],
+                  "polarity": "light garment on a dark background, as Fashion-MNIST"},
+    }

@@ -1,7 +1,10 @@
 """The ``fashionclf`` command: parse, call one library function, print.
 
-Exit status: 0 success; 1 some inputs failed (predict); 2 usage or data error, with one
-line on stderr and no traceback.
+Exit status: 0 success; 1 some inputs failed (predict) or the export's parity check failed;
+2 usage or data error, with one line on stderr and no traceback.
+
+Building the parser imports no torch (``fashionclf --help`` and ``--version`` are instant);
+each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -9,13 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
+from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args
 from .errors import FashionclfError
 
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files (.gz or raw)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the SHA-256 check of the data (for a deliberately modified copy)")
+DATA_FLAGS = ["data_dir", "verify"]
 
 
 def cmd_data(args) -> int:
@@ -44,12 +45,19 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .train import RECIPES, TrainConfig, fit
+def cmd_recipes(args) -> int:
+    from .recipes import RECIPES, SUMMARIES
 
-    if args.recipe:
-        args.model = RECIPES[args.recipe]
-    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
+    for name, table in RECIPES.items():
+        print(f"{name}: {SUMMARIES.get(name, '')}")
+        print("  " + "  ".join(f"--{k.replace('_', '-')} {v}" for k, v in table.items()))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+
+    config = config_from_args(args)
     metrics = fit(config, resume=args.resume)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
     return 0
@@ -58,7 +66,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint
 
-    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device, args.tta)
+    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device, args.tta,
+                            score_train=args.with_train)
     acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
     print(f"{s['model']} on {s['split']}: accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
     print(f"accuracy side by side: {acc}")
@@ -88,12 +97,14 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx
+    from .inference import check_parity
 
-    r = export_onnx(args.checkpoint, args.output, args.data_dir, args.check_images)
+    r = export_onnx(args.checkpoint, args.output)
     print(f"wrote {r['output']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['export_seconds']:.1f} s)")
-    print(f"parity on {r['checked_on']}: max |p_onnx - p_torch| = {r['max_abs_diff']:.2e} "
-          f"(tolerance {r['tolerance']:.0e}), same top class for {r['argmax_agreement']:.2%}: {r['parity']}")
-    return 0 if r["parity"] == "ok" else 1
+    p = check_parity(r["checkpoint"], r["onnx"], args.check_images, args.data_dir)
+    print(f"parity on {p['checked_on']}: max |p_onnx - p_torch| = {p['max_abs_diff']:.2e} "
+          f"(tolerance {p['tolerance']:.0e}), same top class for {p['argmax_agreement']:.2%}: {p['parity']}")
+    return 0 if p["parity"] == "ok" else 1
 
 
 def cmd_serve(args) -> int:
@@ -104,22 +115,12 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .evaluate import TTA_CHOICES
-    from .inference import BACKENDS
-    from .train import BN_POLICIES, DEFAULTS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
-    from .transforms import AUGMENTATIONS
-
-    d = TrainConfig()
     parser = argparse.ArgumentParser(prog="fashionclf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fashionclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", help="find and verify the data, show class counts, save a sample grid")
-    _data_args(p)
-    p.add_argument("--classes", help="class subset, e.g. 'tshirt,sneaker,bag' (default: all ten)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_flags(p, ["classes", "val_fraction", "seed", *DATA_FLAGS])
     p.add_argument("--grid", metavar="FILE.png", help="save a labelled grid of sample images")
     p.set_defaults(func=cmd_data)
 
@@ -127,64 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("recipes", help="list the named training recipes and their settings")
+    p.set_defaults(func=cmd_recipes)
+
     p = sub.add_parser("train", help="train a model and write a run directory",
-                       description="Train a model and write a run directory. Settings left out take the "
-                                   "model's defaults (fashionclf.train.DEFAULTS and the model's entry); "
+                       description="Train a model and write a run directory. A setting left out takes the "
+                                   "recipe's value, else the model's default, else the default shown; "
                                    "DIR/config.json records every value used.")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", default=d.model, help=f"a name from 'fashionclf models' (default: {d.model})")
-    which.add_argument("--recipe", choices=sorted(RECIPES),
-                       help="a model with its training recipe: "
-                            + ", ".join(f"{k} = --model {v}" for k, v in sorted(RECIPES.items()))
-                            + "; flags given with it override the recipe")
-    p.add_argument("--classes", help="class subset by name, alias or index, e.g. tshirt,sneaker,bag (default: all)")
-    p.add_argument("--weights", help="pretrained start: imagenet, none, or PATH of a state-dict file "
-                                     "(default: imagenet for models that have it, else none)")
-    p.add_argument("--image-size", type=int, help="input side after resizing the 28x28 images (default: model's)")
-    p.add_argument("--epochs", "--finetune-epochs", type=int, dest="epochs",
-                   help=f"epochs of the main (fine-tuning) phase (default: {DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=int, help=f"default: {DEFAULTS['batch_size']}")
-    p.add_argument("--lr", "--finetune-lr", type=float, dest="lr",
-                   help=f"peak learning rate of the main (fine-tuning) phase (default: {DEFAULTS['lr']})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {DEFAULTS['optimizer']}")
-    p.add_argument("--weight-decay", type=float, help=f"default: {DEFAULTS['weight_decay']}")
-    p.add_argument("--lr-schedule", choices=SCHEDULES, help=f"per phase (default: {DEFAULTS['lr_schedule']})")
-    p.add_argument("--augment", help=f"training batches only: none, or a list of {', '.join(AUGMENTATIONS)} "
-                                     f"(default: {DEFAULTS['augment']})")
-    p.add_argument("--head-epochs", type=int,
-                   help="phase 1: epochs training only the new head on the frozen base (0: no phase 1)")
-    p.add_argument("--head-lr", type=float, help=f"learning rate of phase 1 (default: {DEFAULTS['head_lr']})")
-    p.add_argument("--unfreeze", help="main phase trains 'all' of the base or its last N blocks (default: all)")
-    p.add_argument("--bn-policy", choices=BN_POLICIES,
-                   help="main phase: 'frozen' keeps BatchNorm in inference mode (running statistics "
-                        "untouched), 'train' updates it (default: frozen for pretrained weights, else train)")
-    p.add_argument("--label-smoothing", type=float, help="e.g. 0.1 (default: 0)")
-    p.add_argument("--ema", type=float, help="evaluate and keep an exponential moving average of the weights "
-                                             "with this per-step decay, e.g. 0.999 (default: 0, off)")
-    p.add_argument("--tta", choices=TTA_CHOICES,
-                   help="test-time augmentation kept in the model: flip averages each image with its mirror "
-                        "in evaluation and prediction (default: none)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="training arithmetic: fp32, bf16 (autocast; weights stay fp32), or auto: bf16 where the "
-                        "CPU/GPU has it in hardware (default: fp32; the recipes: auto). Evaluation is fp32")
-    p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
-                   help="phase 1 without augmentation: run the frozen base every epoch instead of once")
-    p.add_argument("--seed", type=int, default=d.seed, help="fixes split, initial weights, batch order (default: 0)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="default: 0.1")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--out", default=d.out, help=f"run directory (default: {d.out})")
+    add_flags(p)
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
-    _data_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a saved model: metrics, plots, report.html")
     p.add_argument("checkpoint", help="model.pt (or its run directory)")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--with-train", action="store_true",
+                   help="also score the training split (else the train accuracy recorded by training is shown)")
     p.add_argument("--out", help="output directory (default: RUN/eval-SPLIT)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_CHOICES, help="override the model's test-time augmentation")
-    _data_args(p)
+    add_flags(p, DATA_FLAGS)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files or directories; CSV or JSON out")
@@ -194,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(JPEG, PNG, WEBP, ...; any size and mode) or 28x28 dataset images")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch or onnx (ONNX Runtime; a model.pt is exported in memory); "
-                        "auto: the checkpoint's own kind (default)")
+                        "auto: the file's own kind (default)")
     p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (default: cpu)")
     p.add_argument("--output", "-o", help="write here instead of stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -209,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
-                   help="onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: onnx)")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "auto"], default=SERVE_BACKEND,
+                   help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {SERVE_BACKEND})")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.set_defaults(func=cmd_serve)
@@ -220,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="ONNX file to write (default: model.onnx beside the checkpoint)")
     p.add_argument("--check-images", type=int, default=1000,
                    help="test images (random ones without the data) run through both backends (default: 1000)")
-    _data_args(p)
+    add_flags(p, ["data_dir"])
     p.set_defaults(func=cmd_export)
     return parser
 
@@ -229,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except FashionclfError as exc:
-        print(f"fashionclf: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # e.g. an unknown model name from the registry
+    except FashionclfError as exc:  # the project's own errors: their message says the fix
         print(f"fashionclf: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .fileio import write_bytes_atomic
 
 CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -152,8 +151,8 @@ def download_data(
 ) -> Path:
     """Download the four .gz files into ``dest``, verifying each before it is kept.
 
-    Each file goes to a temporary name first, so an interrupted download never leaves a
-    partial file where the search would find it.
+    Each file is verified in memory and written atomically, so an interrupted download never
+    leaves a partial file where the search would find it.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():
@@ -161,34 +160,34 @@ def download_data(
         if target.is_file():
             continue
         url = f"{base_url.rstrip('/')}/{name}.gz"
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, out)
-            actual = sha256_of(Path(tmp))
-            if actual != checksums[name]:
-                raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksums[name]}")
-            os.replace(tmp, target)
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                data = response.read()  # at most 26 MB: verified in memory, then written atomically
         except (urllib.error.URLError, OSError) as exc:
             raise DataError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        actual = hashlib.sha256(decompress(data, url)).hexdigest()
+        if actual != checksums[name]:
+            raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksums[name]}")
+        write_bytes_atomic(target, data)
     return dest
 
 
 # ---------------------------------------------------------------- reading files
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed bytes of a raw or gzip file; a broken gzip stream names the file."""
-    raw = path.read_bytes()
+def decompress(raw: bytes, source) -> bytes:
+    """``raw`` itself, or its gzip-decompressed bytes; a broken gzip stream names ``source``."""
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip data ({exc}); re-download or reinstall the file") from None
+        raise DataError(f"{source}: corrupt gzip data ({exc}); re-download or reinstall the file") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """The decompressed bytes of a raw or gzip file; a broken gzip stream names the file."""
+    return decompress(path.read_bytes(), path)
 
 
 def sha256_of(path: Path) -> str:
@@ -221,7 +220,9 @@ def parse_idx(data: bytes, path: Path | str, expect_magic: int) -> np.ndarray:
 
 
 @dataclass
-class Split:
+class ImageSet:
+    """Images with their labels: one IDX pair, or a class subset of one."""
+
     images: np.ndarray  # (N, 28, 28) uint8
     labels: np.ndarray  # (N,) int64, 0..k-1
 
@@ -230,8 +231,8 @@ class Split:
 class Dataset:
     """The train and test splits, restricted to ``classes`` and relabelled 0..k-1."""
 
-    train: Split
-    test: Split
+    train: ImageSet
+    test: ImageSet
     classes: list[str]
     class_indices: list[int]
     source: Path
@@ -239,7 +240,7 @@ class Dataset:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> Split:
+def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> ImageSet:
     parts = {}
     for name, magic in ((images_name, IMAGE_MAGIC), (labels_name, LABEL_MAGIC)):
         path = _file_in(directory, name)
@@ -266,7 +267,7 @@ def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool
         raise DataError(
             f"{directory / labels_name}: label {int(labels.max())} out of range 0..{len(CLASSES) - 1}"
         )
-    return Split(images, labels.astype(np.int64))
+    return ImageSet(images, labels.astype(np.int64))
 
 
 def load_dataset(
@@ -324,14 +325,14 @@ def parse_classes(spec: str | list | tuple | None) -> list[int]:
     return indices
 
 
-def select_classes(split: Split, indices: list[int]) -> Split:
+def select_classes(split: ImageSet, indices: list[int]) -> ImageSet:
     """Keep only the samples of ``indices`` and relabel them 0..k-1 in that order."""
     if list(indices) == list(range(len(CLASSES))):
         return split
     relabel = np.full(len(CLASSES), -1, dtype=np.int64)
     relabel[indices] = np.arange(len(indices))
     keep = relabel[split.labels] >= 0
-    return Split(split.images[keep], relabel[split.labels[keep]])
+    return ImageSet(split.images[keep], relabel[split.labels[keep]])
 
 
 def train_val_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -367,6 +368,10 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
+    def of(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of "train", "val" or "test"."""
+        return getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+
 
 def make_splits(dataset: Dataset, val_fraction: float, seed: int) -> "Splits":
     train_idx, val_idx = train_val_split(dataset.train.labels, val_fraction, seed)
@@ -399,6 +404,7 @@ def describe(data_dir: str | None = None, classes: str | None = None, verify: bo
     if grid is not None:
         from . import plots
 
-        plots.save(plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed), grid)
+        fig = plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
+        plots.save(fig, grid)
         info["grid"] = str(grid)
     return info

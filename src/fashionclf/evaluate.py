@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,37 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transforms import preprocess
+from .contract import predict_logits
+from .fileio import write_json
 
 # A large gap between train and val/test accuracy (measured in eval mode) is flagged.
 OVERFIT_GAP = 0.05
 # A gap this large (the MobileNetV2 reference: 96% train, 36% val) means a broken pipeline.
 BROKEN_GAP = 0.2
-TTA_CHOICES = ("none", "flip")
-EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: dict,
-                   device: str | torch.device = "cpu", batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for uint8 ``(N, 28, 28)`` images, computed in eval mode, returned on the CPU.
-
-    With ``preprocessing["tta"] == "flip"`` (test-time augmentation), the logits are the mean
-    of the image's and its mirror image's: twice the compute, often a few errors fewer."""
-    was_training = model.training
-    model.eval()
-    flip = preprocessing.get("tta", "none") == "flip"
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = preprocess(images[start : start + batch_size].to(device, non_blocking=True), preprocessing)
-        logits = model(x)
-        if flip:
-            logits = (logits + model(x.flip(-1))) / 2
-        out.append(logits.float().cpu())
-    model.train(was_training)
-    if not out:
-        return torch.empty(0, 0)
-    return torch.cat(out)
 
 
 @dataclass
@@ -64,11 +40,20 @@ class EvalResult:
     def confidence(self) -> np.ndarray:
         return self.probs.max(axis=1)
 
-    def confusion_matrix(self, normalize: str | None = None) -> np.ndarray:
+    @functools.cached_property
+    def confusion(self) -> np.ndarray:
+        """Counts: rows are true classes, columns predicted ones (computed once)."""
         from sklearn.metrics import confusion_matrix
 
-        return confusion_matrix(self.y_true, self.y_pred, labels=range(len(self.classes)), normalize=normalize)
+        return confusion_matrix(self.y_true, self.y_pred, labels=range(len(self.classes)))
 
+    @property
+    def confusion_normalized(self) -> np.ndarray:
+        """Each row divided by its count (recall on the diagonal); 0 for an empty row."""
+        totals = self.confusion.sum(1, keepdims=True)
+        return np.divide(self.confusion, totals, out=np.zeros(self.confusion.shape), where=totals > 0)
+
+    @functools.cached_property
     def per_class(self) -> dict[str, dict[str, float]]:
         from sklearn.metrics import precision_recall_fscore_support
 
@@ -91,9 +76,9 @@ class EvalResult:
             "samples": int(len(self.y_true)),
             "accuracy": self.accuracy,
             "loss": self.loss,
-            "per_class": self.per_class(),
-            "confusion_matrix": self.confusion_matrix().tolist(),
-            "confusion_matrix_normalized": np.round(self.confusion_matrix("true"), 4).tolist(),
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion.tolist(),
+            "confusion_matrix_normalized": np.round(self.confusion_normalized, 4).tolist(),
         }
 
 
@@ -140,17 +125,14 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
     return {"gap": float(gap), "worst_split": worst, "flag": gap > OVERFIT_GAP, "hint": hint}
 
 
-def write_json(obj, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-
-
 def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
-                     accuracies: dict[str, float], info: dict, history: list[dict] | None = None) -> dict:
+                     accuracies: dict[str, float], overfit: dict, info: dict,
+                     history: list[dict] | None = None) -> dict:
     """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
 
     ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
-    ``accuracies`` the train/val/test accuracies for the overfitting check; ``info`` the run's
-    settings shown in the report.
+    ``accuracies`` the accuracies side by side and ``overfit`` their ``overfitting_check``;
+    ``info`` the run's settings shown in the report.
     """
     from . import plots, report
 
@@ -166,36 +148,36 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
         {
             "split": result.split,
             "classes": result.classes,
-            "counts": result.confusion_matrix().tolist(),
-            "normalized": np.round(result.confusion_matrix("true"), 4).tolist(),
+            "counts": result.confusion.tolist(),
+            "normalized": np.round(result.confusion_normalized, 4).tolist(),
         },
         paths["confusion_matrix_json"],
     )
-    plots.save(plots.plot_confusion_matrix(result), paths["confusion_matrix_png"])
-    plots.save(plots.plot_mistakes(result, images), paths["mistakes_png"])
+    plots.save(plots.plot_confusion_matrix(result).figure, paths["confusion_matrix_png"])
+    plots.save(plots.plot_mistakes(result, images).figure, paths["mistakes_png"])
     if history:
         paths["curves_png"] = out / "curves.png"
-        plots.save(plots.plot_curves(history), paths["curves_png"])
-    report.write_report(result, accuracies, overfitting_check(accuracies), info, paths, history)
+        plots.save(plots.figure_curves(history), paths["curves_png"])
+    report.write_report(result, accuracies, overfit, info, paths, history)
     return {k: str(v) for k, v in paths.items()}
-
-
-SPLITS = ("test", "val", "train")
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
                         data_dir: str | None = None, verify: bool = True, device: str = "auto",
-                        tta: str | None = None) -> dict:
-    """Evaluate a saved model on ``split`` (with train/val/test accuracy side by side) and
-    write the evaluation artefacts to ``out`` (default: ``<checkpoint dir>/eval-<split>``).
+                        tta: str | None = None, score_train: bool = False) -> dict:
+    """Evaluate a saved model on ``split``, with val and test accuracy side by side, and write
+    the evaluation artefacts to ``out`` (default: ``<checkpoint dir>/eval-<split>``).
 
-    The validation split is rebuilt from the checkpoint's own seed and fraction, so it is
-    the very split the model was selected on. ``tta`` ("none" or "flip") overrides the
-    test-time augmentation the checkpoint was trained with."""
+    The validation split is rebuilt from the checkpoint's own seed and fraction, so it is the
+    very split the model was selected on. The training split (54,000 images) is scored only
+    when asked (``score_train``) or when it is ``split``; otherwise the train accuracy that
+    training recorded is shown, if the test-time augmentation is unchanged. ``tta`` ("none"
+    or "flip") overrides the test-time augmentation the checkpoint was trained with."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .config import SPLITS, TTA_CHOICES, TrainConfig
     from .data import load_dataset, make_splits
+    from .device import resolve_device
     from .errors import UsageError
-    from .train import resolve_device
 
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
@@ -203,28 +185,31 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
         raise UsageError(f"unknown --tta {tta!r}; valid: {', '.join(TTA_CHOICES)}")
     ckpt = load_checkpoint(checkpoint)
     preprocessing = dict(ckpt["preprocessing"], **({"tta": tta} if tta else {}))
-    config = ckpt["config"]
+    config = TrainConfig.from_dict(ckpt["config"])
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    dataset = load_dataset(data_dir or config.get("data_dir"), ckpt["class_indices"], verify=verify)
-    data = make_splits(dataset, config.get("val_fraction", 0.1), config.get("seed", 0))
-    tensors = {"train": (data.train_x, data.train_y), "val": (data.val_x, data.val_y),
-               "test": (data.test_x, data.test_y)}
-    results = {
-        name: evaluate(model, x, y, ckpt["classes"], preprocessing, name, dev)
-        for name, (x, y) in tensors.items()
-    }
-    accuracies = {name: r.accuracy for name, r in results.items()}
+    dataset = load_dataset(data_dir or config.data_dir, ckpt["class_indices"], verify=verify)
+    data = make_splits(dataset, config.val_fraction, config.seed)
+    scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
+    results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}
+    accuracies = {name: results[name].accuracy for name in ("train", "val", "test") if name in results}
+    recorded = (ckpt.get("metrics") or {}).get("train_accuracy")
+    train_note = ""
+    if "train" not in accuracies and recorded is not None and preprocessing == ckpt["preprocessing"]:
+        accuracies = {"train": recorded, **accuracies}
+        train_note = "train accuracy as recorded at the end of training (--with-train scores it again)"
+    overfit = overfitting_check(accuracies)
     result = results[split]
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     out = Path(out) if out else run_dir / f"eval-{split}"
     info = {"checkpoint": str(checkpoint), "model": ckpt["model"]["name"], "classes": ", ".join(ckpt["classes"]),
-            **{k: v for k, v in config.items() if k not in ("model", "classes", "out")},
-            "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})"}
-    images = tensors[split][0].numpy()
-    paths = write_evaluation(result, images, out, accuracies, info)
+            **{k: v for k, v in ckpt["config"].items() if k not in ("model", "classes", "out")},
+            "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})",
+            **({"note": train_note} if train_note else {})}
+    images = data.of(split)[0].numpy()
+    paths = write_evaluation(result, images, out, accuracies, overfit, info)
     summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
-                   accuracies=accuracies, overfitting=overfitting_check(accuracies), files=paths)
+                   accuracies=accuracies, overfitting=overfit, files=paths)
     write_json(summary, out / "metrics.json")
     summary["files"]["metrics_json"] = str(out / "metrics.json")
     return summary

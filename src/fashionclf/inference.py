@@ -4,8 +4,10 @@ images to ``(N, k)`` class probabilities, through PyTorch or ONNX Runtime.
 ``load_classifier(path, backend)``: ``path`` is a checkpoint (model.pt or its run directory)
 or an ONNX file written by ``fashionclf export``; ``backend`` is ``torch``, ``onnx`` or
 ``auto`` (the file's own kind). A checkpoint asked for with ``backend="onnx"`` is exported in
-memory first. Both backends compute the same function: the checkpoint's preprocessing and
-test-time augmentation, then a softmax (``fashionclf export`` reports the largest difference).
+memory first. Both backends compute ``fashionclf.contract.InferenceNet`` with its softmax;
+``check_parity`` measures how closely they agree.
+
+Adding a backend: a ``Classifier`` subclass here and its name in ``config.BACKENDS``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
+from .config import BACKENDS
+from .contract import predict_logits
+from .errors import DataError, UsageError
 
-BACKENDS = ("auto", "torch", "onnx")
+PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
 
 
 class Classifier:
@@ -37,8 +42,6 @@ class TorchClassifier(Classifier):
     backend = "torch"
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
-        from .checkpoint import model_from_checkpoint
-
         self.model = model_from_checkpoint(ckpt).to(device)
         self.device = device
         self.classes = list(ckpt["classes"])
@@ -46,8 +49,8 @@ class TorchClassifier(Classifier):
         self.info = model_info(ckpt)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        from .evaluate import predict_logits
-
+        if len(images) == 0:
+            return np.empty((0, len(self.classes)), np.float32)
         logits = predict_logits(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing,
                                 self.device)
         return torch.softmax(logits, 1).numpy()
@@ -64,11 +67,13 @@ class OnnxClassifier(Classifier):
                              "(or use --backend torch)") from None
         import onnx
 
+        from .export import METADATA_KEY
+
         meta = {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
-        if "fashionclf" not in meta:
+        if METADATA_KEY not in meta:
             raise UsageError("this ONNX file was not written by 'fashionclf export' (no fashionclf metadata); "
                              "export the checkpoint with 'fashionclf export MODEL.pt'")
-        self.info = json.loads(meta["fashionclf"])
+        self.info = json.loads(meta[METADATA_KEY])
         self.classes = self.info["classes"]
         self.preprocessing = self.info["preprocessing"]
         options = ort.SessionOptions()
@@ -82,24 +87,9 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
 
-def model_info(ckpt: dict) -> dict:
-    """The facts about a checkpoint that a client of predict/serve may want."""
-    metrics = ckpt.get("metrics") or {}
-    return {
-        "model": ckpt["model"]["name"],
-        "classes": list(ckpt["classes"]),
-        "preprocessing": dict(ckpt["preprocessing"]),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "input": {"dtype": "uint8", "shape": ["N", 28, 28],
-                  "polarity": "light garment on a dark background, as Fashion-MNIST"},
-    }
-
-
 def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
                     threads: int | None = None) -> Classifier:
     """``threads``: ONNX Runtime's intra-op threads (default: torch's thread count)."""
-    from .checkpoint import load_checkpoint
-
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     path = Path(path)
@@ -111,9 +101,33 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
         return OnnxClassifier(path.read_bytes(), threads)
     ckpt = load_checkpoint(path)
     if backend == "onnx":
-        from .export import export_onnx_bytes
+        from .export import onnx_bytes
 
-        return OnnxClassifier(export_onnx_bytes(ckpt), threads)
+        return OnnxClassifier(onnx_bytes(ckpt), threads)
     if threads:
         torch.set_num_threads(threads)
     return TorchClassifier(ckpt, device)
+
+
+def parity_images(count: int = 1000, data_dir: str | None = None) -> tuple[np.ndarray, str]:
+    """Test images for a parity check; seeded random images if the data is not at hand."""
+    from .data import find_data, load_dataset
+
+    try:
+        find_data(data_dir, download=False)
+        return load_dataset(data_dir, verify=False).test.images[:count], f"{count} test images"
+    except DataError:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), f"{count} random images (no data found)"
+
+
+def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data_dir: str | None = None) -> dict:
+    """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
+    largest probability difference and how often the top class agrees."""
+    images, what = parity_images(count, data_dir)
+    p_torch = TorchClassifier(ckpt).predict_proba(images)
+    p_onnx = OnnxClassifier(model_bytes).predict_proba(images)
+    max_diff = float(np.abs(p_torch - p_onnx).max())
+    return {"checked_on": what, "max_abs_diff": max_diff,
+            "argmax_agreement": float((p_torch.argmax(1) == p_onnx.argmax(1)).mean()),
+            "parity": "ok" if max_diff <= PARITY_TOLERANCE else "failed", "tolerance": PARITY_TOLERANCE}

@@ -29,16 +29,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from .errors import DataError
+
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
 DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
 
-# Pillow's own guard warns at MAX_IMAGE_PIXELS and refuses at twice that; ours refuses first.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class PhotoError(ValueError):
+class PhotoError(DataError):
     """A photo that cannot be tagged; the message says what is wrong and what would work.
     ``kind``: "too_large", "unsupported" (not an image) or "unreadable" (damaged, empty, blank)."""
 
@@ -47,19 +45,22 @@ class PhotoError(ValueError):
         self.kind = kind
 
 
-def open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open a path or bytes with Pillow, refusing non-images and oversized images before the
-    pixel data is decoded."""
+def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a path or bytes with Pillow, refusing non-images and images over ``max_pixels``
+    from their header, before the pixel data is decoded. (Pillow's own bomb guard, which
+    refuses at twice ``Image.MAX_IMAGE_PIXELS``, stays as a second line.)"""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
                 raise PhotoError("empty file (0 bytes)")
-            img = Image.open(io.BytesIO(source))
+            source = io.BytesIO(source)
         else:
-            path = Path(source)
-            if path.is_file() and path.stat().st_size == 0:
+            source = Path(source)
+            if source.is_file() and source.stat().st_size == 0:
                 raise PhotoError("empty file (0 bytes)")
-            img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
+            img = Image.open(source)
     except FileNotFoundError:
         raise PhotoError("no such file") from None
     except IsADirectoryError:
@@ -68,11 +69,11 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
         raise PhotoError("not an image Pillow can read (expected JPEG, PNG, WEBP, GIF, BMP, TIFF, ...)",
                          "unsupported") from None
     except Image.DecompressionBombError as exc:
-        raise PhotoError(f"image is over the limit of {MAX_PIXELS:,} pixels ({exc}); downscale it first",
+        raise PhotoError(f"image is over the limit of {max_pixels:,} pixels ({exc}); downscale it first",
                          "too_large") from None
     w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise PhotoError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,}; "
+    if w * h > max_pixels:
+        raise PhotoError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
                          "downscale it first", "too_large")
     if w == 0 or h == 0:
         raise PhotoError(f"image has no pixels ({w}x{h})")
@@ -113,10 +114,10 @@ def border_value(grey: np.ndarray) -> float:
     return float(np.median(edge))
 
 
-def photo_to_28(source: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
+def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo (path, bytes or open Pillow image) -> a 28x28 uint8 image in Fashion-MNIST's
     form: light item, black background, centred, longest side 28. Raises PhotoError."""
-    img = source if isinstance(source, Image.Image) else open_image(source)
+    img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
     grey = to_grey(img)
     light_background = border_value(grey) > 127
     if grey.shape == (SIZE, SIZE) and not light_background:
@@ -139,54 +140,3 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(item, ((SIZE - new_w) // 2, (SIZE - new_h) // 2))
     return np.array(canvas, dtype=np.uint8)
-
-
-# ---------------------------------------------------------------- the conversion backwards
-
-CATALOGUE_FORMATS = ("jpeg", "png", "png-rgba", "webp", "gif", "jpeg-grey", "png-16bit", "jpeg-cmyk",
-                     "jpeg-exif-rotated")
-
-
-def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpeg") -> bytes:
-    """A Fashion-MNIST image turned back into a catalogue-style photo, for tests and benchmarks:
-    un-negated (dark item on a white background), coloured, upscaled 6-12x, placed off-centre
-    on a larger white canvas, saved as ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
-    v = image.astype(np.float32)[..., None] / 255.0  # item strength
-    colour = rng.uniform(0.0, 0.6, size=3) * 255  # a dark-to-mid colour
-    rgb = (1 - v) * 255 + v * colour
-    item = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
-    side = int(rng.integers(6, 13)) * SIZE
-    item = item.resize((side, side), Image.Resampling.BICUBIC)
-    canvas_w, canvas_h = side + int(rng.integers(10, side)), side + int(rng.integers(10, side))
-    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
-    offset = (int(rng.integers(0, canvas_w - side + 1)), int(rng.integers(0, canvas_h - side + 1)))
-    canvas.paste(item, offset)
-    buf = io.BytesIO()
-    if fmt == "jpeg":
-        canvas.save(buf, "JPEG", quality=85)
-    elif fmt == "png":
-        canvas.save(buf, "PNG")
-    elif fmt == "png-rgba":  # transparent background: alpha carries the item
-        alpha = Image.new("L", canvas.size, 0)
-        alpha.paste(Image.fromarray((v[..., 0] * 255).astype(np.uint8)).resize((side, side)), offset)
-        rgba = canvas.copy()
-        rgba.putalpha(alpha)
-        rgba.save(buf, "PNG")
-    elif fmt == "webp":
-        canvas.save(buf, "WEBP", quality=85)
-    elif fmt == "gif":  # palette mode
-        canvas.convert("P", palette=Image.Palette.ADAPTIVE).save(buf, "GIF")
-    elif fmt == "jpeg-grey":
-        canvas.convert("L").save(buf, "JPEG", quality=85)
-    elif fmt == "png-16bit":
-        grey = np.asarray(canvas.convert("L"), dtype=np.uint16) * 257
-        Image.fromarray(grey).save(buf, "PNG")
-    elif fmt == "jpeg-cmyk":
-        canvas.convert("CMYK").save(buf, "JPEG", quality=90)
-    elif fmt == "jpeg-exif-rotated":  # stored turned 90 degrees, with the EXIF tag that undoes it
-        exif = Image.Exif()
-        exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
-        canvas.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=85, exif=exif)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CATALOGUE_FORMATS)}")
-    return buf.getvalue()

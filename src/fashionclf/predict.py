@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UsageError
+from .contract import top_k as top_k_labels
 from .inference import Classifier, load_classifier
 from .photos import PhotoError, photo_to_28
 
@@ -76,11 +77,9 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
     def flush() -> list[Prediction]:
         good = [r for r in batch if not r.error]
         if good:
-            probs = classifier.predict_proba(np.stack(arrays))
-            order = np.argsort(-probs, axis=1)[:, :top_k]
-            for row, p, idx in zip(good, probs, order):
-                row.top = [(classes[j], float(p[j])) for j in idx]
-                row.label, row.confidence = row.top[0]
+            for row, top in zip(good, top_k_labels(classifier.predict_proba(np.stack(arrays)), classes, top_k)):
+                row.top = top
+                row.label, row.confidence = top[0]
                 row.low_confidence = row.confidence < min_confidence
         done = list(batch)
         batch.clear()

@@ -44,7 +44,7 @@ def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dic
         check = ""
     per_class = _table(
         ["class", "precision", "recall", "F1", "support"],
-        [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in result.per_class().items()],
+        [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in result.per_class.items()],
     )
     settings = _table(["setting", "value"], [[k, v] for k, v in info.items()])
     curves = ""

@@ -32,6 +32,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
+from .config import SERVE_BACKEND
+from .contract import top_k
 from .inference import Classifier, load_classifier
 from .photos import MAX_PIXELS, PhotoError, photo_to_28
 
@@ -42,7 +44,7 @@ STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
 class Limits:
     max_request_bytes: int = 20 * 1024 * 1024  # a few large JPEGs; bigger uploads get 413 unread
     max_files: int = 32  # per request; larger batches belong to `fashionclf predict`
-    max_pixels: int = MAX_PIXELS  # per image, checked from its header before decoding
+    max_pixels: int = MAX_PIXELS  # per image, checked from its header before decoding (photo_to_28)
 
 
 class BodyLimit:
@@ -97,7 +99,9 @@ def preview_png(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def create_app(classifier: Classifier, limits: Limits = Limits()):
+def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
+    """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
+    as ASGI middleware, before the form parser reads anything)."""
     app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.")
     classes = classifier.classes
     page = (Path(__file__).parent / "web" / "index.html").read_text()
@@ -138,7 +142,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits()):
             item = {"filename": upload.filename, "label": None, "confidence": None, "probabilities": None,
                     "error": None}
             try:
-                image = photo_to_28(await upload.read())
+                image = photo_to_28(await upload.read(), max_pixels=limits.max_pixels)
                 images.append(image)
                 ok.append(item)
                 if preview:
@@ -150,14 +154,14 @@ def create_app(classifier: Classifier, limits: Limits = Limits()):
         await form.close()
         if images:
             probs = classifier.predict_proba(np.stack(images))
-            for item, p in zip(ok, probs):
-                best = int(p.argmax())
-                item.update(label=classes[best], confidence=float(p[best]),
+            for item, p, [(label, confidence)] in zip(ok, probs, top_k(probs, classes, 1)):
+                item.update(label=label, confidence=confidence,
                             probabilities={c: float(v) for c, v in zip(classes, p)})
         status = 200 if ok else statuses[0]
         return JSONResponse(results, status)
 
-    return BodyLimit(app, limits.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    return app
 
 
 def app_from_env():
@@ -165,12 +169,12 @@ def app_from_env():
     FASHIONCLF_MODEL and FASHIONCLF_BACKEND; each worker process loads its own copy."""
     workers = int(os.environ.get("FASHIONCLF_WORKERS", "1"))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    classifier = load_classifier(os.environ["FASHIONCLF_MODEL"], os.environ.get("FASHIONCLF_BACKEND", "onnx"),
+    classifier = load_classifier(os.environ["FASHIONCLF_MODEL"], os.environ.get("FASHIONCLF_BACKEND", SERVE_BACKEND),
                                  threads=threads)
     return create_app(classifier)
 
 
-def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
+def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
           workers: int = 1, access_log: bool = False) -> None:
     import uvicorn
 

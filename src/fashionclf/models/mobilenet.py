@@ -9,7 +9,7 @@ Input: Fashion-MNIST's grey images are repeated to 3 channels and normalised wit
 ImageNet mean and std (``IMAGENET_3CH``), so pretrained weights are used exactly as they
 were trained. ``in_chans=1`` instead folds the first convolution's three input channels into
 one (their sum): the same function for a grey image with a single mean/std, and about 3% fewer
-FLOPs at the first layer only; the README compares both.
+FLOPs at the first layer only; docs/transfer.md compares both.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from . import register_model
+from ..fileio import safe_torch_load
+from ._registry import register_model
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -73,9 +74,7 @@ def load_imagenet_state_dict() -> dict:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict:
-    from ..checkpoint import safe_load  # here: checkpoint imports the registry
-
-    state = safe_load(Path(path), "--weights state-dict file", "--weights takes imagenet, none or a file's path")
+    state = safe_torch_load(path, "--weights state-dict file", "--weights takes imagenet, none or a file's path")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a checkpoint that wraps its weights
     if not isinstance(state, dict):
@@ -104,6 +103,7 @@ def features_state(state: dict, source: str) -> dict:
     train_defaults=lambda weights: MOBILENET_DEFAULTS["none" if weights == "none" else "pretrained"],
     weights=("imagenet",),
     min_image_size=32,  # five stride-2 stages: 32 px leaves a 1x1 feature map
+    phases=True,
 )
 def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none", dropout: float = 0.2) -> nn.Module:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
@@ -132,7 +132,7 @@ def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none"
     return model
 
 
-# Training defaults (merged over fashionclf.train.DEFAULTS; any flag overrides them).
+# Training defaults (merged over fashionclf.config's defaults; a recipe or any flag overrides them).
 MOBILENET_DEFAULTS = {
     # From random weights there is no base worth freezing: one phase trains everything, with
     # BatchNorm learning its statistics (README: the measurements behind these choices).

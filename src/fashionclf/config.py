@@ -1,0 +1,229 @@
+"""Every training setting, in one table: ``TrainConfig``.
+
+Each field carries its default, its help text and *why* that default was chosen; the
+command line (``fashionclf train --help``), the defaults and the checks are all generated
+from it. Settings marked ``layered`` take their value, highest first, from: a flag given
+on the command line, the recipe (``fashionclf.recipes``), the model's own defaults (its
+registry entry), then the default here. ``resolve_config`` does that; the run's config.json
+records the resolved values, so ``--config``-free reruns repeat a run exactly.
+
+Adding a training setting: a field here, and the code in train.py that uses it.
+
+This module imports no torch, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from .errors import UsageError
+from .recipes import RECIPES
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTATIONS = ("flip", "shift", "rotate", "erase")  # implemented in fashionclf.transforms
+BN_POLICIES = ("frozen", "train")
+PRECISIONS = ("fp32", "bf16", "auto")
+TTA_CHOICES = ("none", "flip")
+BACKENDS = ("auto", "torch", "onnx")
+SERVE_BACKEND = "onnx"  # ONNX Runtime: 2-6x PyTorch's images/s for these small models (docs/results.md)
+SPLITS = ("test", "val", "train")
+
+
+def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
+            flags: tuple[str, ...] = (), layered: bool = True, negative_flag: str | None = None):
+    """A ``TrainConfig`` field. ``layered`` settings default to ``None`` in the dataclass
+    (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
+    them; the others take ``default`` directly. ``flags``: extra command-line spellings;
+    ``negative_flag``: a boolean setting that a flag switches off (``--no-verify``)."""
+    meta = {"default": default, "help": help, "why": why,
+            "type": kind or (str if default is None else type(default)), "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered,
+            "negative_flag": negative_flag}
+    return field(default=None if layered else default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting (see the module docstring for how values are chosen)."""
+
+    recipe: str | None = setting(None, "a named table of settings ('fashionclf recipes' lists them); "
+                                 "flags given with it override it", choices=tuple(RECIPES), layered=False)
+    model: str | None = setting("one-block-cnn", "a name from 'fashionclf models'",
+                                "the retail-tagging reference program's network")
+    classes: str | None = setting(None, "class subset by name, alias or index, e.g. tshirt,sneaker,bag "
+                                  "(default: all ten)", layered=False)
+    weights: str | None = setting("none", "pretrained start: imagenet, none, or PATH of a state-dict file",
+                                  "a model with pretrained weights defaults to its first named weights")
+    image_size: int | None = setting(None, "input side after resizing the 28x28 images (default: the model's)",
+                                     kind=int, minimum=1)
+    epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase",
+                                 "the reference programs' budget; the best epoch by val accuracy is kept",
+                                 minimum=1, flags=("--finetune-epochs",))
+    batch_size: int | None = setting(32, "images per optimizer step", "Keras' default, used by both references",
+                                     minimum=1)
+    lr: float | None = setting(1e-3, "peak learning rate of the main (fine-tuning) phase",
+                               "Adam's usual default, as in the references", flags=("--finetune-lr",))
+    optimizer: str | None = setting("adam", "SGD uses momentum 0.9, Nesterov", "as the references",
+                                    choices=OPTIMIZERS)
+    weight_decay: float | None = setting(0.0, "on weights only, not biases or BatchNorm", "the references use none",
+                                         minimum=0.0)
+    lr_schedule: str | None = setting("cosine", "per phase: constant, cosine (per epoch, to 0) or onecycle "
+                                      "(per step: warm-up, then linear to 0)",
+                                      "+0.8 pt median test accuracy over constant for one-block-cnn",
+                                      choices=SCHEDULES)
+    augment: str | None = setting("none", f"training batches only: none, or a list of {', '.join(AUGMENTATIONS)}",
+                                  "flips narrow the CNNs' train/test gap but do not raise test accuracy")
+    head_epochs: int | None = setting(0, "phase 1: epochs training only the new head on the frozen base "
+                                      "(models with phases, e.g. mobilenet_v2)",
+                                      "one phase: every parameter trains from the first epoch", minimum=0)
+    head_lr: float | None = setting(1e-3, "learning rate of phase 1", "Adam's usual default")
+    unfreeze: str | None = setting("all", "main phase trains 'all' of the base or its last N blocks "
+                                   "(models with phases)")
+    bn_policy: str | None = setting("train", "main phase: 'frozen' keeps BatchNorm in inference mode "
+                                    "(running statistics untouched), 'train' updates it",
+                                    "BatchNorm trained from scratch must learn its statistics; pretrained "
+                                    "bases say frozen", choices=BN_POLICIES)
+    label_smoothing: float | None = setting(0.0, "cross-entropy against (1 - s) one-hot + s uniform targets",
+                                            "the references use none", minimum=0.0)
+    ema: float | None = setting(0.0, "evaluate and keep an exponential moving average of the weights with "
+                                "this per-step decay, e.g. 0.999; 0: off",
+                                "the reference CNNs end on a decayed learning rate anyway", minimum=0.0)
+    tta: str | None = setting("none", "test-time augmentation kept in the model: flip averages each image "
+                              "with its mirror in evaluation and prediction",
+                              "flip averaging doubles inference cost; a model or recipe opts in",
+                              choices=TTA_CHOICES)
+    precision: str | None = setting("fp32", "training arithmetic: fp32, bf16 (autocast; weights stay fp32), "
+                                    "or auto: bf16 where the CPU/GPU has it in hardware; evaluation is fp32",
+                                    "bit-for-bit repeatable everywhere; the recipes say auto",
+                                    choices=PRECISIONS)
+    cache_features: bool = setting(True, "phase 1 without augmentation: compute the frozen base's features "
+                                   "once instead of every epoch", layered=False,
+                                   negative_flag="--no-cache-features")
+    seed: int = setting(0, "fixes the train/val split, initial weights, batch order and augmentation draws",
+                        layered=False)
+    val_fraction: float = setting(0.1, "share of the training set held out for validation (stratified); "
+                                  "0: none, the last epoch is kept",
+                                  "as reference 2; the test set is never used to choose", layered=False)
+    data_dir: str | None = setting(None, "directory with the four Fashion-MNIST IDX files (.gz or raw) "
+                                   "(default: search the usual places, see 'fashionclf data')", layered=False)
+    verify: bool = setting(True, "check the SHA-256 of the decompressed data", layered=False,
+                           negative_flag="--no-verify")
+    threads: int | None = setting(None, "CPU threads (default: all cores)", kind=int, minimum=1, layered=False)
+    device: str = setting("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N", layered=False)
+    out: str = setting("runs/default", "run directory", layered=False)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a saved config.json (unknown keys from other versions are ignored)."""
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def defaults() -> dict:
+    """The default of every setting (before recipe and model defaults)."""
+    return {f.name: f.metadata["default"] for f in fields(TrainConfig)}
+
+
+def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add the flags of ``names`` (default: every setting) to ``parser``, with help generated
+    from the table: what it does, its default and why."""
+    for f in fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
+        m = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if m["negative_flag"]:
+            parser.add_argument(m["negative_flag"], dest=f.name, action="store_false", help=m["help"] + " (skip it)")
+            continue
+        default = m["default"]
+        if m["layered"]:
+            who = "the recipe names another" if f.name == "model" else "the recipe or model sets it"
+            shown = f"{default}, unless {who}" if default is not None else "the model's"
+        else:
+            shown = "none" if default is None else default
+        why = f"; {m['why']}" if m["why"] else ""
+        kwargs = dict(dest=f.name, type=m["type"], help=f"{m['help']} (default: {shown}{why})".replace("%", "%%"))
+        if m["choices"]:
+            kwargs["choices"] = m["choices"]
+        if not m["layered"]:
+            kwargs["default"] = default
+        parser.add_argument(flag, *m["flags"], **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+
+
+def parse_augment(spec: str | None) -> list[str]:
+    """``"flip,rotate"`` -> ``["flip", "rotate"]``; ``"none"``/empty -> ``[]``."""
+    if not spec or spec == "none":
+        return []
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad:
+        raise UsageError(f"unknown augmentation {bad[0]!r}; valid: none, or a list of {', '.join(AUGMENTATIONS)}")
+    return names
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fill every unset setting: the flag if given, else the recipe, else the model's default,
+    else the table's default; then check the result (``validate_config``)."""
+    from .device import autocast_dtype, resolve_device
+    from .models import get_model_entry
+
+    if config.recipe is not None and config.recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
+    recipe = RECIPES.get(config.recipe, {}) if config.recipe else {}
+    given = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
+    base = defaults()
+    model = given.get("model") or recipe.get("model") or base["model"]
+    entry = get_model_entry(model)  # raises on an unknown name, listing valid ones
+    weights = given.get("weights") or recipe.get("weights") or (entry.weights[0] if entry.weights else "none")
+    layers = {**base, "image_size": entry.input_size, **entry.train_defaults(weights), **recipe,
+              "model": model, "weights": weights}
+    resolved = TrainConfig(**{**layers, **given})
+    if isinstance(resolved.epochs, dict):  # a recipe sized in time: epochs per training precision
+        fast_arithmetic = autocast_dtype(resolved.precision, resolve_device(resolved.device)) is not None
+        resolved.epochs = resolved.epochs["bf16" if fast_arithmetic else "fp32"]
+    validate_config(resolved)
+    return resolved
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Check a resolved config; every problem is a UsageError that names the flag and the fix."""
+    from .models import get_model_entry, list_models
+
+    for f in fields(TrainConfig):
+        m, value, flag = f.metadata, getattr(config, f.name), "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        if m["choices"] and value not in m["choices"]:
+            raise UsageError(f"unknown {flag} {value!r}; valid: {', '.join(m['choices'])}")
+        if m["minimum"] is not None and value < m["minimum"]:
+            raise UsageError(f"{flag} must be at least {m['minimum']}, got {value}")
+    entry = get_model_entry(config.model)
+    if not (0 <= config.label_smoothing < 1 and 0 <= config.ema < 1):
+        raise UsageError(f"--label-smoothing and --ema take values in [0, 1), got {config.label_smoothing} "
+                         f"and {config.ema}")
+    if not 0 <= config.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    parse_augment(config.augment)
+    if not (config.lr > 0 and config.head_lr > 0):
+        raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")
+    if config.unfreeze != "all" and not (str(config.unfreeze).isdigit() and int(config.unfreeze) > 0):
+        raise UsageError(f"--unfreeze takes 'all' or a number of blocks (1 or more), got {config.unfreeze!r}")
+    if not entry.phases and (config.head_epochs or config.unfreeze != "all"):
+        with_phases = [m for m in list_models() if get_model_entry(m).phases]
+        raise UsageError(f"model {config.model} has no separate head and blocks; --head-epochs and "
+                         f"--unfreeze N apply to: {', '.join(with_phases)}")
+    if config.weights != "none" and not entry.weights:
+        with_weights = [m for m in list_models() if get_model_entry(m).weights]
+        raise UsageError(f"model {config.model} has no pretrained weights; --weights applies to: "
+                         f"{', '.join(with_weights)}")
+    size = config.image_size
+    if entry.min_image_size is None and size != entry.input_size:
+        raise UsageError(f"model {config.model} takes {entry.input_size}x{entry.input_size} input only, "
+                         f"got --image-size {size}")
+    if entry.min_image_size is not None and size < entry.min_image_size:
+        raise UsageError(f"--image-size {size} is too small for {config.model}: at least {entry.min_image_size}")

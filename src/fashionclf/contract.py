@@ -1,0 +1,79 @@
+"""The model's input contract: the one path from uint8 images to class probabilities.
+
+Training, validation, evaluation, ``predict``, ``serve`` and the ONNX export all go through
+this module, so what is trained is exactly what is evaluated, exported and served.
+
+A model's preprocessing is a small dict stored in its checkpoint:
+``{"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "tta": "none"}``. Source
+images are 28x28 uint8 (the dataset's own format, kept in memory as such); each batch is
+scaled to [0, 1], repeated to ``channels``, resized to ``image_size`` and normalised, in that
+order (``preprocess``). ``InferenceNet`` adds the network, the test-time augmentation
+(``tta``: ``flip`` averages the logits of each image and its mirror) and, optionally, the
+softmax; the ONNX graph is that module exported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The reference CNNs' preprocessing: pixels / 255, nothing else.
+GREY_28 = {"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0]}
+EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
+
+
+def preprocess(images: torch.Tensor, preprocessing: dict = GREY_28) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` images -> float ``(N, C, S, S)`` model input."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    channels = preprocessing["channels"]
+    if channels != 1:
+        x = x.expand(-1, channels, -1, -1)
+    size = preprocessing["image_size"]
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if any(preprocessing["mean"]) or any(s != 1 for s in preprocessing["std"]):
+        mean = torch.tensor(preprocessing["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(preprocessing["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+class InferenceNet(nn.Module):
+    """uint8 ``(N, 28, 28)`` images -> logits (or probabilities with ``softmax=True``):
+    ``preprocess``, the network, and the test-time augmentation of ``preprocessing["tta"]``."""
+
+    def __init__(self, model: nn.Module, preprocessing: dict, softmax: bool = False):
+        super().__init__()
+        self.model = model
+        self.preprocessing = dict(preprocessing)
+        self.flip = preprocessing.get("tta", "none") == "flip"
+        self.softmax = softmax
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = preprocess(images, self.preprocessing)
+        logits = self.model(x)
+        if self.flip:
+            logits = (logits + self.model(x.flip(-1))) / 2
+        return torch.softmax(logits, 1) if self.softmax else logits
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: dict,
+                   device: str | torch.device = "cpu", batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of ``InferenceNet`` for uint8 ``(N, 28, 28)`` images, computed in eval mode in
+    batches, returned on the CPU as float32 (``(0, 0)`` for no images)."""
+    was_training = model.training
+    net = InferenceNet(model.eval(), preprocessing)
+    out = [net(images[start : start + batch_size].to(device, non_blocking=True)).float().cpu()
+           for start in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def top_k(probabilities: np.ndarray, classes: list[str], k: int = 1) -> list[list[tuple[str, float]]]:
+    """Per row of ``(N, C)`` probabilities, the ``k`` most likely ``(class, probability)``,
+    most likely first (ties: the lower class index first)."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(p[j])) for j in idx] for p, idx in zip(probabilities, order)]

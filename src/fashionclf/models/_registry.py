@@ -1,0 +1,80 @@
+"""The model registry: ``register_model`` (used by the model modules), ``create_model``,
+``list_models``, ``get_model_entry``.
+
+A builder takes ``num_classes`` and ``in_chans`` and returns an ``nn.Module`` that maps
+``(N, in_chans, H, W)`` float images to ``(N, num_classes)`` logits. Its entry also carries
+the model's input contract (``preprocessing``, see ``fashionclf.contract``), its training
+defaults (a function of the ``--weights`` choice, merged over ``fashionclf.config``'s
+defaults), and the pretrained weights it can start from. Models registered with
+``phases=True`` can be trained in two phases (head first, then fine-tuning): they expose
+``base`` (images -> feature vectors), ``head`` (features -> logits) and ``blocks`` (the
+base's stages, in order, for ``--unfreeze N``).
+
+This module imports no model file, so model files import it without a cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..contract import GREY_28
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    preprocessing: dict  # default input contract: image_size, channels, mean, std
+    train_defaults: Callable[[str], dict]  # weights choice -> training settings for this model
+    weights: tuple[str, ...] = ()  # named pretrained weights (besides "none" and a PATH)
+    min_image_size: int | None = None  # None: only the default size works (fixed Flatten)
+    phases: bool = False  # exposes base/head/blocks: --head-epochs and --unfreeze N apply
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing["image_size"]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, preprocessing: dict = GREY_28,
+                   train_defaults: Callable[[str], dict] | None = None, weights: tuple[str, ...] = (),
+                   min_image_size: int | None = None, phases: bool = False):
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, description, dict(preprocessing),
+                                     train_defaults or (lambda weights: {}), tuple(weights), min_image_size,
+                                     phases)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int | None = None, **kwargs) -> nn.Module:
+    """Build model ``name``; ``in_chans`` defaults to the channels of its input contract."""
+    entry = get_model_entry(name)
+    if in_chans is None:
+        in_chans = entry.preprocessing["channels"]
+    return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,148 @@
+"""Test helpers shared by the test modules (and the benchmarks): synthetic IDX data, a saved
+checkpoint, catalogue-style photos made from dataset images, a free port."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASS_COUNT = 10
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write ``array`` (uint8) as an IDX file: magic 0x0000080<ndim>, big-endian dims, data."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = (0x800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def synthetic_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """28x28 images a tiny model can learn: a bright bar whose row depends on the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 230
+    return images
+
+
+def make_dataset(directory: Path, n_train: int = 400, n_test: int = 100, compress: bool = True,
+                 seed: int = 0) -> Path:
+    """Four synthetic IDX files in Fashion-MNIST's layout (labels cycle through the ten classes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % CLASS_COUNT
+        rng.shuffle(labels)
+        prefix = "train" if split == "train" else "t10k"
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", synthetic_images(labels, seed + n), compress)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return directory
+
+
+def save_untrained_checkpoint(path: Path, model: str = "fast-cnn", classes: list[str] | None = None,
+                              **extra) -> Path:
+    """A checkpoint of a freshly initialised (seeded) registered model, as training writes it."""
+    import torch
+
+    from fashionclf.checkpoint import make_checkpoint, save_checkpoint
+    from fashionclf.data import CLASSES
+    from fashionclf.models import create_model, get_model_entry
+
+    torch.manual_seed(0)
+    classes = list(classes or CLASSES)
+    prep = get_model_entry(model).preprocessing
+    ckpt = make_checkpoint(create_model(model, num_classes=len(classes)), model, {"in_chans": prep["channels"]},
+                           classes, list(range(len(classes))), prep, {}, **extra)
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dataset_like_image() -> np.ndarray:
+    """A light 'garment' on black, as in Fashion-MNIST: centred, its longest side (height)
+    spanning all 28 rows; a trapezoid, wider and brighter at the bottom."""
+    img = np.zeros((28, 28), np.uint8)
+    for r in range(28):
+        half = 6 + r // 4
+        img[r, 14 - half : 14 + half] = 110 + 5 * r
+    return img
+
+
+def png_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny (wrong) body: a bomb's shape."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+CATALOGUE_FORMATS = ("jpeg", "png", "png-rgba", "webp", "gif", "jpeg-grey", "png-16bit", "jpeg-cmyk",
+                     "jpeg-exif-rotated")
+
+
+def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpeg") -> bytes:
+    """A Fashion-MNIST image turned back into a catalogue-style photo, for tests and benchmarks:
+    un-negated (dark item on a white background), coloured, upscaled 6-12x, placed off-centre
+    on a larger white canvas, saved as ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
+    v = image.astype(np.float32)[..., None] / 255.0  # item strength
+    colour = rng.uniform(0.0, 0.6, size=3) * 255  # a dark-to-mid colour
+    rgb = (1 - v) * 255 + v * colour
+    item = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+    side = int(rng.integers(6, 13)) * 28
+    item = item.resize((side, side), Image.Resampling.BICUBIC)
+    canvas_w, canvas_h = side + int(rng.integers(10, side)), side + int(rng.integers(10, side))
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+    offset = (int(rng.integers(0, canvas_w - side + 1)), int(rng.integers(0, canvas_h - side + 1)))
+    canvas.paste(item, offset)
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        canvas.save(buf, "JPEG", quality=85)
+    elif fmt == "png":
+        canvas.save(buf, "PNG")
+    elif fmt == "png-rgba":  # transparent background: alpha carries the item
+        alpha = Image.new("L", canvas.size, 0)
+        alpha.paste(Image.fromarray((v[..., 0] * 255).astype(np.uint8)).resize((side, side)), offset)
+        rgba = canvas.copy()
+        rgba.putalpha(alpha)
+        rgba.save(buf, "PNG")
+    elif fmt == "webp":
+        canvas.save(buf, "WEBP", quality=85)
+    elif fmt == "gif":  # palette mode
+        canvas.convert("P", palette=Image.Palette.ADAPTIVE).save(buf, "GIF")
+    elif fmt == "jpeg-grey":
+        canvas.convert("L").save(buf, "JPEG", quality=85)
+    elif fmt == "png-16bit":
+        grey = np.asarray(canvas.convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(grey).save(buf, "PNG")
+    elif fmt == "jpeg-cmyk":
+        canvas.convert("CMYK").save(buf, "JPEG", quality=90)
+    elif fmt == "jpeg-exif-rotated":  # stored turned 90 degrees, with the EXIF tag that undoes it
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+        canvas.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=85, exif=exif)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CATALOGUE_FORMATS)}")
+    return buf.getvalue()
