@@ -1,4 +1,4 @@
-"""The benchmark suite behind README's speed and accuracy claims (``make bench``).
+"""The benchmark suite behind docs/results.md's speed and accuracy figures (``make bench``).
 
     python benchmarks/bench.py --out runs/bench [--seeds 0 1 2] [--strong-seeds 0 1 2] [--skip keras strong]
 

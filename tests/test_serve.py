@@ -172,3 +172,35 @@ def test_several_worker_processes_answer_alike(model_path):
             answers.add((item["label"], round(item["confidence"], 5)))
         assert len(answers) == 1
         assert httpx.get(url + "/model").json()["model"] == "fast-cnn"
+
+
+def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path):
+    """create_app gives the FastAPI app itself (the body limit is its middleware), and the pixel
+    limit shown by GET /model is the one enforced."""
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from fashionclf.inference import load_classifier
+    from fashionclf.serve import Limits, create_app
+
+    app = create_app(load_classifier(model_path, "torch"), Limits(max_pixels=10_000))
+    assert isinstance(app, FastAPI)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/model").json()["limits"]["max_pixels"] == 10_000
+        big = photo(7)  # catalogue photos are 168+ px a side: more than 10,000 pixels
+        r = httpx.post(url + "/predict", files={"file": ("big.jpg", big, "image/jpeg")})
+        assert r.status_code == 413 and "over the limit of 10,000" in r.json()[0]["error"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

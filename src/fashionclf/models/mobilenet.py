@@ -28,7 +28,7 @@ from ._registry import register_model
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # 64 px, not the reference's 224: on 2 CPU cores an epoch of the 3-class subset costs
-# ~12x less, and 28x28 sources hold no detail that 224 px would reveal (README: cost per size).
+# ~12x less, and 28x28 sources hold no detail that 224 px would reveal (docs/transfer.md: cost per size).
 IMAGENET_3CH = {"image_size": 64, "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 FEATURE_DIM = 1280
 
@@ -135,7 +135,7 @@ def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none"
 # Training defaults (merged over fashionclf.config's defaults; a recipe or any flag overrides them).
 MOBILENET_DEFAULTS = {
     # From random weights there is no base worth freezing: one phase trains everything, with
-    # BatchNorm learning its statistics (README: the measurements behind these choices).
+    # BatchNorm learning its statistics (docs/transfer.md: the measurements behind these choices).
     "none": {
         "epochs": 15,  # ~16 min on 2 cores at 64 px for the 3-class subset; 8 epochs stop lower
         "batch_size": 64,  # BatchNorm wants more than 32 per batch; 128 at lr 3e-3 was no better
@@ -143,7 +143,7 @@ MOBILENET_DEFAULTS = {
         "weight_decay": 5e-4,
         "optimizer": "adamw",
         "augment": "flip",  # flip alone beat flip+rotate and flip+shift on the 3-class subset
-        "ema": 0.999,  # with label smoothing: 15 test errors instead of 19 (README)
+        "ema": 0.999,  # with label smoothing: 15 test errors instead of 19 (docs/transfer.md)
         "label_smoothing": 0.1,
         "tta": "flip",  # costs 2x at inference; kept for the selection it was measured with
         "head_epochs": 0,
