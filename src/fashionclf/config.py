@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, fields
 
 from .errors import UsageError
 from .recipes import RECIPES
+from .transforms import AUGMENTATIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTATIONS = ("flip", "shift", "rotate", "erase")  # implemented in fashionclf.transforms
 BN_POLICIES = ("frozen", "train")
 PRECISIONS = ("fp32", "bf16", "auto")
 TTA_CHOICES = ("none", "flip")

@@ -1,12 +1,16 @@
 """Training-time augmentation of uint8 ``(N, 28, 28)`` batches, applied before the model's
-``fashionclf.contract.preprocess`` (the one preprocessing path shared with inference)."""
+``fashionclf.contract.preprocess`` (the one preprocessing path shared with inference).
+
+Adding an augmentation: its name in ``AUGMENTATIONS`` and its branch in ``augment``; the
+``--augment`` flag, its help and its check follow. torch is imported inside ``augment`` so
+that the command line can read ``AUGMENTATIONS`` without loading torch.
+"""
 
 from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+AUGMENTATIONS = ("flip", "shift", "rotate", "erase")
 
 
 def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator, max_shift: int = 2,
@@ -22,6 +26,9 @@ def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator,
 
     Applied on the 28x28 source, batched, before ``preprocess``: the cheapest place, and
     evaluation then differs from training only by these changes."""
+    import torch
+    import torch.nn.functional as F
+
     n, h, w = images.shape
     if "flip" in policy:
         mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)
