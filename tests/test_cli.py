@@ -154,3 +154,16 @@ def test_predict_with_nothing_to_tag_or_a_bad_threshold_is_a_usage_error(tmp_pat
     err = capsys.readouterr().err
     assert "--min-confidence takes a probability between 0 and 1, got 2" in err
     assert main(["predict", str(tmp_path / "model.pt"), str(photos), "--min-confidence", "0.5"]) == 0
+
+
+@pytest.mark.parametrize("args", [["predict", "m.pt", "x.png", "--batch-size", "0"],
+                                  ["serve", "m.pt", "--workers", "0"], ["export", "m.pt", "--check-images", "-1"],
+                                  ["models", "--num-classes", "zero"]])
+def test_counts_below_one_are_usage_errors(args, capsys):
+    from fashionclf.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "expected" in err.splitlines()[-1]

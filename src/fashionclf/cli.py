@@ -19,6 +19,17 @@ from .errors import FashionclfError
 DATA_FLAGS = ["data_dir", "verify"]
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: a usage error (exit 2, one line) for 0, negatives or non-numbers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def cmd_data(args) -> int:
     from .data import describe
 
@@ -125,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=positive_int, default=10)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("recipes", help="list the named training recipes and their settings")
@@ -161,11 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (default: cpu)")
     p.add_argument("--output", "-o", help="write here instead of stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=positive_int, default=1)
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="add a low_confidence column, true where the top probability is below P (e.g. 0.6), "
                         "for a person to review")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")
@@ -174,14 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "auto"], default=SERVE_BACKEND,
                    help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {SERVE_BACKEND})")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with its own model copy")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     p.add_argument("checkpoint", help="model.pt (or its run directory)")
     p.add_argument("--output", "-o", help="ONNX file to write (default: model.onnx beside the checkpoint)")
-    p.add_argument("--check-images", type=int, default=1000,
+    p.add_argument("--check-images", type=positive_int, default=1000,
                    help="test images (random ones without the data) run through both backends (default: 1000)")
     add_flags(p, ["data_dir"])
     p.set_defaults(func=cmd_export)
