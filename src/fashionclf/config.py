@@ -38,8 +38,8 @@ def setting(default, help: str, why: str = "", *, kind: type | None = None, choi
     (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
     them; the others take ``default`` directly. ``flags``: extra command-line spellings;
     ``negative_flag``: a boolean setting that a flag switches off (``--no-verify``)."""
-    meta = {"default": default, "help": help, "why": why,
-            "type": kind or (str if default is None else type(default)), "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered,
+    meta = {"default": default, "help": help, "why": why, "type": kind or (str if default is None else type(default)),
+            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered,
             "negative_flag": negative_flag}
     return field(default=None if layered else default, metadata=meta)
 
@@ -120,6 +120,11 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of setting ``name``: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
 def defaults() -> dict:
     """The default of every setting (before recipe and model defaults)."""
     return {f.name: f.metadata["default"] for f in fields(TrainConfig)}
@@ -132,7 +137,6 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
         if names is not None and f.name not in names:
             continue
         m = f.metadata
-        flag = "--" + f.name.replace("_", "-")
         if m["negative_flag"]:
             parser.add_argument(m["negative_flag"], dest=f.name, action="store_false", help=m["help"] + " (skip it)")
             continue
@@ -148,7 +152,7 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
             kwargs["choices"] = m["choices"]
         if not m["layered"]:
             kwargs["default"] = default
-        parser.add_argument(flag, *m["flags"], **kwargs)
+        parser.add_argument(flag_of(f.name), *m["flags"], **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -174,7 +178,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     if config.recipe is not None and config.recipe not in RECIPES:
         raise UsageError(f"unknown recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
-    recipe = RECIPES.get(config.recipe, {}) if config.recipe else {}
+    recipe = RECIPES.get(config.recipe, {})
     given = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     base = defaults()
     model = given.get("model") or recipe.get("model") or base["model"]
@@ -195,7 +199,7 @@ def validate_config(config: TrainConfig) -> None:
     from .models import get_model_entry, list_models
 
     for f in fields(TrainConfig):
-        m, value, flag = f.metadata, getattr(config, f.name), "--" + f.name.replace("_", "-")
+        m, value, flag = f.metadata, getattr(config, f.name), flag_of(f.name)
         if value is None:
             continue
         if m["choices"] and value not in m["choices"]:

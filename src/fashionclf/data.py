@@ -190,10 +190,6 @@ def read_bytes(path: Path) -> bytes:
     return decompress(path.read_bytes(), path)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(read_bytes(path)).hexdigest()
-
-
 def parse_idx(data: bytes, path: Path | str, expect_magic: int) -> np.ndarray:
     """Parse one IDX file (magic number, big-endian dimensions, unsigned bytes)."""
     kind = "images" if expect_magic == IMAGE_MAGIC else "labels"

@@ -284,7 +284,8 @@ class Phase:
 
     name: str
     step: TrainStep
-    inputs: torch.Tensor  # uint8 images, or the frozen base's cached features
+    inputs: torch.Tensor  # uint8 images, or the frozen base's cached features, on the device
+    labels: torch.Tensor  # on the device
     validate: Callable[[], EvalResult]
 
 
@@ -292,6 +293,7 @@ def start_phase(run: Run, name: str) -> Phase:
     """Freeze what the phase leaves alone; in a head phase without augmentation, train the
     head on the frozen base's features, computed once."""
     config, data, model = run.config, run.data, run.model
+    labels = data.train_y.to(run.device)
     eval_modules = configure_phase(model, name, config)
     run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     augmentations = parse_augment(config.augment)
@@ -309,8 +311,8 @@ def start_phase(run: Run, name: str) -> Phase:
             return result_from_logits(logits, data.val_y, run.dataset.classes, "val")
 
         return Phase(name, dataclasses.replace(step, model=model.head, prepare=lambda f: f, eval_modules=[]),
-                     train, validate_head)
-    return Phase(name, step, data.train_x.to(run.device), lambda: evaluate(
+                     train, labels, validate_head)
+    return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(
         run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.preprocessing, "val", run.device))
 
 
@@ -320,9 +322,8 @@ def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(config, epoch)
     lr_at = (lambda f: learning_rate(config, epoch, f)) if config.lr_schedule == "onecycle" else None
-    stats = train_one_epoch(dataclasses.replace(phase.step, lr_at=lr_at), phase.inputs,
-                            run.data.train_y.to(run.device), config.batch_size, run.generator,
-                            f"epoch {epoch}/{run.total_epochs} {phase.name}")
+    stats = train_one_epoch(dataclasses.replace(phase.step, lr_at=lr_at), phase.inputs, phase.labels,
+                            config.batch_size, run.generator, f"epoch {epoch}/{run.total_epochs} {phase.name}")
     return stats, phase.validate()
 
 
