@@ -146,3 +146,23 @@ def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpe
     else:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CATALOGUE_FORMATS)}")
     return buf.getvalue()
+
+
+def write_photo_folder(root: Path, counts: dict[str, int], seed: int = 0, fmt: str = "png",
+                       split: str | None = None) -> dict[str, list[Path]]:
+    """A shop's folder of class folders (``root/[split/]<class>/NNN.<fmt>``) holding distinct
+    synthetic garment images, ``counts[class]`` each: as 28x28 PNGs (``fmt="png"``) or as
+    catalogue-style JPEGs (``fmt="jpeg"``). Returns the paths per class."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for c, (name, n) in enumerate(counts.items()):
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        images = synthetic_images(np.full(n, c % CLASS_COUNT), seed=int(rng.integers(1 << 30)))
+        paths = []
+        for i, image in enumerate(images):
+            path = folder / f"{i:03d}.{'png' if fmt == 'png' else 'jpg'}"
+            path.write_bytes(png_bytes(Image.fromarray(image)) if fmt == "png" else catalogue_photo(image, rng))
+            paths.append(path)
+        written[name] = paths
+    return written

@@ -113,7 +113,7 @@ def test_every_setting_has_help_and_a_flag():
 
 
 def test_project_errors_exit_2_but_bugs_are_not_hidden(monkeypatch, capsys):
-    from fashionclf import data
+    from fashionclf import sources as data
     from fashionclf.cli import main
     from fashionclf.errors import DataError
 

@@ -41,7 +41,7 @@ def test_predict_on_exported_test_images(real_data_dir, tmp_path):
     from fashionclf.predict import predict_paths
     from fashionclf.train import TrainConfig, fit
 
-    fit(TrainConfig(epochs=1, batch_size=128, data_dir=str(real_data_dir), out=str(tmp_path / "r")),
+    fit(TrainConfig(epochs=1, batch_size=128, data=[str(real_data_dir)], out=str(tmp_path / "r")),
         log=lambda *_: None)
     ds = load_dataset(real_data_dir)
     picks = np.arange(0, 10000, 50)

@@ -130,7 +130,7 @@ def test_strong_recipe_epochs_follow_the_training_precision():
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):
     from fashionclf.train import fit
 
-    config = TrainConfig(model="fast-cnn", precision="bf16", epochs=2, data_dir=str(tiny_data), verify=False,
+    config = TrainConfig(model="fast-cnn", precision="bf16", epochs=2, data=[str(tiny_data)], verify=False,
                          threads=1, device="cpu", out=str(tmp_path / "run"))
     metrics = fit(config, log=lambda *_: None)
     assert metrics["test_accuracy"] > 0.5

@@ -15,7 +15,7 @@ RUN_FILES = ["model.pt", "last.pt", "config.json", "history.csv", "metrics.json"
 
 
 def _config(data_dir, out, **kw):
-    base = dict(data_dir=str(data_dir), verify=False, out=str(out), epochs=2, batch_size=32, threads=1, device="cpu")
+    base = dict(data=[str(data_dir)], verify=False, out=str(out), epochs=2, batch_size=32, threads=1, device="cpu")
     return TrainConfig(**{**base, **kw})
 
 

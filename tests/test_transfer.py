@@ -26,7 +26,7 @@ DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: any download fails a
 
 
 def _config(data_dir, out, **kw):
-    base = dict(model="mobilenet_v2", data_dir=str(data_dir), verify=False, out=str(out), image_size=32,
+    base = dict(model="mobilenet_v2", data=[str(data_dir)], verify=False, out=str(out), image_size=32,
                 batch_size=32, threads=1, device="cpu", classes="tshirt,sneaker,bag")
     return TrainConfig(**{**base, **kw})
 

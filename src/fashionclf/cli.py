@@ -16,7 +16,7 @@ from . import __version__
 from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args
 from .errors import FashionclfError
 
-DATA_FLAGS = ["data_dir", "verify"]
+DATA_FLAGS = ["data", "verify", "test_fraction"]
 
 
 def positive_int(text: str) -> int:
@@ -31,10 +31,11 @@ def positive_int(text: str) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import describe
+    from .sources import describe
 
-    info = describe(args.data_dir, args.classes, args.verify, args.val_fraction, args.seed, args.grid)
-    print(f"data: {info['source']} (SHA-256 {info['verification']})")
+    info = describe(args.data, args.classes, args.verify, args.val_fraction, args.test_fraction, args.seed, args.grid,
+                    log=print)
+    print(f"data: {info['source']} ({info['verification'] if 'photos' in info['verification'] else 'SHA-256 ' + info['verification']})")
     width = max(len(c) for c in info["classes"])
     print(f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
     for i, name in enumerate(info["classes"]):
@@ -77,7 +78,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint
 
-    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data_dir, args.verify, args.device, args.tta,
+    s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data, args.verify, args.device, args.tta,
                             score_train=args.with_train)
     acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
     print(f"{s['model']} on {s['split']}: accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
@@ -112,7 +113,7 @@ def cmd_export(args) -> int:
 
     r = export_onnx(args.checkpoint, args.output)
     print(f"wrote {r['output']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['export_seconds']:.1f} s)")
-    p = check_parity(r["checkpoint"], r["onnx"], args.check_images, args.data_dir)
+    p = check_parity(r["checkpoint"], r["onnx"], args.check_images, args.data)
     print(f"parity on {p['checked_on']}: max |p_onnx - p_torch| = {p['max_abs_diff']:.2e} "
           f"(tolerance {p['tolerance']:.0e}), same top class for {p['argmax_agreement']:.2%}: {p['parity']}")
     return 0 if p["parity"] == "ok" else 1
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="ONNX file to write (default: model.onnx beside the checkpoint)")
     p.add_argument("--check-images", type=positive_int, default=1000,
                    help="test images (random ones without the data) run through both backends (default: 1000)")
-    add_flags(p, ["data_dir"])
+    add_flags(p, ["data"])
     p.set_defaults(func=cmd_export)
     return parser
 

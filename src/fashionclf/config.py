@@ -33,14 +33,16 @@ SPLITS = ("test", "val", "train")
 
 
 def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
-            flags: tuple[str, ...] = (), layered: bool = True, negative_flag: str | None = None):
+            flags: tuple[str, ...] = (), layered: bool = True, negative_flag: str | None = None,
+            repeatable: bool = False):
     """A ``TrainConfig`` field. ``layered`` settings default to ``None`` in the dataclass
     (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
     them; the others take ``default`` directly. ``flags``: extra command-line spellings;
-    ``negative_flag``: a boolean setting that a flag switches off (``--no-verify``)."""
+    ``negative_flag``: a boolean setting that a flag switches off (``--no-verify``);
+    ``repeatable``: a list setting, one item per use of its flag (``--data A --data B``)."""
     meta = {"default": default, "help": help, "why": why, "type": kind or (str if default is None else type(default)),
             "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered,
-            "negative_flag": negative_flag}
+            "negative_flag": negative_flag, "repeatable": repeatable}
     return field(default=None if layered else default, metadata=meta)
 
 
@@ -106,8 +108,14 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of the training set held out for validation (stratified); "
                                   "0: none, the last epoch is kept",
                                   "as reference 2; the test set is never used to choose", layered=False)
-    data_dir: str | None = setting(None, "directory with the four Fashion-MNIST IDX files (.gz or raw) "
-                                   "(default: search the usual places, see 'fashionclf data')", layered=False)
+    data: list[str] | None = setting(None, "training data, repeatable: a folder of class folders (PATH/<class>/*.jpg), "
+                                     "of train|val|test split folders, a CSV manifest (path,label[,split]), or a "
+                                     "folder with the four Fashion-MNIST IDX files (default: Fashion-MNIST, searched "
+                                     "in the usual places, see 'fashionclf data')", kind=str, layered=False,
+                                     flags=("--data-dir",), repeatable=True)
+    test_fraction: float = setting(0.2, "photo data without its own test split: share of each class held out for "
+                                   "testing (stratified, seeded)",
+                                   "a few hundred photos per class leave 20% enough to measure on", layered=False)
     verify: bool = setting(True, "check the SHA-256 of the decompressed data", layered=False,
                            negative_flag="--no-verify")
     threads: int | None = setting(None, "CPU threads (default: all cores)", kind=int, minimum=1, layered=False)
@@ -117,6 +125,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """A config from a saved config.json (unknown keys from other versions are ignored)."""
+        values = dict(values)
+        if values.get("data_dir") and not values.get("data"):  # config.json of version 0.x
+            values["data"] = [values["data_dir"]]
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
@@ -148,6 +159,8 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
             shown = "none" if default is None else default
         why = f"; {m['why']}" if m["why"] else ""
         kwargs = dict(dest=f.name, type=m["type"], help=f"{m['help']} (default: {shown}{why})".replace("%", "%%"))
+        if m["repeatable"]:
+            kwargs["action"] = "append"
         if m["choices"]:
             kwargs["choices"] = m["choices"]
         if not m["layered"]:
@@ -212,6 +225,9 @@ def validate_config(config: TrainConfig) -> None:
                          f"and {config.ema}")
     if not 0 <= config.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if not 0 < config.test_fraction < 1 or config.val_fraction + config.test_fraction >= 1:
+        raise UsageError(f"--test-fraction must be in (0, 1) and leave photos to train on beside --val-fraction, "
+                         f"got {config.test_fraction} and {config.val_fraction}")
     parse_augment(config.augment)
     if not (config.lr > 0 and config.head_lr > 0):
         raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")

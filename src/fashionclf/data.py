@@ -225,15 +225,18 @@ class ImageSet:
 
 @dataclass
 class Dataset:
-    """The train and test splits, restricted to ``classes`` and relabelled 0..k-1."""
+    """The train and test splits (and, where the data fixes one, the validation split),
+    restricted to ``classes`` and relabelled 0..k-1."""
 
     train: ImageSet
     test: ImageSet
     classes: list[str]
-    class_indices: list[int]
-    source: Path
+    class_indices: list[int]  # Fashion-MNIST's indices of ``classes``; 0..k-1 for other data
+    source: Path | str
     verification: str
     files: dict[str, str] = field(default_factory=dict)
+    val: ImageSet | None = None  # None: carved from ``train`` by ``make_splits``
+    problems: dict = field(default_factory=dict)  # skipped files, label noise, leakage (photo data)
 
 
 def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> ImageSet:
@@ -370,6 +373,9 @@ class Splits:
 
 
 def make_splits(dataset: Dataset, val_fraction: float, seed: int) -> "Splits":
+    if dataset.val is not None:  # the data's own validation split
+        t, v, s = dataset.train, dataset.val, dataset.test
+        return Splits(*(torch.from_numpy(a) for a in (t.images, t.labels, v.images, v.labels, s.images, s.labels)))
     train_idx, val_idx = train_val_split(dataset.train.labels, val_fraction, seed)
     x = torch.from_numpy(dataset.train.images)
     y = torch.from_numpy(dataset.train.labels)
@@ -377,30 +383,3 @@ def make_splits(dataset: Dataset, val_fraction: float, seed: int) -> "Splits":
         x[train_idx], y[train_idx], x[val_idx], y[val_idx],
         torch.from_numpy(dataset.test.images), torch.from_numpy(dataset.test.labels),
     )
-
-
-def describe(data_dir: str | None = None, classes: str | None = None, verify: bool = True,
-             val_fraction: float = 0.1, seed: int = 0, grid: str | os.PathLike | None = None) -> dict:
-    """Where the data was found, its verification, per-class counts per split; optionally a
-    labelled grid of sample training images saved to ``grid``."""
-    dataset = load_dataset(data_dir, classes, verify=verify)
-    train_idx, val_idx = train_val_split(dataset.train.labels, val_fraction, seed)
-    k = len(dataset.classes)
-    info = {
-        "source": str(dataset.source),
-        "files": dataset.files,
-        "verification": dataset.verification,
-        "classes": dataset.classes,
-        "counts": {
-            "train": class_counts(dataset.train.labels[train_idx], k),
-            "val": class_counts(dataset.train.labels[val_idx], k),
-            "test": class_counts(dataset.test.labels, k),
-        },
-    }
-    if grid is not None:
-        from . import plots
-
-        fig = plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
-        plots.save(fig, grid)
-        info["grid"] = str(grid)
-    return info

@@ -127,12 +127,13 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
 
 def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
                      accuracies: dict[str, float], overfit: dict, info: dict,
-                     history: list[dict] | None = None) -> dict:
+                     history: list[dict] | None = None, problems: dict | None = None) -> dict:
     """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
 
     ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
     ``accuracies`` the accuracies side by side and ``overfit`` their ``overfitting_check``;
-    ``info`` the run's settings shown in the report.
+    ``info`` the run's settings shown in the report; ``problems`` what was found wrong with
+    the data (photo datasets: skipped files, label noise, leakage).
     """
     from . import plots, report
 
@@ -158,12 +159,12 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     if history:
         paths["curves_png"] = out / "curves.png"
         plots.save(plots.figure_curves(history), paths["curves_png"])
-    report.write_report(result, accuracies, overfit, info, paths, history)
+    report.write_report(result, accuracies, overfit, info, paths, history, problems)
     return {k: str(v) for k, v in paths.items()}
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
-                        data_dir: str | None = None, verify: bool = True, device: str = "auto",
+                        data: list[str] | str | None = None, verify: bool = True, device: str = "auto",
                         tta: str | None = None, score_train: bool = False) -> dict:
     """Evaluate a saved model on ``split``, with val and test accuracy side by side, and write
     the evaluation artefacts to ``out`` (default: ``<checkpoint dir>/eval-<split>``).
@@ -175,7 +176,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     or "flip") overrides the test-time augmentation the checkpoint was trained with."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .config import SPLITS, TTA_CHOICES, TrainConfig
-    from .data import load_dataset, make_splits
+    from .data import make_splits
+    from .sources import as_list, is_fashion_mnist, load_data, relabel
     from .device import resolve_device
     from .errors import UsageError
 
@@ -188,7 +190,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     config = TrainConfig.from_dict(ckpt["config"])
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    dataset = load_dataset(data_dir or config.data_dir, ckpt["class_indices"], verify=verify)
+    sources = as_list(data) or config.data
+    subset = ckpt["class_indices"] if is_fashion_mnist(sources) else None  # photos: every class the data has
+    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=print)
+    dataset = relabel(dataset, ckpt["classes"])
     data = make_splits(dataset, config.val_fraction, config.seed)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
     results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}
@@ -207,9 +212,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
             "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})",
             **({"note": train_note} if train_note else {})}
     images = data.of(split)[0].numpy()
-    paths = write_evaluation(result, images, out, accuracies, overfit, info)
+    paths = write_evaluation(result, images, out, accuracies, overfit, info, problems=dataset.problems)
     summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
-                   accuracies=accuracies, overfitting=overfit, files=paths)
+                   accuracies=accuracies, overfitting=overfit, files=paths,
+                   **({"data_problems": dataset.problems} if dataset.problems else {}))
     write_json(summary, out / "metrics.json")
     summary["files"]["metrics_json"] = str(out / "metrics.json")
     return summary

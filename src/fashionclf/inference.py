@@ -109,22 +109,23 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
     return TorchClassifier(ckpt, device)
 
 
-def parity_images(count: int = 1000, data_dir: str | None = None) -> tuple[np.ndarray, str]:
-    """Test images for a parity check; seeded random images if the data is not at hand."""
-    from .data import find_data, load_dataset
+def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tuple[np.ndarray, str]:
+    """Test images for a parity check (``data``: as ``--data``, default Fashion-MNIST); seeded
+    random images if the data is not at hand."""
+    from .sources import load_data
 
     try:
-        find_data(data_dir, download=False)
-        return load_dataset(data_dir, verify=False).test.images[:count], f"{count} test images"
+        images = load_data(data, verify=False, download=False).test.images[:count]
+        return images, f"{len(images)} test images"
     except DataError:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), f"{count} random images (no data found)"
 
 
-def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data_dir: str | None = None) -> dict:
+def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
     """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
     largest probability difference and how often the top class agrees."""
-    images, what = parity_images(count, data_dir)
+    images, what = parity_images(count, data)
     p_torch = TorchClassifier(ckpt).predict_proba(images)
     p_onnx = OnnxClassifier(model_bytes).predict_proba(images)
     max_diff = float(np.abs(p_torch - p_onnx).max())

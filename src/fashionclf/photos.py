@@ -35,6 +35,8 @@ SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
 DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
+PIPELINE_VERSION = 1  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 class PhotoError(DataError):
     """A photo that cannot be tagged; the message says what is wrong and what would work.
@@ -71,6 +73,8 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     except Image.DecompressionBombError as exc:
         raise PhotoError(f"image is over the limit of {max_pixels:,} pixels ({exc}); downscale it first",
                          "too_large") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a damaged header, e.g. "Truncated File Read"
+        raise PhotoError(f"image header is damaged or truncated ({exc})") from None
     w, h = img.size
     if w * h > max_pixels:
         raise PhotoError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "

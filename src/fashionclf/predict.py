@@ -25,9 +25,7 @@ from tqdm import tqdm
 from .errors import UsageError
 from .contract import top_k as top_k_labels
 from .inference import Classifier, load_classifier
-from .photos import PhotoError, photo_to_28
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+from .photos import IMAGE_SUFFIXES, PhotoError, photo_to_28
 
 
 @dataclass

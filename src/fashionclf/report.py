@@ -34,7 +34,25 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None) -> None:
+def problems_section(problems: dict | None) -> str:
+    """The data's problems, every file listed: skipped (unreadable), label noise, leakage."""
+    if not problems or not any(problems.get(k) for k in ("skipped", "label_noise", "leakage")):
+        return ""
+    parts = []
+    if problems.get("skipped"):
+        rows = [[s["path"], s["label"], s["error"]] for s in problems["skipped"]]
+        parts.append(f"<h3>{len(rows)} unreadable file(s), skipped</h3>" + _table(["file", "label", "error"], rows))
+    for key, title in (("label_noise", "identical photos under two labels (label noise)"),
+                       ("leakage", "identical photos in two splits (leakage)")):
+        if problems.get(key):
+            rows = [[i["path"], i["label"], i["split"]] for group in problems[key] for i in group]
+            parts.append(f'<h3 class="flag">{len(problems[key])} group(s) of {title}</h3>'
+                         + _table(["file", "label", "split"], rows))
+    return "<section><h2>Data problems</h2>" + "".join(parts) + "</section>"
+
+
+def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None,
+                 problems: dict | None = None) -> None:
     acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
     if overfit.get("flag"):
         check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'
@@ -61,6 +79,7 @@ Train accuracy is measured in eval mode on the training split.</p></section>
 <section><h2>Confusion matrix ({html.escape(result.split)})</h2>{_img(paths.get('confusion_matrix_png'))}</section>
 <section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
 <section><h2>Most confident mistakes</h2>{_img(paths.get('mistakes_png'))}</section>
+{problems_section(problems)}
 <section><h2>Settings</h2>{settings}</section>
 </body></html>
 """

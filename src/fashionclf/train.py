@@ -34,11 +34,12 @@ from . import __version__
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_augment, resolve_config
 from .contract import EVAL_BATCH, preprocess
-from .data import Dataset, Splits, class_counts, load_dataset, make_splits
+from .data import Dataset, Splits, class_counts, make_splits
 from .device import autocast_dtype, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
 from .fileio import write_json
 from .models import count_parameters, create_model, get_model_entry
+from .sources import load_data
 from .transforms import augment
 
 ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
@@ -216,7 +217,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data_dir, config.classes, verify=config.verify)
+    dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
+                        config.seed, log=log)
     entry = get_model_entry(config.model)
     preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
     model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
@@ -399,7 +401,7 @@ def finish_run(run: Run) -> dict:
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history)
+    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history, dataset.problems)
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
             + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
@@ -432,6 +434,7 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
         "device": str(run.device),
         "threads": torch.get_num_threads(),
         "data": {"source": str(run.dataset.source), "verification": run.dataset.verification,
-                 **{f"{split}_counts": class_counts(data.of(split)[1].numpy(), k) for split in ("train", "val", "test")}},
+                 **{f"{split}_counts": class_counts(data.of(split)[1].numpy(), k) for split in ("train", "val", "test")},
+                 **({"problems": run.dataset.problems} if run.dataset.problems else {})},
         "versions": {"fashionclf": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     }

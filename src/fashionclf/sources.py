@@ -1,0 +1,179 @@
+"""What ``--data PATH`` points at, turned into a ``Dataset``: the one entry point for
+train, evaluate and ``fashionclf data``.
+
+A path is, in this order: a folder holding the four Fashion-MNIST IDX files
+(``fashionclf.data``); a ``.csv`` manifest; a folder of class folders or of
+``train|val|test`` split folders (``fashionclf.photoset``). No path means Fashion-MNIST,
+searched in the usual places. Several photo sources combine (the review loop trains on a
+labelled folder plus the reviewed one); classes are the union of their names, sorted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import data as idx
+from . import photoset
+from .data import Dataset, ImageSet, make_splits
+from .errors import DataError, UsageError
+
+PHOTO_VERIFICATION = "photos (no published checksums)"
+
+
+def as_list(sources) -> list[str]:
+    if sources is None:
+        return []
+    return [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
+
+
+def kind_of(path: str) -> str:
+    """"idx", "csv" or "folder"; a path that is none of those is a usage error saying what would work."""
+    p = Path(path)
+    if p.is_dir():
+        return "idx" if idx._complete(p) else "folder"
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return "csv"
+    if not p.exists():
+        raise DataError(f"--data {path}: no such file or folder; expected a folder of class folders, "
+                        "a CSV manifest (path,label[,split]) or a folder with the Fashion-MNIST IDX files "
+                        "(leave --data out to use Debian's dataset-fashion-mnist or the download)")
+    raise DataError(f"--data {path}: a file that is not a .csv manifest; pass a folder of class folders, "
+                    "a CSV manifest (path,label[,split]) or a folder with the Fashion-MNIST IDX files")
+
+
+def is_fashion_mnist(sources) -> bool:
+    paths = as_list(sources)
+    return not paths or [kind_of(p) for p in paths] == ["idx"]
+
+
+def load_data(sources=None, classes: str | list | None = None, verify: bool = True, val_fraction: float = 0.1,
+              test_fraction: float = 0.2, seed: int = 0, download: bool = True,
+              log: Callable[[str], None] | None = None) -> Dataset:
+    """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``."""
+    paths = as_list(sources)
+    kinds = [kind_of(p) for p in paths]
+    if not paths or kinds == ["idx"]:
+        return idx.load_dataset(paths[0] if paths else None, classes, verify=verify, download=download)
+    if "idx" in kinds:
+        raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
+                         "pass either one IDX folder or photo sources (folders, CSV manifests)")
+    return load_photos(paths, kinds, classes, val_fraction, test_fraction, seed, log or (lambda _: None))
+
+
+def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
+                seed: int, log: Callable[[str], None]) -> Dataset:
+    entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
+    for path, kind in zip(paths, kinds):
+        p = Path(path)
+        if kind == "csv":
+            found, ign = photoset.read_manifest(p), []
+        else:
+            found, ign = photoset.scan_folder(p)
+        if not found:
+            raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
+                            f"{p}/train/<class>/..., or a CSV manifest")
+        converted = photoset.convert(found, p)
+        entries += converted.entries
+        images.append(converted.images)
+        hashes += converted.hashes
+        skipped += converted.skipped
+        ignored += ign
+        cached += converted.from_cache
+    names = sorted({e.label for e in entries} | {s["label"] for s in skipped})
+    wanted = select_names(names, classes)
+    for name in wanted:
+        if not any(e.label == name for e in entries):
+            bad = sum(s["label"] == name for s in skipped)
+            raise DataError(f"class {name!r}: all {bad} of its photos are unreadable (first: "
+                            f"{next(s for s in skipped if s['label'] == name)['error']}); fix or remove them")
+    keep = [i for i, e in enumerate(entries) if e.label in wanted]
+    entries = [entries[i] for i in keep]
+    hashes = [hashes[i] for i in keep]
+    all_images = np.concatenate(images)[keep]
+    labels = np.array([wanted.index(e.label) for e in entries], dtype=np.int64)
+    splits = photoset.carve_splits(labels, hashes, [e.split for e in entries], wanted, val_fraction,
+                                   test_fraction, seed)
+    for needed in ("train", "test"):
+        if needed not in splits:
+            raise UsageError(f"no {needed} photos: give a {needed} split or a --test-fraction above 0")
+    sets = {s: ImageSet(all_images[splits == s], labels[splits == s]) for s in photoset.SPLIT_NAMES}
+    problems = {"skipped": skipped, "ignored": ignored, **photoset.find_duplicates(entries, hashes, splits)}
+    log_problems(len(entries), len(wanted), paths, cached, problems, log)
+    return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=wanted,
+                   class_indices=list(range(len(wanted))), source="; ".join(paths), verification=PHOTO_VERIFICATION,
+                   problems=problems)
+
+
+def select_names(names: list[str], classes: str | list | None) -> list[str]:
+    """``names`` or the subset ``classes`` (comma-separated or a list, in that order)."""
+    if classes in (None, "", "all"):
+        chosen = names
+    else:
+        chosen = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise UsageError(f"class {unknown[0]!r} is not in the data; its classes are: {', '.join(names)}")
+    if len(chosen) < 2:
+        raise DataError(f"a classifier needs at least 2 classes, the data has {len(chosen)}: {', '.join(chosen)}; "
+                        "expected one folder (or CSV label) per class")
+    return chosen
+
+
+def log_problems(count: int, k: int, paths: list[str], cached: int, problems: dict, log: Callable[[str], None]) -> None:
+    log(f"photos: {count:,} in {k} classes from {', '.join(paths)} ({cached:,} conversions from the cache)")
+    if problems["skipped"]:
+        first = problems["skipped"][0]
+        log(f"warning: {len(problems['skipped'])} unreadable file(s) skipped (listed in metrics.json), "
+            f"e.g. {first['path']}: {first['error']}")
+    if problems["ignored"]:
+        log(f"note: {len(problems['ignored'])} file(s) without an image suffix ignored, e.g. {problems['ignored'][0]}")
+    for key, what in (("label_noise", "under two labels (label noise)"), ("leakage", "in two splits (leakage)")):
+        if problems[key]:
+            example = ", ".join(f"{i['path']} [{i['label']}, {i['split']}]" for i in problems[key][0])
+            log(f"warning: {len(problems[key])} identical photo group(s) {what}, e.g. {example}")
+
+
+def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
+    """``dataset`` with its labels renumbered to ``classes`` (a model's class order); a class the
+    model does not know is a usage error."""
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
+        raise UsageError(f"the data has class(es) {', '.join(map(repr, unknown))} that the model does not know; "
+                         f"its classes are: {', '.join(classes)}")
+    mapping = np.array([classes.index(c) for c in dataset.classes], dtype=np.int64)
+
+    def re(s: ImageSet | None) -> ImageSet | None:
+        return None if s is None else ImageSet(s.images, mapping[s.labels])
+
+    return Dataset(re(dataset.train), re(dataset.test), list(classes), list(range(len(classes))), dataset.source,
+                   dataset.verification, dataset.files, re(dataset.val), dataset.problems)
+
+
+def describe(sources=None, classes: str | None = None, verify: bool = True, val_fraction: float = 0.1,
+             test_fraction: float = 0.2, seed: int = 0, grid: str | os.PathLike | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Where the data was found, its verification, per-class counts per split (the same table
+    for Fashion-MNIST and for photos), problems found; optionally a labelled grid of sample
+    training images saved to ``grid``."""
+    dataset = load_data(sources, classes, verify, val_fraction, test_fraction, seed, log=log)
+    splits = make_splits(dataset, val_fraction, seed)
+    k = len(dataset.classes)
+    info = {
+        "source": str(dataset.source),
+        "files": dataset.files,
+        "verification": dataset.verification,
+        "classes": dataset.classes,
+        "counts": {s: idx.class_counts(splits.of(s)[1].numpy(), k) for s in ("train", "val", "test")},
+        "problems": {key: len(v) for key, v in dataset.problems.items()},
+    }
+    if grid is not None:
+        from . import plots
+
+        fig = plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
+        plots.save(fig, grid)
+        info["grid"] = str(grid)
+    return info
