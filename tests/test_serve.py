@@ -46,9 +46,38 @@ def running_server(model, *args):
         proc.wait(timeout=20)
 
 
+def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
+    return catalogue_photo(dataset_like_image(), np.random.default_rng(seed), fmt)
+
+
+def noise_photo() -> bytes:
+    from PIL import Image
+
+    from helpers import png_bytes
+
+    return png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)))
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return save_untrained_checkpoint(tmp_path_factory.mktemp("serve") / "model.pt", metrics={"test_accuracy": 0.92})
+    """An untrained fast-cnn whose unknown threshold lies halfway between the scores of the dress
+    photo and of a noise image: the lower-scoring one is "unknown" (``UNKNOWN_FILE``)."""
+    from fashionclf.checkpoint import load_checkpoint, save_checkpoint
+    from fashionclf.inference import TorchClassifier
+    from fashionclf.photos import photo_to_28
+
+    path = save_untrained_checkpoint(tmp_path_factory.mktemp("serve") / "model.pt", metrics={"test_accuracy": 0.92})
+    ckpt = load_checkpoint(path)
+    _, scores = TorchClassifier(ckpt).predict(np.stack([photo_to_28(photo(3)), photo_to_28(noise_photo())]))
+    assert abs(scores[0] - scores[1]) > 1e-3  # far above the backends' 1e-5 disagreement
+    ckpt["unknown"] = {"score": "energy", "temperature": 1.0, "threshold": float(scores.mean())}
+    save_checkpoint(ckpt, path)
+    global UNKNOWN_FILE
+    UNKNOWN_FILE = "dress.jpg" if scores[0] < scores[1] else "noise.png"
+    return path
+
+
+UNKNOWN_FILE = None
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +86,23 @@ def server(model_path):
         yield url
 
 
-def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
-    return catalogue_photo(dataset_like_image(), np.random.default_rng(seed), fmt)
-
-
 def test_health_and_model(server):
     assert httpx.get(server + "/health").json() == {"status": "ok"}
     info = httpx.get(server + "/model").json()
     assert info["model"] == "fast-cnn" and info["classes"] == list(CLASSES)
     assert info["backend"] == "onnx" and info["test_accuracy"] == 0.92
     assert info["limits"]["max_files"] >= 1 and info["input"]["shape"] == ["N", 28, 28]
+    assert info["unknown"]["score"] == "energy"
+
+
+def test_unknown_is_flagged_per_file_and_the_label_still_given(server):
+    r = httpx.post(server + "/predict", files=[("file", ("dress.jpg", photo(3), "image/jpeg")),
+                                               ("file", ("noise.png", noise_photo(), "image/png"))])
+    assert r.status_code == 200
+    by_name = {item["filename"]: item for item in r.json()}
+    assert {name: item["unknown"] for name, item in by_name.items()} == {
+        "dress.jpg": UNKNOWN_FILE == "dress.jpg", "noise.png": UNKNOWN_FILE == "noise.png"}
+    assert all(item["label"] in CLASSES for item in by_name.values())
 
 
 def test_predict_one_photo(server):
@@ -142,23 +178,40 @@ def test_web_page_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     (tmp_path / "dress.jpg").write_bytes(photo(3))
+    (tmp_path / "noise.png").write_bytes(noise_photo())
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(server + "/")
         assert "Tag a clothing photo" in page.title() + page.content()
-        page.set_input_files("#file", str(tmp_path / "dress.jpg"))
-        page.wait_for_selector("#result.shown", timeout=15_000)
-        label = page.get_attribute("#label", "data-label")
-        assert label in CLASSES
-        assert page.locator(".bar").count() == 10
-        preview = page.get_attribute("#preview", "src")
-        assert preview.startswith("data:image/png;base64,")
-        natural = page.evaluate("document.getElementById('preview').naturalWidth")
-        assert natural == 28
-        assert page.text_content("#error") == ""
+        for name in ("dress.jpg", "noise.png"):
+            page.evaluate("document.getElementById('result').className = ''")  # wait for this file's answer
+            page.set_input_files("#file", str(tmp_path / name))
+            page.wait_for_selector("#result.shown", timeout=15_000)
+            label = page.get_attribute("#label", "data-label")
+            assert label in CLASSES
+            unknown = name == UNKNOWN_FILE
+            assert page.get_attribute("#label", "data-unknown") == str(unknown).lower()
+            assert page.is_visible("#unknown-note") == unknown
+            assert page.text_content("#label").startswith("Unknown item") == unknown
+            assert page.locator(".bar").count() == 10
+            preview = page.get_attribute("#preview", "src")
+            assert preview.startswith("data:image/png;base64,")
+            assert page.evaluate("document.getElementById('preview').naturalWidth") == 28
+            assert page.text_content("#error") == ""
+            page.screenshot(path=str(tmp_path / f"page-{name}.png"), full_page=True)
+            # the drop zone overlaps neither the paragraph above it nor the results below it
+            boxes = {sel: page.locator(sel).bounding_box() for sel in ("body > p:first-of-type", "#drop", "#result")}
+            for a, b in (("body > p:first-of-type", "#drop"), ("#drop", "#result")):
+                assert not _intersect(boxes[a], boxes[b]), (a, boxes[a], b, boxes[b])
+        assert (tmp_path / "page-dress.jpg.png").stat().st_size > 1000
         browser.close()
+
+
+def _intersect(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
 
 
 def test_several_worker_processes_answer_alike(model_path):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import UsageError
 from .fileio import safe_torch_load, save_torch_atomic
-from .models import create_model
+from .models import create_model, head_of
 
 FORMAT = "fashionclf-checkpoint"
 VERSION = 1  # raised when the layout changes; load_checkpoint refuses other versions with the fix
@@ -67,6 +67,24 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     return model.eval()
 
 
+def load_body(model: nn.Module, ckpt: dict, source: str = "--init") -> int:
+    """Copy every weight of ``ckpt`` into ``model`` except its head's (``models.head_of``), which
+    stays as built: a new head for new classes on a trained body. Returns the tensors copied."""
+    head = head_of(model)
+    prefix = next(name for name, m in model.named_modules() if m is head) + "."
+    body = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(prefix)}
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as exc:
+        raise UsageError(f"{source}: its weights do not fit the model ({str(exc).splitlines()[-1].strip()}); "
+                         "start from a checkpoint of the same model and settings") from None
+    missing = [k for k in missing if not k.startswith(prefix)]
+    if missing or unexpected:
+        raise UsageError(f"{source}: its weights do not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}); start from a checkpoint of the same model")
+    return len(body)
+
+
 def model_info(ckpt: dict) -> dict:
     """The facts about a checkpoint that a client of predict/serve may want; the ONNX export
     carries the same dict in its metadata."""
@@ -76,6 +94,8 @@ def model_info(ckpt: dict) -> dict:
         "classes": list(ckpt["classes"]),
         "preprocessing": dict(ckpt["preprocessing"]),
         "test_accuracy": metrics.get("test_accuracy"),
+        "unknown": {k: v for k, v in (ckpt.get("unknown") or {}).items() if k in ("score", "temperature", "threshold")}
+        or None,
         "input": {"dtype": "uint8", "shape": ["N", 28, 28],
                   "polarity": "light garment on a dark background, as Fashion-MNIST"},
     }

@@ -56,6 +56,9 @@ class TrainConfig:
                                 "the retail-tagging reference program's network")
     classes: str | None = setting(None, "class subset by name, alias or index, e.g. tshirt,sneaker,bag "
                                   "(default: all ten)", layered=False)
+    init: str | None = setting(None, "start from a fashionclf checkpoint (model.pt): its body is kept and a new "
+                               "head is made for this data's classes; model and input size come from it",
+                               layered=False)
     weights: str | None = setting("none", "pretrained start: imagenet, none, or PATH of a state-dict file",
                                   "a model with pretrained weights defaults to its first named weights")
     image_size: int | None = setting(None, "input side after resizing the 28x28 images (default: the model's)",
@@ -233,10 +236,11 @@ def validate_config(config: TrainConfig) -> None:
         raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")
     if config.unfreeze != "all" and not (str(config.unfreeze).isdigit() and int(config.unfreeze) > 0):
         raise UsageError(f"--unfreeze takes 'all' or a number of blocks (1 or more), got {config.unfreeze!r}")
-    if not entry.phases and (config.head_epochs or config.unfreeze != "all"):
+    if not entry.phases and ((config.head_epochs and not config.init) or config.unfreeze != "all"):
         with_phases = [m for m in list_models() if get_model_entry(m).phases]
         raise UsageError(f"model {config.model} has no separate head and blocks; --head-epochs and "
-                         f"--unfreeze N apply to: {', '.join(with_phases)}")
+                         f"--unfreeze N apply to: {', '.join(with_phases)} (and --head-epochs to any model "
+                         "started with --init)")
     if config.weights != "none" and not entry.weights:
         with_weights = [m for m in list_models() if get_model_entry(m).weights]
         raise UsageError(f"model {config.model} has no pretrained weights; --weights applies to: "

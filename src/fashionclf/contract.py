@@ -7,9 +7,11 @@ A model's preprocessing is a small dict stored in its checkpoint:
 ``{"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "tta": "none"}``. Source
 images are 28x28 uint8 (the dataset's own format, kept in memory as such); each batch is
 scaled to [0, 1], repeated to ``channels``, resized to ``image_size`` and normalised, in that
-order (``preprocess``). ``InferenceNet`` adds the network, the test-time augmentation
-(``tta``: ``flip`` averages the logits of each image and its mirror) and, optionally, the
-softmax; the ONNX graph is that module exported.
+order (``preprocess``). ``InferenceNet`` adds the network and the test-time augmentation
+(``tta``: ``flip`` averages the logits of each image and its mirror). ``ServingNet`` adds
+what predict and serve return: probabilities calibrated by the checkpoint's temperature and
+the in-distribution score that flags unknowns (``fashionclf.ood``); the ONNX graph is that
+module exported, and the PyTorch backend runs the same module.
 """
 
 from __future__ import annotations
@@ -41,22 +43,39 @@ def preprocess(images: torch.Tensor, preprocessing: dict = GREY_28) -> torch.Ten
 
 
 class InferenceNet(nn.Module):
-    """uint8 ``(N, 28, 28)`` images -> logits (or probabilities with ``softmax=True``):
-    ``preprocess``, the network, and the test-time augmentation of ``preprocessing["tta"]``."""
+    """uint8 ``(N, 28, 28)`` images -> logits: ``preprocess``, the network, and the test-time
+    augmentation of ``preprocessing["tta"]``."""
 
-    def __init__(self, model: nn.Module, preprocessing: dict, softmax: bool = False):
+    def __init__(self, model: nn.Module, preprocessing: dict):
         super().__init__()
         self.model = model
         self.preprocessing = dict(preprocessing)
         self.flip = preprocessing.get("tta", "none") == "flip"
-        self.softmax = softmax
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = preprocess(images, self.preprocessing)
         logits = self.model(x)
         if self.flip:
             logits = (logits + self.model(x.flip(-1))) / 2
-        return torch.softmax(logits, 1) if self.softmax else logits
+        return logits
+
+
+class ServingNet(nn.Module):
+    """uint8 images -> (probabilities of ``softmax(logits / T)``, score ``T * logsumexp(logits / T)``):
+    ``InferenceNet`` plus the checkpoint's temperature ``T`` (1 for a model never calibrated)."""
+
+    def __init__(self, model: nn.Module, preprocessing: dict, temperature: float = 1.0):
+        super().__init__()
+        self.net = InferenceNet(model, preprocessing)
+        self.temperature = float(temperature)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.net(images).float() / self.temperature
+        return torch.softmax(z, 1), self.temperature * torch.logsumexp(z, 1)
+
+
+def temperature_of(ckpt: dict) -> float:
+    return float((ckpt.get("unknown") or {}).get("temperature", 1.0))
 
 
 @torch.no_grad()

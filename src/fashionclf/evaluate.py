@@ -31,6 +31,7 @@ class EvalResult:
     y_pred: np.ndarray
     probs: np.ndarray  # (N, k) softmax probabilities
     loss: float
+    logits: np.ndarray | None = None  # (N, k), for calibration
 
     @property
     def accuracy(self) -> float:
@@ -92,6 +93,7 @@ def result_from_logits(logits: torch.Tensor, labels, classes: list[str], split: 
         y_pred=np.empty(0, dtype=np.int64) if empty else logits.argmax(1).numpy(),
         probs=np.empty((0, len(classes))) if empty else F.softmax(logits, 1).numpy(),
         loss=float("nan") if empty else float(F.cross_entropy(logits, labels)),
+        logits=np.empty((0, len(classes)), np.float32) if empty else logits.numpy(),
     )
 
 
@@ -127,13 +129,15 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
 
 def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
                      accuracies: dict[str, float], overfit: dict, info: dict,
-                     history: list[dict] | None = None, problems: dict | None = None) -> dict:
+                     history: list[dict] | None = None, problems: dict | None = None,
+                     unknown: dict | None = None) -> dict:
     """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
 
     ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
     ``accuracies`` the accuracies side by side and ``overfit`` their ``overfitting_check``;
     ``info`` the run's settings shown in the report; ``problems`` what was found wrong with
-    the data (photo datasets: skipped files, label noise, leakage).
+    the data (photo datasets: skipped files, label noise, leakage); ``unknown`` the model's
+    calibration and unknown-item figures (``fashionclf.ood``), drawn as a reliability diagram.
     """
     from . import plots, report
 
@@ -159,7 +163,10 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     if history:
         paths["curves_png"] = out / "curves.png"
         plots.save(plots.figure_curves(history), paths["curves_png"])
-    report.write_report(result, accuracies, overfit, info, paths, history, problems)
+    if unknown and "reliability" in unknown:
+        paths["reliability_png"] = out / "reliability.png"
+        plots.save(plots.plot_reliability(unknown["reliability"]).figure, paths["reliability_png"])
+    report.write_report(result, accuracies, overfit, info, paths, history, problems, unknown)
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -1,9 +1,10 @@
 """ONNX conversion: a checkpoint's whole inference function as one ONNX graph.
 
-The graph is ``fashionclf.contract.InferenceNet`` with its softmax: it takes what predict
-reads, uint8 images ``images: (N, 28, 28)``, and returns ``probabilities: (N, k)``, with
-the checkpoint's preprocessing, the model and its test-time augmentation inside, so an
-ONNX Runtime client needs no fashionclf code. The checkpoint's facts (classes,
+The graph is ``fashionclf.contract.ServingNet``: it takes what predict reads, uint8 images
+``images: (N, 28, 28)``, and returns ``probabilities: (N, k)`` (calibrated) and ``score: (N,)``
+(below the threshold in the metadata's ``unknown``: an item of none of the classes), with the
+checkpoint's preprocessing, the model and its test-time augmentation inside, so an ONNX
+Runtime client needs no fashionclf code. The checkpoint's facts (classes,
 preprocessing, model name, test accuracy) travel in the file's metadata under "fashionclf".
 ``fashionclf.inference.check_parity`` compares the graph with PyTorch.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
-from .contract import InferenceNet
+from .contract import ServingNet, temperature_of
 from .fileio import write_bytes_atomic
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
@@ -28,16 +29,16 @@ METADATA_KEY = "fashionclf"
 
 
 def onnx_bytes(ckpt: dict) -> bytes:
-    """The checkpoint's ``InferenceNet`` (with softmax) as ONNX bytes, with fashionclf metadata."""
+    """The checkpoint's ``ServingNet`` as ONNX bytes, with fashionclf metadata."""
     import onnx
 
-    net = InferenceNet(model_from_checkpoint(ckpt), ckpt["preprocessing"], softmax=True).eval()
+    net = ServingNet(model_from_checkpoint(ckpt), ckpt["preprocessing"], temperature_of(ckpt)).eval()
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's concern
-        torch.onnx.export(net, (example,), buf, input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+        torch.onnx.export(net, (example,), buf, input_names=["images"], output_names=["probabilities", "score"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "score": {0: "batch"}},
                           opset_version=OPSET, dynamo=True, verbose=False)
     proto = onnx.load_from_string(buf.getvalue())
     entry = proto.metadata_props.add()

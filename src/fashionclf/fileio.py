@@ -62,4 +62,6 @@ def safe_torch_load(path: str | os.PathLike, what: str, missing_hint: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise UsageError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's messages run for lines
+        raise UsageError(f"{path}: not a readable {what} ({type(exc).__name__}: {first[:200]}); "
+                         f"{missing_hint}") from None

@@ -21,39 +21,54 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
 from .config import BACKENDS
-from .contract import predict_logits
+from .contract import EVAL_BATCH, ServingNet, temperature_of
 from .errors import DataError, UsageError
 
 PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
 
 
 class Classifier:
-    """What predict and serve need: class names, the input contract and probabilities."""
+    """What predict and serve need: class names, the input contract, probabilities and the
+    in-distribution score with its threshold (``fashionclf.ood``)."""
 
     backend: str
     classes: list[str]
-    info: dict  # model name, preprocessing, accuracy where known
+    info: dict  # model name, preprocessing, accuracy, unknown (score, temperature, threshold) where known
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, k) probabilities and (N,) in-distribution scores (None from an ONNX file without them)."""
+        raise NotImplementedError
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return self.predict(images)[0]
+
+    @property
+    def threshold(self) -> float | None:
+        """Scores below this are "unknown"; None for a model without a calibrated threshold."""
+        return (self.info.get("unknown") or {}).get("threshold")
+
+    def unknown(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """True where the item is of none of the classes; None when the model cannot tell."""
+        return None if scores is None or self.threshold is None else scores < self.threshold
 
 
 class TorchClassifier(Classifier):
     backend = "torch"
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
-        self.model = model_from_checkpoint(ckpt).to(device)
         self.device = device
         self.classes = list(ckpt["classes"])
         self.preprocessing = dict(ckpt["preprocessing"])
         self.info = model_info(ckpt)
+        self.net = ServingNet(model_from_checkpoint(ckpt), self.preprocessing, temperature_of(ckpt)).to(device).eval()
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if len(images) == 0:
-            return np.empty((0, len(self.classes)), np.float32)
-        logits = predict_logits(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing,
-                                self.device)
-        return torch.softmax(logits, 1).numpy()
+            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        out = [self.net(x[i : i + EVAL_BATCH].to(self.device)) for i in range(0, len(x), EVAL_BATCH)]
+        return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
 
 
 class OnnxClassifier(Classifier):
@@ -81,10 +96,11 @@ class OnnxClassifier(Classifier):
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if len(images) == 0:
-            return np.empty((0, len(self.classes)), np.float32)
-        return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
+            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)  # files exported before scores: none
 
 
 def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
@@ -126,9 +142,11 @@ def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data: list[s
     """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
     largest probability difference and how often the top class agrees."""
     images, what = parity_images(count, data)
-    p_torch = TorchClassifier(ckpt).predict_proba(images)
-    p_onnx = OnnxClassifier(model_bytes).predict_proba(images)
+    p_torch, s_torch = TorchClassifier(ckpt).predict(images)
+    p_onnx, s_onnx = OnnxClassifier(model_bytes).predict(images)
     max_diff = float(np.abs(p_torch - p_onnx).max())
-    return {"checked_on": what, "max_abs_diff": max_diff,
+    score_diff = float(np.abs(s_torch - s_onnx).max() / max(1.0, np.abs(s_torch).max()))
+    ok = max_diff <= PARITY_TOLERANCE and score_diff <= PARITY_TOLERANCE
+    return {"checked_on": what, "max_abs_diff": max_diff, "max_score_rel_diff": score_diff,
             "argmax_agreement": float((p_torch.argmax(1) == p_onnx.argmax(1)).mean()),
-            "parity": "ok" if max_diff <= PARITY_TOLERANCE else "failed", "tolerance": PARITY_TOLERANCE}
+            "parity": "ok" if ok else "failed", "tolerance": PARITY_TOLERANCE}

@@ -123,3 +123,22 @@ def plot_mistakes(result, images: np.ndarray, limit: int = 24, cols: int = 8, ax
         ax.text(0.5, 0.5, "no mistakes", ha="center", fontsize=12)
     ax.set_title(f"Most confident mistakes ({result.split})", fontsize=10)
     return ax
+
+
+def plot_reliability(reliability: dict, ax=None):
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature
+    scaling (``reliability``: ``{"before": ood.reliability(...), "after": ...}``); the diagonal
+    is perfect calibration."""
+    ax = _axes(ax, (5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, style in (("before", "o-"), ("after", "s-")):
+        r = reliability.get(name)
+        if not r:
+            continue
+        used = [i for i, n in enumerate(r["count"]) if n]
+        ax.plot([r["confidence"][i] for i in used], [r["accuracy"][i] for i in used], style,
+                label=f"{name} temperature scaling (ECE {r['ece']:.3f})")
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability on the validation split")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax

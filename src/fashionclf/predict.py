@@ -36,6 +36,7 @@ class Prediction:
     error: str = ""
     top: list[tuple[str, float]] = field(default_factory=list)
     low_confidence: bool = False
+    unknown: bool | None = None  # None: the model has no calibrated threshold (or the row failed)
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -75,10 +76,13 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
     def flush() -> list[Prediction]:
         good = [r for r in batch if not r.error]
         if good:
-            for row, top in zip(good, top_k_labels(classifier.predict_proba(np.stack(arrays)), classes, top_k)):
+            probs, scores = classifier.predict(np.stack(arrays))
+            unknown = classifier.unknown(scores)
+            for i, (row, top) in enumerate(zip(good, top_k_labels(probs, classes, top_k))):
                 row.top = top
                 row.label, row.confidence = top[0]
                 row.low_confidence = row.confidence < min_confidence
+                row.unknown = None if unknown is None else bool(unknown[i])
         done = list(batch)
         batch.clear()
         arrays.clear()
@@ -100,7 +104,9 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
 
 class RowWriter:
     """CSV ``path,label,confidence,error`` (+ ``label_K,confidence_K`` for ``--top-k``, +
-    ``low_confidence`` with ``--min-confidence``) or a JSON list, written row by row."""
+    ``low_confidence`` with ``--min-confidence``) + ``unknown``, or a JSON list, written row by row.
+    ``unknown`` is true for an item of none of the model's classes (its label is still the
+    most likely class), empty where the model has no calibrated threshold."""
 
     def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False):
         self.out, self.fmt, self.top_k, self.flag_low = out, fmt, top_k, flag_low
@@ -110,13 +116,14 @@ class RowWriter:
             header = ["path", "label", "confidence", "error"]
             for k in range(2, top_k + 1):
                 header += [f"label_{k}", f"confidence_{k}"]
-            self.csv.writerow(header + (["low_confidence"] if flag_low else []))
+            self.csv.writerow(header + (["low_confidence"] if flag_low else []) + ["unknown"])
         else:
             out.write("[")
 
     def write(self, r: Prediction) -> None:
         if self.fmt == "json":
-            item = {"path": r.path, "label": r.label or None, "confidence": r.confidence, "error": r.error or None,
+            item = {"path": r.path, "label": r.label or None, "confidence": r.confidence, "unknown": r.unknown,
+                    "error": r.error or None,
                     "top": [{"label": lab, "confidence": c} for lab, c in r.top]}
             if self.flag_low:
                 item["low_confidence"] = r.low_confidence
@@ -127,6 +134,7 @@ class RowWriter:
                 line += [r.top[k][0], f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
             if self.flag_low:
                 line.append("" if r.error else str(r.low_confidence).lower())
+            line.append("" if r.unknown is None else str(r.unknown).lower())
             self.csv.writerow(line)
         self.count += 1
 
@@ -155,13 +163,14 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     if first is None:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
     writer = RowWriter(out, fmt, top_k, flag_low=min_confidence is not None)
-    counts = {"rows": 0, "failed": 0, "low_confidence": 0}
+    counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0}
     bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
     for row in classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0):
         writer.write(row)
         counts["rows"] += 1
         counts["failed"] += bool(row.error)
         counts["low_confidence"] += row.low_confidence
+        counts["unknown"] += bool(row.unknown)
         bar.update()
     bar.close()
     writer.close()

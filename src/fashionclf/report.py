@@ -51,8 +51,27 @@ def problems_section(problems: dict | None) -> str:
     return "<section><h2>Data problems</h2>" + "".join(parts) + "</section>"
 
 
+def unknown_section(unknown: dict | None, paths: dict) -> str:
+    """Calibration (temperature, NLL and ECE before/after, reliability diagram) and how well
+    the stored threshold separates unknown items, per out-of-distribution set."""
+    if not unknown:
+        return ""
+    calib = _table(["", "before", "after"], [
+        ["validation NLL", unknown["val_nll_before"], unknown["val_nll_after"]],
+        ["validation ECE", unknown["val_ece_before"], unknown["val_ece_after"]]])
+    ood = unknown.get("ood") or {}
+    rows = [[name, v["images"], v["auroc"], f"{v['flagged']:.1%}"] for name, v in ood.items() if isinstance(v, dict)]
+    flagged = ood.get("in_distribution_flagged")
+    table = _table(["out-of-distribution set", "images", "AUROC", "flagged unknown"], rows) if rows else ""
+    return (f"<section><h2>Calibration and unknown items</h2><p>Temperature {unknown['temperature']:.3f} "
+            f"fitted on the validation split. An item is <b>unknown</b> when its score ({html.escape(unknown['score'])}) "
+            f"is below {unknown['threshold']:.3f}, which keeps {unknown['keep']:.0%} of validation images"
+            + (f"; {flagged:.1%} of test images are flagged" if flagged is not None else "") + f".</p>{calib}{table}"
+            f"{_img(paths.get('reliability_png'))}</section>")
+
+
 def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None,
-                 problems: dict | None = None) -> None:
+                 problems: dict | None = None, unknown: dict | None = None) -> None:
     acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
     if overfit.get("flag"):
         check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'
@@ -79,6 +98,7 @@ Train accuracy is measured in eval mode on the training split.</p></section>
 <section><h2>Confusion matrix ({html.escape(result.split)})</h2>{_img(paths.get('confusion_matrix_png'))}</section>
 <section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
 <section><h2>Most confident mistakes</h2>{_img(paths.get('mistakes_png'))}</section>
+{unknown_section(unknown, paths)}
 {problems_section(problems)}
 <section><h2>Settings</h2>{settings}</section>
 </body></html>

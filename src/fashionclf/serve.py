@@ -5,7 +5,8 @@ Endpoints:
 
 - ``POST /predict``: multipart form, one or more ``file`` fields (photos of any common format,
   size and mode; ``fashionclf.photos`` turns each into a 28x28 dataset image). Answers a JSON
-  list, one object per file: ``{filename, label, confidence, probabilities, error}``
+  list, one object per file: ``{filename, label, confidence, unknown, probabilities, error}``
+  (``unknown``: true for an item of none of the classes, null for a model without a threshold)
   (``?preview=true`` adds ``preview``, the 28x28 image the model saw, as a PNG data URL).
   One bad file does not stop the others: its object carries the error and the answer is 200.
   When every file failed, the status is that of the first failure: 413 too large, 415 not an
@@ -139,8 +140,8 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
         results, images, ok = [], [], []
         statuses = []
         for upload in files:
-            item = {"filename": upload.filename, "label": None, "confidence": None, "probabilities": None,
-                    "error": None}
+            item = {"filename": upload.filename, "label": None, "confidence": None, "unknown": None,
+                    "probabilities": None, "error": None}
             try:
                 image = photo_to_28(await upload.read(), max_pixels=limits.max_pixels)
                 images.append(image)
@@ -153,9 +154,10 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
             results.append(item)
         await form.close()
         if images:
-            probs = classifier.predict_proba(np.stack(images))
-            for item, p, [(label, confidence)] in zip(ok, probs, top_k(probs, classes, 1)):
-                item.update(label=label, confidence=confidence,
+            probs, scores = classifier.predict(np.stack(images))
+            unknown = classifier.unknown(scores)
+            for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
+                item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
                             probabilities={c: float(v) for c, v in zip(classes, p)})
         status = 200 if ok else statuses[0]
         return JSONResponse(results, status)

@@ -25,21 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from . import __version__, ood
+from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_augment, resolve_config
-from .contract import EVAL_BATCH, preprocess
-from .data import Dataset, Splits, class_counts, make_splits
+from .contract import EVAL_BATCH, predict_logits, preprocess
+from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
 from .device import autocast_dtype, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
 from .fileio import write_json
-from .models import count_parameters, create_model, get_model_entry
-from .sources import load_data
+from .errors import UsageError
+from .models import body_of, count_parameters, create_model, get_model_entry, head_of
+from .sources import PHOTO_VERIFICATION, load_data
 from .transforms import augment
 
 ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
@@ -213,6 +215,9 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         state = load_checkpoint(Path(resume) / "last.pt")
         saved = TrainConfig.from_dict(state["config"])
         config = dataclasses.replace(saved, epochs=max(config.epochs or 0, saved.epochs), out=str(resume))
+    init = load_checkpoint(config.init) if config.init and state is None else None
+    if init is not None:
+        config = config_from_init(config, init)
     config = resolve_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -220,11 +225,18 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
                         config.seed, log=log)
     entry = get_model_entry(config.model)
-    preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
-    model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
+    if init is not None:  # the checkpoint's input contract and model arguments
+        preprocessing, model_kwargs = dict(init["preprocessing"], tta=config.tta), dict(init["model"]["kwargs"])
+    else:
+        preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
+        model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
     torch.manual_seed(config.seed)
-    weights = {"weights": config.weights} if entry.weights and state is None else {}
-    model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights).to(device)
+    weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
+    model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
+    if init is not None:
+        log(f"--init {config.init}: {load_body(model, init)} tensors of the body kept from {init['model']['name']} "
+            f"({len(init['classes'])} classes), a new head for {len(dataset.classes)} classes")
+    model = model.to(device)
     run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
               preprocessing, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
@@ -247,6 +259,15 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     return run
 
 
+def config_from_init(config: TrainConfig, init: dict) -> TrainConfig:
+    """``--init``: the model and input size are the checkpoint's; naming others is a usage error."""
+    name, size = init["model"]["name"], init["preprocessing"]["image_size"]
+    if config.model not in (None, name) or config.image_size not in (None, size):
+        raise UsageError(f"--init {config.init} is a {name} at {size}x{size}; leave out --model/--image-size "
+                         f"or give those ({config.model or name}, {config.image_size or size} given)")
+    return dataclasses.replace(config, model=name, image_size=size, weights="none")
+
+
 def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[nn.Module]:
     """Set which parameters train in ``phase``; return the modules that stay in inference mode
     while training (their BatchNorm running statistics are left untouched). Models without
@@ -254,8 +275,8 @@ def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[n
     partial = phase == "head" or config.unfreeze != "all"
     model.requires_grad_(not partial)
     if phase == "head":
-        model.head.requires_grad_(True)
-        return [model.base]
+        head_of(model).requires_grad_(True)
+        return body_of(model)
     frozen = []
     if config.unfreeze != "all":
         model.head.requires_grad_(True)
@@ -303,7 +324,7 @@ def start_phase(run: Run, name: str) -> Phase:
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
                      autocast=autocast_dtype(config.precision, run.device))
-    if name == "head" and config.cache_features and not augmentations:
+    if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
         train = extract_features(model.base, data.train_x.to(run.device), run.preprocessing, run.device, "features")
         val = extract_features(model.base, data.val_x, run.preprocessing, run.device, "features val")
 
@@ -393,19 +414,60 @@ def finish_run(run: Run) -> dict:
                for split in ("train", "val", "test")}
     accuracies = {split: r.accuracy for split, r in results.items()}
     overfit = overfitting_check(accuracies)
+    unknown = calibrate_run(run, model, best_ckpt["preprocessing"], results)
     metrics = run_metrics(run, model, results, overfit)
-    save_checkpoint(dict(best_ckpt, metrics=metrics), run.out / "model.pt")
+    metrics["unknown"] = unknown
+    save_checkpoint(dict(best_ckpt, metrics=metrics, unknown=unknown), run.out / "model.pt")
     write_json(metrics, run.out / "metrics.json")
     info = {"model": config.model, "parameters": metrics["parameters"], "classes": ", ".join(dataset.classes),
             **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "classes")},
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history, dataset.problems)
+    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history, dataset.problems,
+                     unknown)
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
             + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
     return metrics
+
+
+def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict[str, EvalResult]) -> dict | None:
+    """Fit the temperature and the unknown threshold on the validation split (``fashionclf.ood``)
+    and measure them: ECE, and AUROC and the flagged share for images that are not garments
+    (far) and, for a Fashion-MNIST class subset, the held-out classes' test images (near)."""
+    val, test = results["val"], results["test"]
+    if len(val.y_true) == 0:
+        run.log("no validation split, so no calibration and no unknown threshold (--val-fraction above 0 gives both)")
+        return None
+    unknown = ood.calibrate(val.logits, val.y_true)
+    t = unknown["temperature"]
+    unknown["reliability"] = {"before": ood.reliability(ood.softmax(val.logits), val.y_true),
+                              "after": ood.reliability(ood.softmax(val.logits, t), val.y_true)}
+
+    def scores(images: np.ndarray) -> np.ndarray:
+        return ood.energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
+
+    sets = {f"far: {name}": scores(images) for name, images in ood.far_ood_images(run.config.seed).items()}
+    near = held_out_classes(run.dataset)
+    if near is not None:
+        sets["near: held-out Fashion-MNIST classes"] = scores(near)
+    unknown["ood"] = ood.ood_report(unknown, ood.energy_score(test.logits, t), sets)
+    far = [v for k, v in unknown["ood"].items() if k.startswith("far")]
+    run.log(f"calibration: temperature {t:.3f}, validation ECE {unknown['val_ece_before']:.3f} -> "
+            f"{unknown['val_ece_after']:.3f}; unknown below score {unknown['threshold']:.3f}: "
+            f"{unknown['ood']['in_distribution_flagged']:.1%} of test images, "
+            f"{statistics.fmean(v['flagged'] for v in far):.1%} of non-garment images "
+            f"(AUROC {statistics.fmean(v['auroc'] for v in far):.3f})")
+    return unknown
+
+
+def held_out_classes(dataset: Dataset) -> np.ndarray | None:
+    """Fashion-MNIST's test images of the classes a subset run left out (near out-of-distribution)."""
+    if dataset.verification == PHOTO_VERIFICATION or len(dataset.class_indices) == len(CLASSES):
+        return None
+    full = load_dataset(dataset.source, None, verify=False).test
+    return full.images[~np.isin(full.labels, dataset.class_indices)]
 
 
 def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], overfit: dict) -> dict:

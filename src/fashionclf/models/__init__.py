@@ -6,6 +6,8 @@ and its name in the import line below.
 """
 
 from . import bncnn, cnn, mobilenet  # noqa: F401  (registers the models)
-from ._registry import ModelEntry, count_parameters, create_model, get_model_entry, list_models, register_model
+from ._registry import (ModelEntry, body_of, count_parameters, create_model, get_model_entry, head_of, list_models,
+                        register_model)
 
-__all__ = ["ModelEntry", "count_parameters", "create_model", "get_model_entry", "list_models", "register_model"]
+__all__ = ["ModelEntry", "body_of", "count_parameters", "create_model", "get_model_entry", "head_of", "list_models",
+           "register_model"]

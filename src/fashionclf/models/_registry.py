@@ -76,5 +76,22 @@ def create_model(name: str, num_classes: int = 10, in_chans: int | None = None, 
     return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+def head_of(model: nn.Module) -> nn.Module:
+    """The module that maps features to class logits: ``model.head`` where the model names one,
+    else its last ``nn.Linear`` (every registered model ends in one). ``--init`` replaces it."""
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return model.head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(model).__name__} has no nn.Linear classifier to replace")
+    return linears[-1]
+
+
+def body_of(model: nn.Module) -> list[nn.Module]:
+    """``model``'s top-level parts that do not hold the head (kept frozen in a head phase)."""
+    head = head_of(model)
+    return [child for child in model.children() if not any(m is head for m in child.modules())]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
