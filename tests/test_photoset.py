@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,52 @@ def test_train_on_a_folder_then_predict_and_evaluate_with_its_class_names(tmp_pa
     summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert summary["accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert summary["data_problems"]["skipped"][0]["path"].endswith("broken.jpg")
+
+
+def test_review_loop_predict_review_move_and_retrain_on_both_folders(tmp_path, capsys):
+    import csv
+    import json
+
+    from fashionclf.cli import main
+
+    labelled = tmp_path / "labelled"
+    write_photo_folder(labelled, {"bags": 20, "shoes": 20, "tops": 20})
+    incoming = tmp_path / "incoming"
+    write_photo_folder(incoming, {"new": 12}, seed=7)  # unlabelled photos from the shop
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(labelled), "--model", "fast-cnn", "--epochs", "1", "--threads", "1",
+                 "--out", str(out)]) == 0
+    review = tmp_path / "review"
+    capsys.readouterr()
+    assert main(["predict", str(out), str(incoming), "--min-confidence", "0.999", "--review", str(review),
+                 "--backend", "torch"]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(captured.out.splitlines()))
+    flagged = [r for r in rows if r["low_confidence"] == "true" or r["unknown"] == "true"]
+    assert flagged and f"{len(flagged)} photos to review in {review}" in captured.err
+    listed = list(csv.DictReader(open(review / "review.csv", encoding="utf-8")))
+    assert sorted(r["source"] for r in listed) == sorted(r["path"] for r in flagged)
+    for r in listed:  # hard links under the predicted label (one file system here)
+        assert r["copy"].startswith(str(review / r["label"])) and os.path.samefile(r["copy"], r["source"])
+    # a person moves one photo to another class and one to _unknown
+    first, second = Path(listed[0]["copy"]), Path(listed[-1]["copy"])
+    other = next(c for c in ("bags", "shoes", "tops") if c != listed[0]["label"])
+    (review / other).mkdir(exist_ok=True)
+    moved = review / other / ("moved-" + first.name)
+    first.rename(moved)
+    if len(listed) > 1:
+        (review / "_unknown").mkdir()
+        second.rename(review / "_unknown" / second.name)
+    ds = load_data([str(labelled), str(review)], val_fraction=0.1, test_fraction=0.2)
+    assert ds.classes == ["bags", "shoes", "tops"]
+    total = sum(len(getattr(ds, s).labels) for s in ("train", "val", "test"))
+    assert total == 60 + len(listed) - (len(listed) > 1)
+    moved_image = photo_to_28(moved)
+    every = np.concatenate([ds.train.images, ds.val.images, ds.test.images])
+    labels = np.concatenate([ds.train.labels, ds.val.labels, ds.test.labels])
+    hits = [i for i, img in enumerate(every) if np.array_equal(img, moved_image)]
+    assert hits and all(ds.classes[labels[i]] == other for i in hits)
+    out2 = tmp_path / "run2"
+    assert main(["train", "--data", str(labelled), "--data", str(review), "--model", "fast-cnn", "--epochs", "1",
+                 "--threads", "1", "--out", str(out2)]) == 0
+    assert json.loads((out2 / "config.json").read_text())["data"] == [str(labelled), str(review)]

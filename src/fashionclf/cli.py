@@ -93,7 +93,7 @@ def cmd_predict(args) -> int:
     from .predict import tag_files
 
     kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
-                  min_confidence=args.min_confidence, backend=args.backend, device=args.device)
+                  min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review)
     if args.output:
         with open(args.output, "w", newline="") as f:
             counts = tag_files(args.checkpoint, args.inputs, f, **kwargs)
@@ -102,6 +102,12 @@ def cmd_predict(args) -> int:
     if counts["low_confidence"]:
         print(f"{counts['low_confidence']} of {counts['rows']} rows below --min-confidence "
               f"{args.min_confidence} (low_confidence=true)", file=sys.stderr)
+    if counts["unknown"]:
+        print(f"{counts['unknown']} of {counts['rows']} rows are of none of the model's classes (unknown=true)",
+              file=sys.stderr)
+    if args.review:
+        print(f"{counts['review']} photos to review in {args.review}/<label>/ (listed in {args.review}/review.csv); "
+              f"move misplaced ones, then: fashionclf train --data YOUR_DATA --data {args.review}", file=sys.stderr)
     if counts["failed"]:
         print(f"{counts['failed']} of {counts['rows']} inputs failed (see the error column)", file=sys.stderr)
     return 1 if counts["failed"] else 0
@@ -177,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="add a low_confidence column, true where the top probability is below P (e.g. 0.6), "
                         "for a person to review")
+    p.add_argument("--review", metavar="DIR",
+                   help="copy (hard-link) every photo that is unknown or below --min-confidence into "
+                        "DIR/<predicted label>/ for a person to check; retrain with --data DIR")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_predict)
 

@@ -14,6 +14,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,56 @@ class RowWriter:
             self.out.write("\n]\n" if self.count else "]\n")
 
 
+REVIEW_CSV = "review.csv"
+REVIEW_FIELDS = ["source", "copy", "label", "confidence", "unknown", "low_confidence"]
+
+
+def folder_name(label: str) -> str:
+    """A class name as a folder name: path separators become "_", and a leading "." or "_"
+    (folders the data loader ignores) is dropped."""
+    name = label.replace("/", "_").replace(os.sep, "_").replace("\0", "_").lstrip("._")
+    return name or "_unnamed"
+
+
+class ReviewFolder:
+    """``--review DIR``: every photo that is unknown or below ``--min-confidence`` is hard-linked
+    (copied across file systems) into ``DIR/<predicted label>/`` and listed in ``DIR/review.csv``.
+    A person moves the misplaced ones to the right folder (or to ``DIR/_unknown``, which
+    training ignores); ``fashionclf train --data LABELLED --data DIR`` then learns from both."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.root / REVIEW_CSV, "a", newline="", encoding="utf-8")
+        self.csv = csv.writer(self.file, lineterminator="\n")
+        if self.file.tell() == 0:
+            self.csv.writerow(REVIEW_FIELDS)
+        self.count = 0
+
+    def add(self, row: Prediction) -> None:
+        source = Path(row.path)
+        folder = self.root / folder_name(row.label)
+        folder.mkdir(exist_ok=True)
+        target = folder / source.name
+        n = 1
+        while target.exists():  # another photo of the same name: keep both
+            if target.is_file() and os.path.samefile(target, source):
+                break
+            target = folder / f"{source.stem}-{n}{source.suffix}"
+            n += 1
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copy2(source, target)
+        self.csv.writerow([str(source), str(target), row.label, f"{row.confidence:.6f}",
+                           "" if row.unknown is None else str(row.unknown).lower(), str(row.low_confidence).lower()])
+        self.count += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k: int) -> Classifier:
     classifier = load_classifier(checkpoint, backend, device)
     if not 1 <= top_k <= len(classifier.classes):
@@ -153,8 +204,10 @@ def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k
 
 def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
               top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
-              backend: str = "auto", device: str = "cpu", progress: bool | None = None) -> dict:
-    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence)."""
+              backend: str = "auto", device: str = "cpu", progress: bool | None = None,
+              review: str | os.PathLike | None = None) -> dict:
+    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence,
+    unknown, review). ``review``: a folder for the photos a person should check (``ReviewFolder``)."""
     classifier = load_checked(checkpoint, backend, device, top_k)
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
@@ -163,7 +216,8 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     if first is None:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
     writer = RowWriter(out, fmt, top_k, flag_low=min_confidence is not None)
-    counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0}
+    counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
+    reviewer = ReviewFolder(review) if review is not None else None
     bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
     for row in classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0):
         writer.write(row)
@@ -171,9 +225,14 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
         counts["failed"] += bool(row.error)
         counts["low_confidence"] += row.low_confidence
         counts["unknown"] += bool(row.unknown)
+        if reviewer is not None and not row.error and (row.unknown or row.low_confidence):
+            reviewer.add(row)
         bar.update()
     bar.close()
     writer.close()
+    if reviewer is not None:
+        reviewer.close()
+        counts["review"] = reviewer.count
     return counts
 
 
