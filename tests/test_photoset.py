@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import png_bytes, synthetic_images, write_photo_folder
 from fashionclf import photoset
 from fashionclf.errors import DataError, UsageError
-from fashionclf.photos import photo_to_28
+from fashionclf.photos import photo_converter, photo_to_28
 from fashionclf.sources import load_data, relabel
 
 
@@ -158,7 +158,7 @@ def test_conversion_cache_is_used_then_invalidated_by_a_changed_file_and_safe_to
     third = photoset.convert(entries, root)
     assert third.from_cache == 9
     np.testing.assert_array_equal(third.images[[e.path for e in third.entries].index(changed)], new_image)
-    photoset.cache_file(root).unlink()
+    photoset.cache_file(root, photo_converter()[1]).unlink()
     assert photoset.convert(entries, root).from_cache == 0
 
 

@@ -15,7 +15,7 @@ from fashionclf.checkpoint import load_checkpoint
 from fashionclf.errors import UsageError
 from fashionclf.models import create_model
 from fashionclf.models.mobilenet import imagenet_weights
-from fashionclf.predict import load_image
+from fashionclf.photos import photo_to_28
 from fashionclf.contract import preprocess
 from fashionclf.train import TrainConfig, fit, make_prepare
 from fashionclf.transforms import augment
@@ -157,7 +157,7 @@ def test_train_and_inference_preprocessing_agree(tmp_path):
     Image.fromarray(image).save(tmp_path / "x.png")
     batch = torch.from_numpy(image)[None]
     train_input = make_prepare(prep, [], torch.Generator().manual_seed(0))(batch)
-    predict_input = preprocess(torch.from_numpy(load_image(tmp_path / "x.png"))[None], prep)
+    predict_input = preprocess(torch.from_numpy(photo_to_28(tmp_path / "x.png"))[None], prep)
     assert train_input.shape == (1, 3, 64, 64)
     torch.testing.assert_close(train_input, predict_input, rtol=0, atol=0)
     torch.testing.assert_close(train_input, preprocess(batch, prep), rtol=0, atol=0)
@@ -186,3 +186,72 @@ def test_rotate_augmentation_is_seeded_and_keeps_the_item():
 def test_bad_transfer_settings_are_usage_errors(tiny_data, tmp_path, flags, fragment):
     with pytest.raises(UsageError, match=fragment):
         fit(_config(tiny_data, tmp_path / "run", **{"weights": "none", **flags}), **QUIET)
+
+
+def _colour_photo(colour, rng, size=96) -> bytes:
+    """A product photo: a coloured garment-like blob on a white background, off-centre."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size + 40, size), (255, 255, 255))
+    x, y = int(rng.integers(0, 40)), int(rng.integers(0, 10))
+    ImageDraw.Draw(img).rectangle([x + 10, y + 10, x + size - 20, y + size - 25], fill=colour)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_colour_model_learns_from_photos_in_colour_at_its_size(weights_file, tmp_path):
+    """mobilenet_v2 on a photo folder: photos become 32x32x3 colour input (no grey, no
+    negation), training with augmentation works on them, and predict gives the same answer
+    through both backends with the same conversion."""
+    import csv
+    import io
+
+    from fashionclf.cli import main
+    from fashionclf.photos import photo_to_rgb
+    from fashionclf.sources import load_data
+
+    rng = np.random.default_rng(0)
+    shop = tmp_path / "shop"
+    for name, colour in (("red", (200, 20, 20)), ("blue", (20, 20, 200))):
+        (shop / name).mkdir(parents=True)
+        for i in range(12):
+            (shop / name / f"{i}.jpg").write_bytes(_colour_photo(colour, rng))
+    one = photo_to_rgb(shop / "red" / "0.jpg", size=32)
+    assert one.shape == (32, 32, 3) and one.dtype == np.uint8
+    centre = one[12:20, 12:20].reshape(-1, 3).mean(0)
+    assert centre[0] > 150 and centre[2] < 80  # red stays red: no grey, no negation
+    assert (one[0, 0] > 240).all()  # letterboxed on the white background
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mobilenet_v2", "--weights", str(weights_file), "--image-size", "32",
+                 "--data", str(shop), "--head-epochs", "1", "--epochs", "1", "--augment", "flip,shift,rotate,erase",
+                 "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["preprocessing"]["source"] == "rgb" and ckpt["preprocessing"]["image_size"] == 32
+    ds = load_data(str(shop), preprocessing=ckpt["preprocessing"])
+    assert ds.train.images.shape[1:] == (32, 32, 3)
+
+    rows = {}
+    for backend in ("torch", "onnx"):
+        buf = tmp_path / f"{backend}.csv"
+        assert main(["predict", str(out), str(shop), "--backend", backend, "--output", str(buf)]) == 0
+        rows[backend] = {r["path"]: r["label"] for r in csv.DictReader(open(buf))}
+    assert rows["torch"] == rows["onnx"] and len(rows["torch"]) == 24
+    assert set(rows["torch"].values()) <= {"red", "blue"}
+
+
+def test_augment_keeps_colour_batches_and_fills_with_white():
+    images = torch.zeros(4, 16, 16, 3, dtype=torch.uint8)
+    images[:, 4:12, 4:12] = torch.tensor([200, 20, 20], dtype=torch.uint8)
+    images[:, :4] = 255
+    images[:, 12:] = 255
+    images[:, :, :4] = 255
+    images[:, :, 12:] = 255
+    out = augment(images, ["shift", "rotate", "erase"], torch.Generator().manual_seed(0), erase_p=0.0)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert (out[:, 0, 0] == 255).all()  # corners stay the white background
+    grey = augment(images[..., 0].clone(), ["flip"], torch.Generator().manual_seed(0))
+    assert grey.shape == (4, 16, 16)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import UsageError
 from .fileio import safe_torch_load, save_torch_atomic
+from .contract import source_shape
 from .models import create_model, head_of
 
 FORMAT = "fashionclf-checkpoint"
@@ -96,6 +97,9 @@ def model_info(ckpt: dict) -> dict:
         "test_accuracy": metrics.get("test_accuracy"),
         "unknown": {k: v for k, v in (ckpt.get("unknown") or {}).items() if k in ("score", "temperature", "threshold")}
         or None,
-        "input": {"dtype": "uint8", "shape": ["N", 28, 28],
-                  "polarity": "light garment on a dark background, as Fashion-MNIST"},
+        "input": ({"dtype": "uint8", "shape": ["N", *source_shape(ckpt["preprocessing"])],
+                   "polarity": "the photo as it is: RGB, letterboxed on its background colour"}
+                  if ckpt["preprocessing"].get("source") == "rgb" else
+                  {"dtype": "uint8", "shape": ["N", 28, 28],
+                   "polarity": "light garment on a dark background, as Fashion-MNIST"}),
     }

@@ -5,9 +5,10 @@ this module, so what is trained is exactly what is evaluated, exported and serve
 
 A model's preprocessing is a small dict stored in its checkpoint:
 ``{"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "tta": "none"}``. Source
-images are 28x28 uint8 (the dataset's own format, kept in memory as such); each batch is
-scaled to [0, 1], repeated to ``channels``, resized to ``image_size`` and normalised, in that
-order (``preprocess``). ``InferenceNet`` adds the network and the test-time augmentation
+images are 28x28 uint8 (the dataset's own format, kept in memory as such), or, for a colour
+model trained on photos (``"source": "rgb"``), ``image_size`` x ``image_size`` x 3 uint8
+(``photos.photo_to_rgb``); each batch is scaled to [0, 1], repeated to ``channels`` (grey
+sources), resized to ``image_size`` and normalised, in that order (``preprocess``). ``InferenceNet`` adds the network and the test-time augmentation
 (``tta``: ``flip`` averages the logits of each image and its mirror). ``ServingNet`` adds
 what predict and serve return: probabilities calibrated by the checkpoint's temperature and
 the in-distribution score that flags unknowns (``fashionclf.ood``); the ONNX graph is that
@@ -26,11 +27,27 @@ GREY_28 = {"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0]}
 EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
 
 
+def source_shape(preprocessing: dict) -> tuple[int, ...]:
+    """The shape of one source image: ``(28, 28)``, or ``(S, S, 3)`` for an "rgb" source."""
+    if preprocessing.get("source") == "rgb":
+        return (preprocessing["image_size"], preprocessing["image_size"], 3)
+    return (28, 28)
+
+
+def eval_batch(preprocessing: dict) -> int:
+    """Images per inference batch: ``EVAL_BATCH`` at 28x28, fewer for large inputs (the same
+    activation memory, at least 16)."""
+    return max(16, EVAL_BATCH * 28 * 28 // preprocessing["image_size"] ** 2)
+
+
 def preprocess(images: torch.Tensor, preprocessing: dict = GREY_28) -> torch.Tensor:
-    """uint8 ``(N, 28, 28)`` images -> float ``(N, C, S, S)`` model input."""
-    x = images.unsqueeze(1).float().div_(255.0)
+    """uint8 ``(N, 28, 28)`` (grey) or ``(N, H, W, 3)`` (colour) images -> float ``(N, C, S, S)`` model input."""
+    if images.ndim == 4:
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    else:
+        x = images.unsqueeze(1).float().div_(255.0)
     channels = preprocessing["channels"]
-    if channels != 1:
+    if channels != x.shape[1]:
         x = x.expand(-1, channels, -1, -1)
     size = preprocessing["image_size"]
     if size != x.shape[-1]:
@@ -80,9 +97,10 @@ def temperature_of(ckpt: dict) -> float:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: dict,
-                   device: str | torch.device = "cpu", batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits of ``InferenceNet`` for uint8 ``(N, 28, 28)`` images, computed in eval mode in
-    batches, returned on the CPU as float32 (``(0, 0)`` for no images)."""
+                   device: str | torch.device = "cpu", batch_size: int | None = None) -> torch.Tensor:
+    """Logits of ``InferenceNet`` for uint8 source images, computed in eval mode in batches
+    (default ``eval_batch``), returned on the CPU as float32 (``(0, 0)`` for no images)."""
+    batch_size = batch_size or eval_batch(preprocessing)
     was_training = model.training
     net = InferenceNet(model.eval(), preprocessing)
     out = [net(images[start : start + batch_size].to(device, non_blocking=True)).float().cpu()

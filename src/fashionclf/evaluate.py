@@ -199,7 +199,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     model = model_from_checkpoint(ckpt).to(dev)
     sources = as_list(data) or config.data
     subset = ckpt["class_indices"] if is_fashion_mnist(sources) else None  # photos: every class the data has
-    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=print)
+    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=print,
+                        preprocessing=ckpt["preprocessing"])
     dataset = relabel(dataset, ckpt["classes"])
     data = make_splits(dataset, config.val_fraction, config.seed)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
-from .contract import ServingNet, temperature_of
+from .contract import ServingNet, source_shape, temperature_of
 from .fileio import write_bytes_atomic
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
@@ -33,7 +33,7 @@ def onnx_bytes(ckpt: dict) -> bytes:
     import onnx
 
     net = ServingNet(model_from_checkpoint(ckpt), ckpt["preprocessing"], temperature_of(ckpt)).eval()
-    example = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    example = torch.zeros(2, *source_shape(ckpt["preprocessing"]), dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's concern

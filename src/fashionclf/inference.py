@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
 from .config import BACKENDS
-from .contract import EVAL_BATCH, ServingNet, temperature_of
+from .contract import ServingNet, eval_batch, source_shape, temperature_of
 from .errors import DataError, UsageError
 
 PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
@@ -41,6 +41,13 @@ class Classifier:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
+
+    @property
+    def to_input(self):
+        """The photo conversion of this model's input contract (``photos.photo_converter``)."""
+        from .photos import photo_converter
+
+        return photo_converter(self.preprocessing)[0]
 
     @property
     def threshold(self) -> float | None:
@@ -67,7 +74,8 @@ class TorchClassifier(Classifier):
         if len(images) == 0:
             return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
         x = torch.from_numpy(np.ascontiguousarray(images))
-        out = [self.net(x[i : i + EVAL_BATCH].to(self.device)) for i in range(0, len(x), EVAL_BATCH)]
+        n = eval_batch(self.preprocessing)
+        out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
         return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
 
 
@@ -141,7 +149,11 @@ def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tup
 def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
     """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
     largest probability difference and how often the top class agrees."""
-    images, what = parity_images(count, data)
+    if ckpt["preprocessing"].get("source") == "rgb":  # photos in colour: random colour images
+        shape = source_shape(ckpt["preprocessing"])
+        images, what = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8), f"{count} random images"
+    else:
+        images, what = parity_images(count, data)
     p_torch, s_torch = TorchClassifier(ckpt).predict(images)
     p_onnx, s_onnx = OnnxClassifier(model_bytes).predict(images)
     max_diff = float(np.abs(p_torch - p_onnx).max())

@@ -110,9 +110,9 @@ def ood_report(unknown: dict, in_scores: np.ndarray, sets: dict[str, np.ndarray]
     return report
 
 
-def far_ood_images(seed: int = 0) -> dict[str, np.ndarray]:
-    """Images that are not garments, made into model input the way photos are
-    (``photos.photo_to_28``): scikit-learn's bundled handwritten digits (500) and crops of its
+def far_ood_images(seed: int = 0, to_input=None) -> dict[str, np.ndarray]:
+    """Images that are not garments, made into model input the way photos are (``to_input``,
+    default ``photos.photo_to_28``; see ``photos.photo_converter``): scikit-learn's bundled handwritten digits (500) and crops of its
     two sample photos (300), and uniform noise (100). Blank images are refused by the photo
     conversion itself, so they never reach the model."""
     from PIL import Image
@@ -120,8 +120,9 @@ def far_ood_images(seed: int = 0) -> dict[str, np.ndarray]:
 
     from .photos import PhotoError, photo_to_28
 
+    to_input = to_input or photo_to_28
     rng = np.random.default_rng(seed)
-    digits = [photo_to_28(Image.fromarray((255 - d * 16).clip(0, 255).astype(np.uint8)).resize((80, 80)))
+    digits = [to_input(Image.fromarray((255 - d * 16).clip(0, 255).astype(np.uint8)).resize((80, 80)))
               for d in load_digits().images[:500]]
     crops = []
     photos = load_sample_images().images
@@ -130,8 +131,8 @@ def far_ood_images(seed: int = 0) -> dict[str, np.ndarray]:
         side = int(rng.integers(40, 160))
         y, x = int(rng.integers(0, im.shape[0] - side)), int(rng.integers(0, im.shape[1] - side))
         try:
-            crops.append(photo_to_28(Image.fromarray(im[y : y + side, x : x + side])))
+            crops.append(to_input(Image.fromarray(im[y : y + side, x : x + side])))
         except PhotoError:  # a uniform patch of sky: blank, refused before the model
             continue
-    noise = [photo_to_28(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))) for _ in range(100)]
+    noise = [to_input(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))) for _ in range(100)]
     return {"digits": np.stack(digits), "photo_crops": np.stack(crops), "noise": np.stack(noise)}

@@ -10,8 +10,9 @@ Layouts (``--data PATH``, repeatable; ``fashionclf.sources`` decides which one a
 * ``PATH.csv`` with rows ``path,label[,split]`` (paths relative to the CSV; a header row
   ``path,label,...`` is optional): the usual export of a catalogue system.
 
-Photos become model input through ``photos.photo_to_28``, the very function ``predict`` and
-``serve`` use, so what is trained is what is served. Conversion runs once, on every core,
+Photos become model input through the model's photo conversion (``photos.photo_converter``:
+``photo_to_28`` for the 28x28 grey models, ``photo_to_rgb`` for colour models at their size),
+the very function ``predict`` and ``serve`` use, so what is trained is what is served. Conversion runs once, on every core,
 with a progress bar; its results are cached per source (keyed by each file's path, size and
 modification time, and by the conversion's version), so the next run loads in seconds.
 The cache lives in the user cache directory and is safe to delete.
@@ -25,6 +26,7 @@ identical photos kept in the same split.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -34,17 +36,17 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import DataError, UsageError
 from .fileio import write_bytes_atomic
-from .photos import IMAGE_SUFFIXES, PIPELINE_VERSION, SIZE, PhotoError, photo_to_28
+from .photos import IMAGE_SUFFIXES, PhotoError, photo_converter, photo_to_28
 
 SPLIT_NAMES = ("train", "val", "test")
 PARALLEL_FROM = 400  # photos to convert before worker processes pay for themselves
-CONTRACT = f"grey{SIZE}-v{PIPELINE_VERSION}"  # what the cached arrays are: photo_to_28's output
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Converted:
     """The photos of a source after conversion: images of the readable ones, the rest listed."""
 
     entries: list[Entry]
-    images: np.ndarray  # (N, 28, 28) uint8, one per entry in ``entries``
+    images: np.ndarray  # (N, 28, 28) or (N, S, S, 3) uint8, one per entry in ``entries``
     hashes: list[str]  # SHA-256 of each file's bytes
     skipped: list[dict] = field(default_factory=list)  # {"path", "error"} of unreadable files
     from_cache: int = 0
@@ -130,11 +132,12 @@ def read_manifest(path: Path) -> list[Entry]:
 # ---------------------------------------------------------------- conversion and its cache
 
 
-def cache_file(source: Path) -> Path:
+def cache_file(source: Path, contract: str) -> Path:
+    """Where the conversions of ``source``'s photos by conversion ``contract`` are cached."""
     from platformdirs import user_cache_dir
 
     key = hashlib.sha256(str(source.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:20]
-    return Path(user_cache_dir("fashionclf")) / "photos" / f"{CONTRACT}-{key}.npz"
+    return Path(user_cache_dir("fashionclf")) / "photos" / f"{contract}-{key}.npz"
 
 
 def _stat_key(path: Path) -> str:
@@ -142,15 +145,15 @@ def _stat_key(path: Path) -> str:
     return f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
 
 
-def convert_file(path: Path) -> tuple[str, np.ndarray | None, str]:
-    """(SHA-256 of the bytes, the 28x28 image or None, the error or "") of one photo."""
+def convert_file(path: Path, to_input: Callable[..., np.ndarray] = photo_to_28) -> tuple[str, np.ndarray | None, str]:
+    """(SHA-256 of the bytes, the converted image or None, the error or "") of one photo."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         return "", None, f"cannot read the file ({exc.strerror or exc})"
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return digest, photo_to_28(data), ""
+        return digest, to_input(data), ""
     except PhotoError as exc:
         return digest, None, str(exc)
     except Exception as exc:  # a decoder's unexpected failure on one file must not stop the others
@@ -168,11 +171,12 @@ def _load_cache(path: Path) -> dict[str, tuple[str, np.ndarray | None, str]]:
 
 def _save_cache(path: Path, cache: dict[str, tuple[str, np.ndarray | None, str]]) -> None:
     keys = list(cache)
-    blank = np.zeros((SIZE, SIZE), np.uint8)
+    shape = next((v[1].shape for v in cache.values() if v[1] is not None), (0, 0))
+    blank = np.zeros(shape, np.uint8)  # stands in for a failed conversion (its error says so)
     buf = io.BytesIO()
     np.savez(buf, keys=np.array(keys, dtype=str), hashes=np.array([cache[k][0] for k in keys], dtype=str),
              images=np.stack([cache[k][1] if cache[k][1] is not None else blank for k in keys])
-             if keys else np.zeros((0, SIZE, SIZE), np.uint8),
+             if keys else np.zeros((0, *shape), np.uint8),
              errors=np.array([cache[k][2] for k in keys], dtype=str))
     try:
         write_bytes_atomic(path, buf.getvalue())
@@ -180,9 +184,12 @@ def _save_cache(path: Path, cache: dict[str, tuple[str, np.ndarray | None, str]]
         print(f"fashionclf: warning: cannot write the photo cache {path} ({exc})", file=sys.stderr)
 
 
-def convert(entries: list[Entry], source: Path, workers: int | None = None, progress: bool | None = None) -> Converted:
-    """Convert every entry's photo (cached), in parallel; unreadable ones are skipped and listed."""
-    cache_path = cache_file(source)
+def convert(entries: list[Entry], source: Path, preprocessing: dict | None = None, workers: int | None = None,
+            progress: bool | None = None) -> Converted:
+    """Convert every entry's photo for a model of ``preprocessing`` (default: the 28x28 grey
+    contract), cached, in parallel; unreadable ones are skipped and listed."""
+    to_input, contract = photo_converter(preprocessing)
+    cache_path = cache_file(source, contract)
     cache = _load_cache(cache_path)
     keys: list[str | None] = []
     for e in entries:
@@ -192,7 +199,7 @@ def convert(entries: list[Entry], source: Path, workers: int | None = None, prog
             keys.append(None)
     todo = [(k, e.path) for k, e in zip(keys, entries) if k is not None and k not in cache]
     if todo:
-        results = _convert_all([p for _, p in todo], workers or os.cpu_count() or 1)
+        results = _convert_all([p for _, p in todo], to_input, workers or os.cpu_count() or 1)
         bar = tqdm(results, total=len(todo), desc=f"converting {source.name}", unit="photo", leave=False,
                    disable=None if progress is None else not progress)
         for (key, _), result in zip(todo, bar):
@@ -208,22 +215,22 @@ def convert(entries: list[Entry], source: Path, workers: int | None = None, prog
         kept.append(entry)
         images.append(image)
         hashes.append(digest)
-    return Converted(kept, np.stack(images) if images else np.zeros((0, SIZE, SIZE), np.uint8), hashes, skipped,
+    return Converted(kept, np.stack(images) if images else np.zeros((0, 0, 0), np.uint8), hashes, skipped,
                      from_cache=len(entries) - len(todo))
 
 
-def _convert_all(paths: list[Path], workers: int):
+def _convert_all(paths: list[Path], to_input: Callable[..., np.ndarray], workers: int):
     """``convert_file`` of each path, in order. Processes, not threads: the conversion holds
     the GIL for much of its time (threads: 1,230 photos/s with 1 or 2; 2 forked processes:
     2,670, against 1,560 in-process, on 2 cores). Forked, so workers start in milliseconds
     and import nothing; they run only Pillow and numpy. Small batches stay in-process."""
     if workers < 2 or len(paths) < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
-        return map(convert_file, paths)
+        return map(functools.partial(convert_file, to_input=to_input), paths)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
     def results():
         with pool:
-            yield from pool.map(convert_file, paths, chunksize=64)
+            yield from pool.map(functools.partial(convert_file, to_input=to_input), paths, chunksize=64)
 
     return results()
 

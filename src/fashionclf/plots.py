@@ -23,10 +23,11 @@ def _axes(ax, figsize: tuple[float, float]):
 
 
 def _mosaic(images: np.ndarray, cols: int, pad: int = 2) -> tuple[np.ndarray, int]:
-    """Tile 28x28 images into one array, ``cols`` per row, with ``pad`` pixels between them."""
+    """Tile images (grey ``(N, H, W)`` or colour ``(N, H, W, 3)``) into one array, ``cols`` per
+    row, with ``pad`` pixels between them."""
     n, h, w = len(images), images.shape[1], images.shape[2]
     rows = max(1, -(-n // cols))
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=np.uint8)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:]), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
@@ -38,7 +39,7 @@ def _captioned_grid(ax, images: np.ndarray, captions: list[str], cols: int, colo
     """Images in a grid on one axes, each with a caption above it."""
     canvas, _ = _mosaic(images, cols, pad=14)
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=255)
-    h, w = images.shape[1:] if len(images) else (28, 28)
+    h, w = images.shape[1:3] if len(images) else (28, 28)
     for i, text in enumerate(captions):
         r, c = divmod(i, cols)
         ax.text(14 + c * (w + 14) + w / 2, 14 + r * (h + 14) - 1, text, ha="center", va="bottom",

@@ -1,8 +1,9 @@
 """Batch tagging: photos in, one row per input out; an error in one row never stops the batch.
 
 Inputs are files, directories (searched recursively for image suffixes) and glob patterns
-(``photos/**/*.jpg``). Each image goes through ``fashionclf.photos.photo_to_28`` (so shop
-photos and the dataset's own 28x28 images both work), batches go through a ``Classifier``
+(``photos/**/*.jpg``). Each image goes through the model's photo conversion
+(``fashionclf.photos.photo_converter``: ``photo_to_28`` for the grey models, so shop photos and
+the dataset's own 28x28 images both work), batches go through a ``Classifier``
 (PyTorch or ONNX Runtime) and rows are written as soon as their batch is done: memory stays
 bounded by the batch size, whatever the number of files.
 """
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from .errors import UsageError
 from .contract import top_k as top_k_labels
 from .inference import Classifier, load_classifier
-from .photos import IMAGE_SUFFIXES, PhotoError, photo_to_28
+from .photos import IMAGE_SUFFIXES, PhotoError
 
 
 @dataclass
@@ -38,11 +39,6 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     low_confidence: bool = False
     unknown: bool | None = None  # None: the model has no calibrated threshold (or the row failed)
-
-
-def load_image(path: Path) -> np.ndarray:
-    """A photo or dataset image file -> 28x28 uint8 in dataset form; PhotoError says why not."""
-    return photo_to_28(path)
 
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -70,7 +66,7 @@ def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
 def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = 256,
              min_confidence: float = 0.0) -> Iterator[Prediction]:
     """Rows for ``paths`` in order, produced a batch at a time."""
-    classes = classifier.classes
+    classes, to_input = classifier.classes, classifier.to_input
     batch: list[Prediction] = []
     arrays: list[np.ndarray] = []
 
@@ -92,7 +88,7 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
     for path in paths:
         row = Prediction(str(path))
         try:
-            arrays.append(load_image(path))
+            arrays.append(to_input(path))
         except PhotoError as exc:
             row.error = str(exc)
         except OSError as exc:  # e.g. permission denied, a read error

@@ -36,7 +36,7 @@ from starlette.datastructures import UploadFile
 from .config import SERVE_BACKEND
 from .contract import top_k
 from .inference import Classifier, load_classifier
-from .photos import MAX_PIXELS, PhotoError, photo_to_28
+from .photos import MAX_PIXELS, PhotoError
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
 
@@ -143,7 +143,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
             item = {"filename": upload.filename, "label": None, "confidence": None, "unknown": None,
                     "probabilities": None, "error": None}
             try:
-                image = photo_to_28(await upload.read(), max_pixels=limits.max_pixels)
+                image = classifier.to_input(await upload.read(), max_pixels=limits.max_pixels)
                 images.append(image)
                 ok.append(item)
                 if preview:

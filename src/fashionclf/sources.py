@@ -52,8 +52,9 @@ def is_fashion_mnist(sources) -> bool:
 
 def load_data(sources=None, classes: str | list | None = None, verify: bool = True, val_fraction: float = 0.1,
               test_fraction: float = 0.2, seed: int = 0, download: bool = True,
-              log: Callable[[str], None] | None = None) -> Dataset:
-    """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``."""
+              log: Callable[[str], None] | None = None, preprocessing: dict | None = None) -> Dataset:
+    """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``.
+    Photos are converted for a model of ``preprocessing`` (``photos.photo_converter``)."""
     paths = as_list(sources)
     kinds = [kind_of(p) for p in paths]
     if not paths or kinds == ["idx"]:
@@ -61,11 +62,12 @@ def load_data(sources=None, classes: str | list | None = None, verify: bool = Tr
     if "idx" in kinds:
         raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
                          "pass either one IDX folder or photo sources (folders, CSV manifests)")
-    return load_photos(paths, kinds, classes, val_fraction, test_fraction, seed, log or (lambda _: None))
+    return load_photos(paths, kinds, classes, val_fraction, test_fraction, seed, log or (lambda _: None),
+                       preprocessing)
 
 
 def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
-                seed: int, log: Callable[[str], None]) -> Dataset:
+                seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
     entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
     for path, kind in zip(paths, kinds):
         p = Path(path)
@@ -76,7 +78,7 @@ def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float
         if not found:
             raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
                             f"{p}/train/<class>/..., or a CSV manifest")
-        converted = photoset.convert(found, p)
+        converted = photoset.convert(found, p, preprocessing)
         entries += converted.entries
         images.append(converted.images)
         hashes += converted.hashes

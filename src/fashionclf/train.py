@@ -34,14 +34,15 @@ from tqdm import tqdm
 from . import __version__, ood
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_augment, resolve_config
-from .contract import EVAL_BATCH, predict_logits, preprocess
+from .contract import eval_batch, predict_logits, preprocess
 from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
 from .device import autocast_dtype, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
 from .fileio import write_json
 from .errors import UsageError
 from .models import body_of, count_parameters, create_model, get_model_entry, head_of
-from .sources import PHOTO_VERIFICATION, load_data
+from .photos import photo_converter
+from .sources import PHOTO_VERIFICATION, is_fashion_mnist, load_data
 from .transforms import augment
 
 ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
@@ -222,14 +223,16 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
-                        config.seed, log=log)
     entry = get_model_entry(config.model)
     if init is not None:  # the checkpoint's input contract and model arguments
         preprocessing, model_kwargs = dict(init["preprocessing"], tta=config.tta), dict(init["model"]["kwargs"])
     else:
         preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
+        if preprocessing["channels"] == 3 and not is_fashion_mnist(config.data):
+            preprocessing["source"] = "rgb"  # a colour model learns from photos in colour, at its size
         model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
+    dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
+                        config.seed, log=log, preprocessing=preprocessing)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
@@ -296,8 +299,9 @@ def extract_features(base: nn.Module, images: torch.Tensor, preprocessing: dict,
     """The frozen base's output for every image, computed once (phase 1 without augmentation)."""
     base.eval()
     out = []
-    for start in tqdm(range(0, len(images), EVAL_BATCH), desc=desc, unit="batch", leave=False, disable=None):
-        out.append(base(preprocess(images[start : start + EVAL_BATCH].to(device), preprocessing)))
+    n = eval_batch(preprocessing)
+    for start in tqdm(range(0, len(images), n), desc=desc, unit="batch", leave=False, disable=None):
+        out.append(base(preprocess(images[start : start + n].to(device), preprocessing)))
     return torch.cat(out) if out else torch.empty(0, 0, device=device)
 
 
@@ -448,7 +452,8 @@ def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict
     def scores(images: np.ndarray) -> np.ndarray:
         return ood.energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
 
-    sets = {f"far: {name}": scores(images) for name, images in ood.far_ood_images(run.config.seed).items()}
+    far_images = ood.far_ood_images(run.config.seed, photo_converter(preprocessing)[0])
+    sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
     near = held_out_classes(run.dataset)
     if near is not None:
         sets["near: held-out Fashion-MNIST classes"] = scores(near)
