@@ -224,13 +224,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     entry = get_model_entry(config.model)
-    if init is not None:  # the checkpoint's input contract and model arguments
-        preprocessing, model_kwargs = dict(init["preprocessing"], tta=config.tta), dict(init["model"]["kwargs"])
-    else:
-        preprocessing = dict(entry.preprocessing, image_size=config.image_size, tta=config.tta)
-        if preprocessing["channels"] == 3 and not is_fashion_mnist(config.data):
-            preprocessing["source"] = "rgb"  # a colour model learns from photos in colour, at its size
-        model_kwargs = {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
+    preprocessing, model_kwargs = input_contract(config, state or init)
     dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
                         config.seed, log=log, preprocessing=preprocessing)
     torch.manual_seed(config.seed)
@@ -260,6 +254,18 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {device}, "
         f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}")
     return run
+
+
+def input_contract(config: TrainConfig, ckpt: dict | None) -> tuple[dict, dict]:
+    """The run's preprocessing and model arguments: a checkpoint's (``--init``, or last.pt when
+    resuming), else the model's defaults at ``config.image_size``; colour models learn from
+    photos in colour at their size (``"source": "rgb"``)."""
+    if ckpt is not None:
+        return dict(ckpt["preprocessing"], tta=config.tta), dict(ckpt["model"]["kwargs"])
+    preprocessing = dict(get_model_entry(config.model).preprocessing, image_size=config.image_size, tta=config.tta)
+    if preprocessing["channels"] == 3 and not is_fashion_mnist(config.data):
+        preprocessing["source"] = "rgb"
+    return preprocessing, {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
 
 
 def config_from_init(config: TrainConfig, init: dict) -> TrainConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-AUGMENTATIONS = ("flip", "shift", "rotate", "erase")
+AUGMENTATIONS = ("flip", "shift", "rotate", "erase", "photo")
 
 
 def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator, max_shift: int = 2,
@@ -24,7 +24,11 @@ def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator,
     ``max_shift`` pixels in each direction, filling with black (the dataset's background).
     ``rotate``: turn each image by up to ``max_degrees`` either way (bilinear, black fill).
     ``erase``: with probability ``erase_p``, black out a rectangle covering ``erase_area`` of
-    the image, aspect ratio 1/3 to 3 (random erasing, Zhong et al. 2017).
+    the image, aspect ratio 1/3 to 3 (random erasing, Zhong et al. 2017). ``photo``: what
+    turning a shop's photo into model input does to an image, for models that will tag
+    photos: each image's intensities remapped by a random gamma in [1/1.5, 1.5] (a garment's
+    colours map to other greys than the originals'), then blurred or sharpened by a random
+    amount (resampling and JPEG soften, the conversion's unsharp mask sharpens).
 
     Applied on the source images, batched, before ``preprocess``: the cheapest place, and
     evaluation then differs from training only by these changes. What is uncovered (shift,
@@ -68,4 +72,12 @@ def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator,
         box = ((r >= top.view(-1, 1, 1)) & (r < (top + eh).view(-1, 1, 1))
                & (c >= left.view(-1, 1, 1)) & (c < (left + ew).view(-1, 1, 1)) & on.view(-1, 1, 1))
         images = images.masked_fill(box.unsqueeze(1).to(images.device), fill)
+    if "photo" in policy:
+        gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-math.log(1.5), math.log(1.5), generator=generator))
+        amount = torch.empty(n, 1, 1, 1).uniform_(-0.6, 0.6, generator=generator)  # < 0 blurs, > 0 sharpens
+        x = (images.float() / 255).pow(gamma.to(images.device))
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=images.device) / 16
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3), groups=c)
+        x = x + amount.to(images.device) * (x - blurred)
+        images = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
     return images.permute(0, 2, 3, 1).contiguous() if colour else images.squeeze(1)
