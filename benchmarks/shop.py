@@ -8,8 +8,9 @@ catalogue-style JPEGs (``tests/helpers.py``'s ``catalogue_photo``) made from *tr
 images, 50 per class, in ``OUT/shop/train/<class>/``; it is tested on such photos made from
 *test* images (200 per class) in ``OUT/shop/test/<class>/``. Trained over three seeds:
 
-* ``--init`` from the given Fashion-MNIST checkpoint (body kept, new head): ``INIT_ARGS``;
-* from scratch, the same model: ``SCRATCH_ARGS``.
+* ``--init`` from the given Fashion-MNIST checkpoint (body kept, new head): ``INIT_ARGS``
+  (recipe ``shop``);
+* from scratch, strong-cnn with recipe ``strong``'s settings: ``SCRATCH_ARGS``.
 
 Each run's accuracy, training time and unknown-item figures (``metrics.json``) are printed as a
 Markdown table with medians and written to ``OUT/summary.json``. ``--convert N`` also times the
@@ -34,10 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: c
 sys.path.insert(0, str(Path(__file__).parent))  # seeds.py
 
 TAXONOMY = {"tops": [0, 2, 4, 6], "dresses": [3], "trousers": [1], "footwear": [5, 7, 9], "bags": [8]}
-INIT_ARGS = ["--head-epochs", "5", "--head-lr", "3e-3", "--epochs", "15", "--lr", "1e-3", "--batch-size", "16",
-             "--augment", "flip", "--val-fraction", "0.2"]
-SCRATCH_ARGS = ["--model", "strong-cnn", "--epochs", "20", "--lr", "2e-3", "--batch-size", "16", "--augment", "flip",
-                "--val-fraction", "0.2"]
+INIT_ARGS = ["--recipe", "shop", "--val-fraction", "0.2"]  # 40 photos per class train, 10 choose
+SCRATCH_ARGS = ["--recipe", "strong", "--batch-size", "16", "--val-fraction", "0.2"]
 
 
 def make_shop(root: Path, per_class: int = 50, test_per_class: int = 200, seed: int = 0) -> Path:

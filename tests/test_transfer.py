@@ -255,3 +255,18 @@ def test_augment_keeps_colour_batches_and_fills_with_white():
     assert (out[:, 0, 0] == 255).all()  # corners stay the white background
     grey = augment(images[..., 0].clone(), ["flip"], torch.Generator().manual_seed(0))
     assert grey.shape == (4, 16, 16)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_every_augmentation_together_is_seeded_and_keeps_the_batch(colour):
+    from fashionclf.transforms import AUGMENTATIONS
+
+    images = torch.zeros(6, 28, 28, 3 if colour else 1, dtype=torch.uint8)
+    images[:, 8:20, 10:18] = 180
+    images = images if colour else images[..., 0]
+    a = augment(images, list(AUGMENTATIONS), torch.Generator().manual_seed(3))
+    b = augment(images, list(AUGMENTATIONS), torch.Generator().manual_seed(3))
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    photo = augment(images, ["photo"], torch.Generator().manual_seed(0))
+    assert not torch.equal(photo, images)  # intensities remapped, edges blurred or sharpened
+    assert (photo[:, :4] == 0).all()  # a black background stays black

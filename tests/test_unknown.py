@@ -104,3 +104,11 @@ def test_a_model_without_validation_has_no_threshold_and_an_empty_unknown_column
     clf = TorchClassifier(load_checkpoint(out / "model.pt"))
     assert clf.threshold is None
     assert clf.unknown(clf.predict(np.zeros((2, 28, 28), np.uint8))[1]) is None
+
+
+def test_a_validation_split_without_mistakes_keeps_temperature_one():
+    labels = np.arange(20) % 4
+    logits = np.eye(4)[labels] * 2.0
+    assert ood.fit_temperature(logits, labels) == 1.0
+    logits[0] = [0, 2, 0, 0]  # one mistake: now there is something to calibrate against
+    assert ood.fit_temperature(logits, labels) != 1.0

@@ -361,16 +361,19 @@ def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
 
 
 def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, seconds: float) -> None:
-    """Record the epoch; write model.pt when validation improved (without a validation split,
-    every epoch: the latest is kept) and last.pt always; log one line."""
+    """Record the epoch; write model.pt when validation improved: higher accuracy, or the same
+    accuracy at a lower loss (a small validation split of easy classes reaches 100% early, and
+    the first epoch to get there is rarely the best); without a validation split, every epoch
+    (the latest is kept). last.pt always; log one line."""
     row = {"epoch": epoch, "phase": phase, "train_loss": stats["loss"], "train_acc": stats["acc"],
            "val_loss": val.loss, "val_acc": val.accuracy, "lr": stats["lr"], "seconds": seconds}
     run.history.append(row)
     write_history(run.history, run.out / "history.csv")
     no_val = len(run.data.val_y) == 0
-    improved = no_val or val.accuracy > run.best["val_acc"]
+    best_acc, best_loss = run.best["val_acc"], run.best.get("val_loss", math.inf)
+    improved = no_val or val.accuracy > best_acc or (val.accuracy == best_acc and val.loss < best_loss)
     if improved:
-        run.best = {"val_acc": float("nan") if no_val else val.accuracy, "epoch": epoch}
+        run.best = {"val_acc": float("nan") if no_val else val.accuracy, "val_loss": val.loss, "epoch": epoch}
         save_checkpoint(run.checkpoint(run.evaluated, epoch=epoch), run.out / "model.pt")
     save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
                                    generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),

@@ -68,9 +68,9 @@ def augment(images: torch.Tensor, policy: list[str], generator: torch.Generator,
         top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
         left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
         on = torch.rand(n, generator=generator) < erase_p
-        r, c = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        box = ((r >= top.view(-1, 1, 1)) & (r < (top + eh).view(-1, 1, 1))
-               & (c >= left.view(-1, 1, 1)) & (c < (left + ew).view(-1, 1, 1)) & on.view(-1, 1, 1))
+        row, col = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        box = ((row >= top.view(-1, 1, 1)) & (row < (top + eh).view(-1, 1, 1))
+               & (col >= left.view(-1, 1, 1)) & (col < (left + ew).view(-1, 1, 1)) & on.view(-1, 1, 1))
         images = images.masked_fill(box.unsqueeze(1).to(images.device), fill)
     if "photo" in policy:
         gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-math.log(1.5), math.log(1.5), generator=generator))
