@@ -67,3 +67,16 @@ def test_init_names_its_own_model_and_size(pretrained, tmp_path):
         bad = tmp_path / "bad.pt"
         bad.write_bytes(b"nope")
         fit(TrainConfig(init=str(bad), data=[str(shop)], out=str(tmp_path / "r")), **QUIET)
+
+
+def test_recipe_shop_fine_tunes_from_init_in_two_phases(pretrained, tmp_path):
+    shop = tmp_path / "shop"
+    write_photo_folder(shop, {"tops": 15, "bags": 15})
+    out = tmp_path / "run"
+    metrics = fit(TrainConfig(init=str(pretrained), recipe="shop", data=[str(shop)], head_epochs=1, epochs=1,
+                              threads=1, out=str(out)), **QUIET)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["optimizer"], config["tta"], config["batch_size"]) == ("fast-cnn", "sgd", "flip", 16)
+    assert metrics["phases"] == {"head": 1, "finetune": 1}
+    with pytest.raises(UsageError, match="--init"):  # without a model to start from, no head phase
+        fit(TrainConfig(recipe="shop", data=[str(shop)], out=str(tmp_path / "r2")), **QUIET)

@@ -31,11 +31,12 @@ def positive_int(text: str) -> int:
 
 
 def cmd_data(args) -> int:
-    from .sources import describe
+    from .sources import PHOTO_VERIFICATION, describe
 
     info = describe(args.data, args.classes, args.verify, args.val_fraction, args.test_fraction, args.seed, args.grid,
                     log=print)
-    print(f"data: {info['source']} ({info['verification'] if 'photos' in info['verification'] else 'SHA-256 ' + info['verification']})")
+    check = info["verification"]
+    print(f"data: {info['source']} ({check if check == PHOTO_VERIFICATION else 'SHA-256 ' + check})")
     width = max(len(c) for c in info["classes"])
     print(f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
     for i, name in enumerate(info["classes"]):

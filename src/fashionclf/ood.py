@@ -113,17 +113,28 @@ def ood_report(unknown: dict, in_scores: np.ndarray, sets: dict[str, np.ndarray]
     return report
 
 
-def far_ood_images(seed: int = 0, to_input=None) -> dict[str, np.ndarray]:
-    """Images that are not garments, made into model input the way photos are (``to_input``,
-    default ``photos.photo_to_28``; see ``photos.photo_converter``): scikit-learn's bundled handwritten digits (500) and crops of its
+def far_ood_images(seed: int = 0, preprocessing: dict | None = None) -> dict[str, np.ndarray]:
+    """Images that are not garments, made into input for a model of ``preprocessing`` the way
+    photos are (``photos.photo_converter``; default: the 28x28 grey contract): scikit-learn's bundled handwritten digits (500) and crops of its
     two sample photos (300), and uniform noise (100). Blank images are refused by the photo
-    conversion itself, so they never reach the model."""
+    conversion itself, so they never reach the model. Made once per process and conversion."""
+    from .photos import photo_converter
+
+    to_input, contract = photo_converter(preprocessing)
+    if (seed, contract) not in _FAR_OOD:
+        _FAR_OOD[(seed, contract)] = _make_far_ood(seed, to_input)
+    return _FAR_OOD[(seed, contract)]
+
+
+_FAR_OOD: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+
+
+def _make_far_ood(seed: int, to_input) -> dict[str, np.ndarray]:
     from PIL import Image
     from sklearn.datasets import load_digits, load_sample_images
 
-    from .photos import PhotoError, photo_to_28
+    from .photos import PhotoError
 
-    to_input = to_input or photo_to_28
     rng = np.random.default_rng(seed)
     digits = [to_input(Image.fromarray((255 - d * 16).clip(0, 255).astype(np.uint8)).resize((80, 80)))
               for d in load_digits().images[:500]]

@@ -41,7 +41,6 @@ from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logit
 from .fileio import write_json
 from .errors import UsageError
 from .models import body_of, count_parameters, create_model, get_model_entry, head_of
-from .photos import photo_converter
 from .sources import PHOTO_VERIFICATION, is_fashion_mnist, load_data
 from .transforms import augment
 
@@ -461,7 +460,7 @@ def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict
     def scores(images: np.ndarray) -> np.ndarray:
         return ood.energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
 
-    far_images = ood.far_ood_images(run.config.seed, photo_converter(preprocessing)[0])
+    far_images = ood.far_ood_images(run.config.seed, preprocessing)
     sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
     near = held_out_classes(run.dataset)
     if near is not None:
