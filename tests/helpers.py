@@ -166,3 +166,39 @@ def write_photo_folder(root: Path, counts: dict[str, int], seed: int = 0, fmt: s
             paths.append(path)
         written[name] = paths
     return written
+
+
+def ztxt_bomb_png() -> bytes:
+    """A 20 kB PNG whose zTXt chunk inflates to 20 MB, past Pillow's text limit (ValueError in
+    ``Image.open``)."""
+    img = Image.fromarray(np.full((40, 40), 200, np.uint8))
+    png = png_bytes(img)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return png[:33] + chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (20 << 20), 9)) + png[33:]
+
+
+def other_format(fmt: str) -> bytes:
+    """A small image in a format Pillow reads but photos must not reach (EPS, ICO, TGA, PCX, ...)."""
+    img = Image.fromarray(np.full((32, 32), 90, np.uint8)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def hostile_files() -> dict[str, tuple[bytes, str]]:
+    """Bad inputs every per-file path must survive: name -> (bytes, the error kind expected)."""
+    return {
+        "ztxt-bomb.png": (ztxt_bomb_png(), "unreadable"),
+        "header-bomb.png": (png_header_only(40_000, 40_000), "too_large"),
+        "cut.png": (png_header_only(100, 100), "unreadable"),
+        "garbage.jpg": (b"\xff\xd8\xff\xe0 garbage", "unreadable"),
+        "empty.png": (b"", "unreadable"),
+        "text.jpg": (b"%PDF-1.4 not a photo", "unsupported"),
+        "vector.eps": (other_format("EPS"), "unsupported"),
+        "icon.ico": (other_format("ICO"), "unsupported"),
+        "targa.tga": (other_format("TGA"), "unsupported"),
+        "paint.pcx": (other_format("PCX"), "unsupported"),
+    }

@@ -167,3 +167,23 @@ def test_counts_below_one_are_usage_errors(args, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "expected" in err.splitlines()[-1]
+
+
+def test_predict_survives_every_hostile_file_and_loses_no_row(tmp_path, capsys):
+    import csv
+
+    from fashionclf.cli import main
+    from helpers import catalogue_photo, dataset_like_image, hostile_files, save_untrained_checkpoint
+
+    model = save_untrained_checkpoint(tmp_path / "model.pt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = hostile_files()
+    for name, (data, _) in bad.items():
+        (folder / name).write_bytes(data)
+    (folder / "good.jpg").write_bytes(catalogue_photo(dataset_like_image(), np.random.default_rng(0)))
+    assert main(["predict", str(model), str(folder / "*"), "--batch-size", "2"]) == 1
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
+    assert set(rows) == set(bad) | {"good.jpg"}
+    assert rows["good.jpg"]["label"] and not rows["good.jpg"]["error"]
+    assert all(rows[name]["error"] and not rows[name]["label"] for name in bad)

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from fashionclf.photos import MAX_PIXELS, PhotoError, photo_to_28
-from helpers import CATALOGUE_FORMATS, catalogue_photo, dataset_like_image, png_bytes, png_header_only
+from helpers import (CATALOGUE_FORMATS, catalogue_photo, dataset_like_image, hostile_files, png_bytes,
+                     png_header_only)
 
 
 def test_a_dataset_image_passes_through_unchanged():
@@ -84,3 +85,27 @@ def test_a_bomb_is_refused_before_decoding(monkeypatch):
     with pytest.raises(PhotoError, match="over the limit"):
         photo_to_28(png_header_only(30_000, 30_000))
     assert decoded == []
+
+
+@pytest.mark.parametrize("name", sorted(hostile_files()))
+def test_hostile_files_give_their_own_error_of_the_right_kind(name):
+    data, kind = hostile_files()[name]
+    with pytest.raises(PhotoError) as exc:
+        photo_to_28(data)
+    assert exc.value.kind == kind, str(exc.value)
+
+
+def test_any_decoder_failure_becomes_the_files_own_error(monkeypatch):
+    """A decoder raising something unexpected (struct.error from malformed EXIF, as real phone
+    photos have made Pillow do) is that file's error, not the batch's."""
+    import struct
+
+    from PIL import ImageOps
+
+    def broken(image):
+        raise struct.error("unpack requires a buffer of 8 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(PhotoError, match=r"cannot decode the image \(error: unpack requires") as exc:
+        photo_to_28(catalogue_photo(dataset_like_image(), np.random.default_rng(0), "jpeg"))
+    assert exc.value.kind == "unreadable"

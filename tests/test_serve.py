@@ -257,3 +257,18 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_every_hostile_file_in_one_request_gets_its_own_error_and_the_good_one_its_label(server):
+    from helpers import hostile_files
+
+    bad = hostile_files()
+    files = [("file", (name, data, "application/octet-stream")) for name, (data, _) in bad.items()]
+    files.append(("file", ("good.jpg", photo(4), "image/jpeg")))
+    r = httpx.post(server + "/predict", files=files)
+    assert r.status_code == 200
+    by_name = {item["filename"]: item for item in r.json()}
+    assert by_name["good.jpg"]["label"] in CLASSES and by_name["good.jpg"]["error"] is None
+    assert all(by_name[name]["error"] and by_name[name]["label"] is None for name in bad)
+    r = httpx.post(server + "/predict", files={"file": ("vector.eps", bad["vector.eps"][0], "image/x-eps")})
+    assert r.status_code == 415 and "supported format" in r.json()[0]["error"]

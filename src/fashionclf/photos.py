@@ -40,6 +40,9 @@ TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
 DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
 PIPELINE_VERSION = 2  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# The only decoders a photo reaches (Pillow has about 40, EPS among them, which hands data to
+# Ghostscript where installed): anything else is "unsupported" (415 from serve).
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 
 class PhotoError(DataError):
     """A photo that cannot be tagged; the message says what is wrong and what would work.
@@ -65,13 +68,13 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                 raise PhotoError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
-            img = Image.open(source)
+            img = Image.open(source, formats=FORMATS)
     except FileNotFoundError:
         raise PhotoError("no such file") from None
     except IsADirectoryError:
         raise PhotoError("is a directory, not an image file", "unsupported") from None
     except UnidentifiedImageError:
-        raise PhotoError("not an image Pillow can read (expected JPEG, PNG, WEBP, GIF, BMP, TIFF, ...)",
+        raise PhotoError("not an image of a supported format (JPEG, PNG, WEBP, GIF, BMP, TIFF, PPM/PGM)",
                          "unsupported") from None
     except Image.DecompressionBombError as exc:
         raise PhotoError(f"image is over the limit of {max_pixels:,} pixels ({exc}); downscale it first",
@@ -127,6 +130,25 @@ def border_value(image: np.ndarray) -> float | np.ndarray:
     return float(np.median(edge)) if image.ndim == 2 else np.median(edge, axis=0)
 
 
+def per_file(convert: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Make every failure of a photo conversion that photo's own ``PhotoError`` (kind
+    "unreadable", with the exception's type): decoders raise ``struct.error``, ``ValueError``,
+    ``IndexError``, ... on crafted or damaged files, and one file must never abort a batch or
+    a request. ``MemoryError`` and ``KeyboardInterrupt`` still propagate."""
+
+    @functools.wraps(convert)
+    def guarded(*args, **kwargs) -> np.ndarray:
+        try:
+            return convert(*args, **kwargs)
+        except (PhotoError, MemoryError):
+            raise
+        except Exception as exc:
+            raise PhotoError(f"cannot decode the image ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    return guarded
+
+
+@per_file
 def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo (path, bytes or open Pillow image) -> a 28x28 uint8 image in Fashion-MNIST's
     form: light item, black background, centred, longest side 28. Raises PhotoError."""
@@ -158,6 +180,7 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int
     return np.array(canvas, dtype=np.uint8)
 
 
+@per_file
 def photo_to_rgb(source: str | os.PathLike | bytes | Image.Image, size: int = 224,
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo -> a ``size`` x ``size`` x 3 uint8 colour image for models whose input contract
