@@ -187,3 +187,28 @@ def test_predict_survives_every_hostile_file_and_loses_no_row(tmp_path, capsys):
     assert set(rows) == set(bad) | {"good.jpg"}
     assert rows["good.jpg"]["label"] and not rows["good.jpg"]["error"]
     assert all(rows[name]["error"] and not rows[name]["label"] for name in bad)
+
+
+def test_predict_csv_survives_odd_file_names_and_neutralises_formulas(tmp_path):
+    """Names that start a spreadsheet formula, hold a carriage return or are not UTF-8 each give
+    exactly one row, through the real stdout of a real process."""
+    import csv
+
+    from helpers import png_bytes, save_untrained_checkpoint
+
+    model = save_untrained_checkpoint(tmp_path / "model.pt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = png_bytes(Image.fromarray(dataset_like_image()))
+    names = ["=HYPERLINK(1).png", "+1.png", "a\rb.png", "ok.png"]
+    for name in names:
+        (folder / name).write_bytes(image)
+    os.mkdir(os.fsencode(folder) + b"/latin")
+    open(os.fsencode(folder) + b"/latin/caf\xe9.png", "wb").write(image)  # not UTF-8
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "predict", str(model), "."], cwd=folder,
+                       capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    rows = list(csv.reader(r.stdout.decode("utf-8").splitlines(keepends=True)))
+    assert len(rows) == 1 + 5 and all(len(row) == len(rows[0]) for row in rows)
+    paths = {row[0] for row in rows[1:]}  # relative to the folder, as given
+    assert paths == {"'=HYPERLINK(1).png", "'+1.png", "a\rb.png", "ok.png", "latin/caf\\xe9.png"}

@@ -272,3 +272,18 @@ def test_every_hostile_file_in_one_request_gets_its_own_error_and_the_good_one_i
     assert all(by_name[name]["error"] and by_name[name]["label"] is None for name in bad)
     r = httpx.post(server + "/predict", files={"file": ("vector.eps", bad["vector.eps"][0], "image/x-eps")})
     assert r.status_code == 415 and "supported format" in r.json()[0]["error"]
+
+
+def test_file_names_are_echoed_safely(server):
+    """Control characters and over-long names in the multipart header come back sanitised."""
+    long_name = "x" * 1000 + ".jpg"
+    parts = []
+    for name in ("a\tb\x1b[31m.jpg", long_name):  # (a raw CR breaks the multipart header: 422)
+        parts.append(b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name.encode()
+                     + b"\"\r\nContent-Type: image/jpeg\r\n\r\n" + photo(6) + b"\r\n")
+    body = b"".join(parts) + b"--BOUNDARY--\r\n"
+    r = httpx.post(server + "/predict", content=body, headers={"content-type": "multipart/form-data; boundary=BOUNDARY"})
+    assert r.status_code == 200, r.text
+    names = [item["filename"] for item in r.json()]
+    assert names[0] == "a?b?[31m.jpg" and len(names[1]) == 255
+    assert all(item["label"] in CLASSES for item in r.json())

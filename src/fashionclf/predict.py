@@ -99,17 +99,36 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
     yield from flush()
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def display_path(path: str) -> str:
+    """A path as text that any output can carry: bytes that are not UTF-8 (kept by Python as
+    lone surrogates) are shown as ``\\xNN`` instead of crashing the writer."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: one that starts like a formula (``= + - @``,
+    tab, carriage return) gets a leading apostrophe (OWASP "CSV injection")."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 class RowWriter:
     """CSV ``path,label,confidence,error`` (+ ``label_K,confidence_K`` for ``--top-k``, +
     ``low_confidence`` with ``--min-confidence``) + ``unknown``, or a JSON list, written row by row.
     ``unknown`` is true for an item of none of the model's classes (its label is still the
-    most likely class), empty where the model has no calibrated threshold."""
+    most likely class), empty where the model has no calibrated threshold.
+
+    Every CSV field is quoted (a ``\\r`` or newline in a file name stays inside its row) and
+    text cells that would start a spreadsheet formula get a leading apostrophe; paths whose
+    bytes are not UTF-8 are written with ``\\xNN`` escapes."""
 
     def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False):
         self.out, self.fmt, self.top_k, self.flag_low = out, fmt, top_k, flag_low
         self.count = 0
         if fmt == "csv":
-            self.csv = csv.writer(out, lineterminator="\n")
+            self.csv = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
             header = ["path", "label", "confidence", "error"]
             for k in range(2, top_k + 1):
                 header += [f"label_{k}", f"confidence_{k}"]
@@ -119,16 +138,17 @@ class RowWriter:
 
     def write(self, r: Prediction) -> None:
         if self.fmt == "json":
-            item = {"path": r.path, "label": r.label or None, "confidence": r.confidence, "unknown": r.unknown,
+            item = {"path": display_path(r.path), "label": r.label or None, "confidence": r.confidence, "unknown": r.unknown,
                     "error": r.error or None,
                     "top": [{"label": lab, "confidence": c} for lab, c in r.top]}
             if self.flag_low:
                 item["low_confidence"] = r.low_confidence
             self.out.write(("," if self.count else "") + "\n  " + json.dumps(item))
         else:
-            line = [r.path, r.label, "" if r.confidence is None else f"{r.confidence:.6f}", r.error]
+            line = [csv_cell(display_path(r.path)), csv_cell(r.label), "" if r.confidence is None else f"{r.confidence:.6f}",
+                    csv_cell(r.error)]
             for k in range(1, self.top_k):
-                line += [r.top[k][0], f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
+                line += [csv_cell(r.top[k][0]), f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
             if self.flag_low:
                 line.append("" if r.error else str(r.low_confidence).lower())
             line.append("" if r.unknown is None else str(r.unknown).lower())
@@ -161,7 +181,7 @@ class ReviewFolder:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.file = open(self.root / REVIEW_CSV, "a", newline="", encoding="utf-8")
-        self.csv = csv.writer(self.file, lineterminator="\n")
+        self.csv = csv.writer(self.file, lineterminator="\n", quoting=csv.QUOTE_ALL)
         if self.file.tell() == 0:
             self.csv.writerow(REVIEW_FIELDS)
         self.count = 0
@@ -182,7 +202,8 @@ class ReviewFolder:
                 os.link(source, target)
             except OSError:  # another file system, or links not allowed: a copy
                 shutil.copy2(source, target)
-        self.csv.writerow([str(source), str(target), row.label, f"{row.confidence:.6f}",
+        self.csv.writerow([csv_cell(display_path(str(source))), csv_cell(display_path(str(target))),
+                           csv_cell(row.label), f"{row.confidence:.6f}",
                            "" if row.unknown is None else str(row.unknown).lower(), str(row.low_confidence).lower()])
         self.count += 1
 

@@ -92,6 +92,18 @@ def too_large_message(limit: int) -> str:
     return f"request body over the limit of {limit:,} bytes; send fewer or smaller files"
 
 
+MAX_NAME = 255  # characters of a file name echoed back
+
+
+def safe_name(name: str | None) -> str | None:
+    """A client's file name as it is echoed back: control characters (CR, LF, ...) become "?",
+    text that is not valid Unicode is replaced, at most ``MAX_NAME`` characters."""
+    if name is None:
+        return None
+    name = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)
+    return name.encode("utf-8", "replace").decode("utf-8")[:MAX_NAME]
+
+
 def preview_png(image: np.ndarray) -> str:
     from PIL import Image
 
@@ -140,7 +152,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
         results, images, ok = [], [], []
         statuses = []
         for upload in files:
-            item = {"filename": upload.filename, "label": None, "confidence": None, "unknown": None,
+            item = {"filename": safe_name(upload.filename), "label": None, "confidence": None, "unknown": None,
                     "probabilities": None, "error": None}
             try:
                 image = classifier.to_input(await upload.read(), max_pixels=limits.max_pixels)
