@@ -61,7 +61,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def check_finite(ckpt: dict, source: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinity: every prediction of such a model is NaN."""
+    import torch
+
+    for name, tensor in ckpt["state_dict"].items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UsageError(f"{source}: weight {name!r} holds NaN or infinite values; the training run that "
+                             "wrote it diverged: retrain with a lower --lr")
+
+
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    check_finite(ckpt)
     spec = ckpt["model"]
     model = create_model(spec["name"], num_classes=len(ckpt["classes"]), **spec["kwargs"])
     model.load_state_dict(ckpt["state_dict"])

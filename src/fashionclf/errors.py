@@ -11,3 +11,7 @@ class DataError(FashionclfError):
 
 class UsageError(FashionclfError):
     """A bad combination of options, or a file that is not what the command needs."""
+
+
+class TrainingDiverged(FashionclfError):
+    """The loss became NaN or infinite: training stops instead of writing NaN weights."""

@@ -24,6 +24,7 @@ from .config import BACKENDS
 from .contract import ServingNet, eval_batch, source_shape, temperature_of
 from .errors import DataError, UsageError
 
+NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
 PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
 
 
@@ -53,6 +54,13 @@ class Classifier:
     def threshold(self) -> float | None:
         """Scores below this are "unknown"; None for a model without a calibrated threshold."""
         return (self.info.get("unknown") or {}).get("threshold")
+
+    @staticmethod
+    def finite(probabilities: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+        """Per image: True where the output is usable (no NaN or infinity); the rest are that
+        image's error (``NAN_ERROR``), never the batch's."""
+        ok = np.isfinite(probabilities).all(1)
+        return ok if scores is None else ok & np.isfinite(scores)
 
     def unknown(self, scores: np.ndarray | None) -> np.ndarray | None:
         """True where the item is of none of the classes; None when the model cannot tell."""

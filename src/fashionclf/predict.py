@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .errors import UsageError
 from .contract import top_k as top_k_labels
-from .inference import Classifier, load_classifier
+from .inference import NAN_ERROR, Classifier, load_classifier
 from .photos import IMAGE_SUFFIXES, PhotoError
 
 
@@ -74,8 +74,11 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
         good = [r for r in batch if not r.error]
         if good:
             probs, scores = classifier.predict(np.stack(arrays))
-            unknown = classifier.unknown(scores)
+            unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
             for i, (row, top) in enumerate(zip(good, top_k_labels(probs, classes, top_k))):
+                if not finite[i]:
+                    row.error = NAN_ERROR
+                    continue
                 row.top = top
                 row.label, row.confidence = top[0]
                 row.low_confidence = row.confidence < min_confidence

@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 
 from .config import SERVE_BACKEND
 from .contract import top_k
-from .inference import Classifier, load_classifier
+from .inference import NAN_ERROR, Classifier, load_classifier
 from .photos import MAX_PIXELS, PhotoError
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
@@ -167,11 +167,15 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
         await form.close()
         if images:
             probs, scores = classifier.predict(np.stack(images))
-            unknown = classifier.unknown(scores)
+            unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
             for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
+                if not finite[i]:
+                    item["error"] = NAN_ERROR
+                    statuses.append(422)
+                    continue
                 item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
                             probabilities={c: float(v) for c, v in zip(classes, p)})
-        status = 200 if ok else statuses[0]
+        status = 200 if any(item["error"] is None for item in results) else statuses[0]
         return JSONResponse(results, status)
 
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes)

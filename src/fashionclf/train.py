@@ -39,7 +39,7 @@ from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_spl
 from .device import autocast_dtype, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
 from .fileio import write_json
-from .errors import UsageError
+from .errors import TrainingDiverged, UsageError
 from .models import body_of, count_parameters, create_model, get_model_entry, head_of
 from .sources import PHOTO_VERIFICATION, is_fashion_mnist, load_data
 from .transforms import augment
@@ -154,6 +154,11 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         with torch.autocast(device.type, dtype=step.autocast) if step.autocast else contextlib.nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=step.label_smoothing)
+        if not torch.isfinite(loss):
+            seen = max(start, 1)
+            last = f"mean loss so far {total_loss.item() / seen:.4f}" if start else "at the first step"
+            raise TrainingDiverged(f"{desc}: the loss became {loss.item()} at step {i + 1} ({last}); the learning "
+                                   f"rate is probably too high for this model: lower --lr (and --head-lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
