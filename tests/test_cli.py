@@ -212,3 +212,50 @@ def test_predict_csv_survives_odd_file_names_and_neutralises_formulas(tmp_path):
     assert len(rows) == 1 + 5 and all(len(row) == len(rows[0]) for row in rows)
     paths = {row[0] for row in rows[1:]}  # relative to the folder, as given
     assert paths == {"'=HYPERLINK(1).png", "'+1.png", "a\rb.png", "ok.png", "latin/caf\\xe9.png"}
+
+
+def test_predict_output_is_replaced_only_on_success_and_partial_rows_are_kept(tmp_path, monkeypatch, capsys):
+    from fashionclf import predict
+    from fashionclf.cli import main
+    from helpers import png_bytes, save_untrained_checkpoint
+
+    model = save_untrained_checkpoint(tmp_path / "model.pt")
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(Image.fromarray(dataset_like_image())))
+    tags = tmp_path / "tags.csv"
+    tags.write_text("yesterday's tags\n")
+    # a model that cannot be loaded: yesterday's file is untouched, nothing else is left
+    assert main(["predict", str(tmp_path / "missing.pt"), str(tmp_path), "-o", str(tags)]) == 2
+    assert tags.read_text() == "yesterday's tags\n" and sorted(p.name for p in tmp_path.glob("*tags*")) == ["tags.csv"]
+
+    real = predict.classify
+
+    def dies_after_two_rows(*args, **kwargs):
+        for n, row in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield row
+
+    monkeypatch.setattr(predict, "classify", dies_after_two_rows)
+    assert main(["predict", str(model), str(tmp_path), "-o", str(tags)]) == 130
+    assert tags.read_text() == "yesterday's tags\n"
+    partial = (tmp_path / "tags.csv.partial").read_text().splitlines()
+    assert len(partial) == 3 and "tags.csv.partial" in capsys.readouterr().err  # header + two rows
+    monkeypatch.setattr(predict, "classify", real)
+    assert main(["predict", str(model), str(tmp_path), "-o", str(tags)]) == 0
+    assert len(tags.read_text().splitlines()) == 4
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from fashionclf.errors import UsageError
+    from fashionclf.fileio import write_bytes_atomic
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UsageError, match=r"metrics.json: no space left on the device"):
+        write_bytes_atomic(tmp_path / "metrics.json", b"{}")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

@@ -91,13 +91,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import tag_files
+    from .predict import tag_files, tag_to_file
 
     kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
                   min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review)
     if args.output:
-        with open(args.output, "w", newline="") as f:
-            counts = tag_files(args.checkpoint, args.inputs, f, **kwargs)
+        counts = tag_to_file(args.output, args.checkpoint, args.inputs, **kwargs)
     else:
         counts = tag_files(args.checkpoint, args.inputs, sys.stdout, **kwargs)
     if counts["low_confidence"]:

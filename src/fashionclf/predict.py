@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UsageError
+from .fileio import fsync_dir
 from .contract import top_k as top_k_labels
 from .inference import NAN_ERROR, Classifier, load_classifier
 from .photos import IMAGE_SUFFIXES, PhotoError
@@ -254,6 +255,33 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
         reviewer.close()
         counts["review"] = reviewer.count
     return counts
+
+
+def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs: list[str], **kwargs) -> dict:
+    """``tag_files`` into ``output``, which is replaced only when every row is written: rows go
+    to a temporary file beside it, renamed over it at the end. A run that fails or is
+    interrupted leaves ``output`` as it was and its rows so far in ``output.partial`` (said on
+    stderr); one that fails before any row leaves nothing."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            counts = tag_files(checkpoint, inputs, f, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+        return counts
+    except BaseException:
+        if tmp.exists() and tmp.stat().st_size:
+            partial = output.with_name(output.name + ".partial")
+            os.replace(tmp, partial)
+            print(f"fashionclf: the rows written before the failure are in {partial}; {output} is unchanged",
+                  file=sys.stderr)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _chain(first: Path, rest: Iterator[Path]) -> Iterator[Path]:

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import csv
 import dataclasses
+import io
 import math
 import os
 import platform
@@ -38,7 +39,7 @@ from .contract import eval_batch, predict_logits, preprocess
 from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
 from .device import autocast_dtype, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
-from .fileio import write_json
+from .fileio import write_bytes_atomic, write_json
 from .errors import TrainingDiverged, UsageError
 from .models import body_of, count_parameters, create_model, get_model_entry, head_of
 from .sources import PHOTO_VERIFICATION, is_fashion_mnist, load_data
@@ -390,12 +391,14 @@ def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, se
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    """history.csv: one row per epoch; ``lr`` is the mean learning rate over the epoch's steps."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+    """history.csv: one row per epoch; ``lr`` is the mean learning rate over the epoch's steps.
+    Written atomically, as every file of a run directory."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 # ---------------------------------------------------------------- the recipe
