@@ -227,12 +227,31 @@ def test_several_worker_processes_answer_alike(model_path):
         assert httpx.get(url + "/model").json()["model"] == "fast-cnn"
 
 
-def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path):
-    """create_app gives the FastAPI app itself (the body limit is its middleware), and the pixel
-    limit shown by GET /model is the one enforced."""
+@contextmanager
+def app_server(app):
+    """A real uvicorn server for ``app`` in a thread, on a free port; yields its URL."""
     import threading
 
     import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path):
+    """create_app gives the FastAPI app itself (the body limit is its middleware), and the pixel
+    limits shown by GET /model are the ones enforced, per image and per request."""
     from fastapi import FastAPI
 
     from fashionclf.inference import load_classifier
@@ -240,23 +259,55 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
 
     app = create_app(load_classifier(model_path, "torch"), Limits(max_pixels=10_000))
     assert isinstance(app, FastAPI)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    with app_server(app) as url:
         assert httpx.get(url + "/model").json()["limits"]["max_pixels"] == 10_000
         big = photo(7)  # catalogue photos are 168+ px a side: more than 10,000 pixels
         r = httpx.post(url + "/predict", files={"file": ("big.jpg", big, "image/jpeg")})
         assert r.status_code == 413 and "over the limit of 10,000" in r.json()[0]["error"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    from PIL import Image
+
+    from helpers import png_bytes
+
+    image = png_bytes(Image.fromarray(dataset_like_image()).resize((100, 100)))  # 10,000 pixels each
+    with app_server(create_app(load_classifier(model_path, "torch"), Limits(max_request_pixels=25_000))) as url:
+        r = httpx.post(url + "/predict", files=[("file", (f"{i}.png", image, "image/png")) for i in range(3)])
+        first, second, third = r.json()
+        assert r.status_code == 200 and first["label"] and second["label"]
+        assert third["error"].startswith("the request's images together are over the limit of 25,000 pixels")
+
+
+def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_503(model_path):
+    """A request whose classification is held up does not hold up /health; with the queue full,
+    the next request is told to retry."""
+    import threading
+
+    from fashionclf.checkpoint import load_checkpoint
+    from fashionclf.inference import TorchClassifier
+    from fashionclf.serve import Limits, create_app
+
+    release, started = threading.Event(), threading.Event()
+
+    class Held(TorchClassifier):
+        def predict(self, images):
+            started.set()
+            release.wait(60)
+            return super().predict(images)
+
+    app = create_app(Held(load_checkpoint(model_path)), Limits(concurrency=1, max_queue=1))
+    with app_server(app) as url:
+        answer = {}
+        worker = threading.Thread(target=lambda: answer.update(r=httpx.post(
+            url + "/predict", files={"file": ("a.jpg", photo(8), "image/jpeg")}, timeout=60)))
+        worker.start()
+        assert started.wait(30)
+        try:
+            assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok"}  # not stuck behind it
+            busy = httpx.post(url + "/predict", files={"file": ("b.jpg", photo(9), "image/jpeg")}, timeout=10)
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        finally:
+            release.set()
+            worker.join(60)
+        assert answer["r"].status_code == 200 and answer["r"].json()[0]["label"] in CLASSES
 
 
 def test_every_hostile_file_in_one_request_gets_its_own_error_and_the_good_one_its_label(server):

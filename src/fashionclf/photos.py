@@ -38,7 +38,8 @@ SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
 DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
-PIPELINE_VERSION = 2  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
+REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}  # modes Image.reduce takes
+PIPELINE_VERSION = 3  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 # The only decoders a photo reaches (Pillow has about 40, EPS among them, which hands data to
 # Ghostscript where installed): anything else is "unsupported" (415 from serve).
@@ -104,12 +105,21 @@ def decode(img: Image.Image, mode: str = "L", draft_side: int = DRAFT_SIDE) -> n
             warnings.simplefilter("ignore")  # e.g. "palette images with transparency ..."
             img.load()
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                a = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-                img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            sixteen = img.mode.startswith("I;16")
+            if sixteen:
+                img = img.convert("I")
+            factor = max(img.size) // draft_side
+            if factor >= 2 and img.mode in REDUCIBLE:
+                # Shrink by a whole factor (a box filter, in Pillow's C code) before any numpy
+                # array exists: a 25 MP PNG then costs megabytes, not the ~20 bytes per pixel
+                # of full-size arithmetic; JPEGs were already decoded small (draft).
+                img = img.reduce(factor)
+            if img.mode in ("I", "F"):
+                a = np.asarray(img, dtype=np.float32)
+                top = 65535.0 if sixteen or a.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
             if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
                 rgba = img.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -11,7 +11,10 @@ Endpoints:
   One bad file does not stop the others: its object carries the error and the answer is 200.
   When every file failed, the status is that of the first failure: 413 too large, 415 not an
   image, 422 unreadable (damaged, truncated, blank). Limits, whole request: ``max_request_bytes``
-  and ``max_files`` (413); per image: ``fashionclf.photos.MAX_PIXELS``, checked before decoding.
+  and ``max_files`` (413); per image ``Limits.max_pixels`` (25 MP, half of predict's limit)
+  and per request ``max_request_pixels``, both checked from the headers before decoding (413).
+  Decoding and classifying run in ``Limits.concurrency`` worker threads, off the event loop;
+  over ``Limits.max_queue`` requests at once get 503 with ``Retry-After``.
   Every error body is JSON ``{"detail": "..."}``; bad input never causes a 500.
 - ``GET /health``: ``{"status": "ok"}``.
 - ``GET /model``: model name, classes, test accuracy, input contract, backend, limits.
@@ -22,6 +25,7 @@ Endpoints:
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -36,7 +40,7 @@ from starlette.datastructures import UploadFile
 from .config import SERVE_BACKEND
 from .contract import top_k
 from .inference import NAN_ERROR, Classifier, load_classifier
-from .photos import MAX_PIXELS, PhotoError
+from .photos import MAX_PIXELS, PhotoError, open_image
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
 
@@ -45,7 +49,12 @@ STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
 class Limits:
     max_request_bytes: int = 20 * 1024 * 1024  # a few large JPEGs; bigger uploads get 413 unread
     max_files: int = 32  # per request; larger batches belong to `fashionclf predict`
-    max_pixels: int = MAX_PIXELS  # per image, checked from its header before decoding (photo_to_28)
+    # Per image, checked from its header before decoding: half predict's limit, since a server
+    # decodes for several clients at once (25 MP: a 6,000 x 4,000 photo still passes).
+    max_pixels: int = MAX_PIXELS // 2
+    max_request_pixels: int = 100_000_000  # all images of one request together; the rest get 413
+    concurrency: int = 2  # requests decoding and classifying at once (threads), one per core
+    max_queue: int = 64  # requests admitted (working or waiting); beyond: 503 with Retry-After
 
 
 class BodyLimit:
@@ -112,11 +121,68 @@ def preview_png(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def convert_upload(classifier: Classifier, data: bytes, limits: Limits, budget: list[int]) -> np.ndarray:
+    """One upload -> model input; its pixels are taken from the request's ``budget``. Every
+    failure is a ``PhotoError`` of this file."""
+    try:
+        img = open_image(data, limits.max_pixels)
+        pixels = img.size[0] * img.size[1]
+        if pixels > budget[0]:
+            raise PhotoError(f"the request's images together are over the limit of {limits.max_request_pixels:,} "
+                             "pixels; send fewer or smaller photos per request", "too_large")
+        budget[0] -= pixels
+        return classifier.to_input(img)
+    except (PhotoError, MemoryError):
+        raise
+    except Exception as exc:  # a decoder's unexpected failure is this file's, not the request's
+        raise PhotoError(f"cannot decode the image ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]], limits: Limits,
+                preview: bool = False) -> tuple[list[dict], int]:
+    """The CPU work of one request (decoding, converting, classifying), run in a worker thread:
+    one result per upload, in order, and the response status."""
+    classes = classifier.classes
+    results, images, ok, statuses = [], [], [], []
+    budget = [limits.max_request_pixels]
+    for name, data in uploads:
+        item = {"filename": safe_name(name), "label": None, "confidence": None, "unknown": None,
+                "probabilities": None, "error": None}
+        try:
+            image = convert_upload(classifier, data, limits, budget)
+            images.append(image)
+            ok.append(item)
+            if preview:
+                item["preview"] = preview_png(image)
+        except PhotoError as exc:
+            item["error"] = str(exc)
+            statuses.append(STATUS_OF.get(exc.kind, 422))
+        results.append(item)
+    if images:
+        probs, scores = classifier.predict(np.stack(images))
+        unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
+        for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
+            if not finite[i]:
+                item["error"] = NAN_ERROR
+                statuses.append(422)
+                continue
+            item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
+                        probabilities={c: float(v) for c, v in zip(classes, p)})
+    status = 200 if any(item["error"] is None for item in results) else statuses[0]
+    return results, status
+
+
 def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
     """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
-    as ASGI middleware, before the form parser reads anything)."""
+    as ASGI middleware, before the form parser reads anything). Decoding and classifying run
+    in at most ``limits.concurrency`` worker threads, off the event loop, so /health and other
+    clients stay served while a large photo decodes; at most ``limits.max_queue`` requests are
+    admitted at once, the next get 503 with Retry-After (memory stays bounded)."""
+    import anyio
+
     app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.")
-    classes = classifier.classes
+    limiter = anyio.CapacityLimiter(limits.concurrency)
+    admitted = [0]
     page = (Path(__file__).parent / "web" / "index.html").read_text()
 
     @app.get("/", response_class=HTMLResponse)
@@ -133,6 +199,16 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request, preview: bool = False):
+        if admitted[0] >= limits.max_queue:
+            return JSONResponse({"detail": f"busy: {admitted[0]} requests in progress; retry in a second"}, 503,
+                                headers={"Retry-After": "1"})
+        admitted[0] += 1
+        try:
+            return await answer(request, preview)
+        finally:
+            admitted[0] -= 1
+
+    async def answer(request: Request, preview: bool) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
@@ -146,36 +222,15 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
             status = 413 if "Too many" in str(detail) else 422
             return JSONResponse({"detail": f"could not read the form: {detail} "
                                            f"(at most {limits.max_files} files per request)"}, status)
-        files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
-        if not files:
-            return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
-        results, images, ok = [], [], []
-        statuses = []
-        for upload in files:
-            item = {"filename": safe_name(upload.filename), "label": None, "confidence": None, "unknown": None,
-                    "probabilities": None, "error": None}
-            try:
-                image = classifier.to_input(await upload.read(), max_pixels=limits.max_pixels)
-                images.append(image)
-                ok.append(item)
-                if preview:
-                    item["preview"] = preview_png(image)
-            except PhotoError as exc:
-                item["error"] = str(exc)
-                statuses.append(STATUS_OF.get(exc.kind, 422))
-            results.append(item)
-        await form.close()
-        if images:
-            probs, scores = classifier.predict(np.stack(images))
-            unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
-            for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
-                if not finite[i]:
-                    item["error"] = NAN_ERROR
-                    statuses.append(422)
-                    continue
-                item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
-                            probabilities={c: float(v) for c, v in zip(classes, p)})
-        status = 200 if any(item["error"] is None for item in results) else statuses[0]
+        try:
+            files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
+            if not files:
+                return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
+            uploads = [(f.filename, await f.read()) for f in files]
+        finally:
+            await form.close()
+        results, status = await anyio.to_thread.run_sync(
+            functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=limiter)
         return JSONResponse(results, status)
 
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
