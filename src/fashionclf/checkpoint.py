@@ -58,7 +58,70 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             + ("upgrade fashionclf to load it" if newer else
                "load it with the fashionclf version that wrote it, or retrain")
         )
+    validate_checkpoint(ckpt, str(path))
     return ckpt
+
+
+MAX_CLASSES = 1000
+MAX_CLASS_NAME = 200
+MAX_IMAGE_SIZE = 1024
+KWARG_RANGES = {"in_chans": (1, 3), "width": (1, 1024), "dropout": (0.0, 0.99)}  # the builders' arguments
+
+
+def validate_checkpoint(ckpt: dict, source: str = "checkpoint") -> None:
+    """Check a checkpoint's metadata before anything is built from it: a model file is input,
+    and ``{"width": 100000}`` would allocate gigabytes, ``weights: "imagenet"`` download at load
+    time, a huge ``image_size`` or ``std: [0]`` exhaust memory or give NaN. Every field must be
+    what fashionclf writes: a registered model, known arguments in range (no weights source),
+    at most ``MAX_CLASSES`` short class names, a sane input contract."""
+    import inspect
+    import math
+
+    from .config import TTA_CHOICES
+    from .models import get_model_entry
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{source}: {what}; this is not a model file fashionclf wrote (load only model files "
+                          "you trust)")
+
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("kwargs"), dict):
+        raise bad("no model name and arguments")
+    try:
+        entry = get_model_entry(spec["name"])
+    except UsageError as exc:
+        raise bad(str(exc)) from None
+    allowed = sorted(set(inspect.signature(entry.builder).parameters) & set(KWARG_RANGES))
+    for key, value in spec["kwargs"].items():
+        low, high = KWARG_RANGES.get(key, (None, None))
+        if key not in allowed or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise bad(f"model argument {key}={value!r} is not allowed (allowed: "
+                      + ", ".join(f"{k} in [{KWARG_RANGES[k][0]}, {KWARG_RANGES[k][1]}]" for k in allowed) + ")")
+    classes = ckpt.get("classes")
+    if (not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES
+            or not all(isinstance(c, str) and 0 < len(c) <= MAX_CLASS_NAME for c in classes)):
+        raise bad(f"the class list must hold 2 to {MAX_CLASSES} names of 1 to {MAX_CLASS_NAME} characters")
+    prep = ckpt.get("preprocessing")
+    if not isinstance(prep, dict):
+        raise bad("no preprocessing")
+    size, channels = prep.get("image_size"), prep.get("channels")
+    if not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE or channels not in (1, 3):
+        raise bad(f"input {size!r}x{size!r}x{channels!r} out of range (size 1 to {MAX_IMAGE_SIZE}, 1 or 3 channels)")
+    for key in ("mean", "std"):
+        values = prep.get(key)
+        if (not isinstance(values, list) or len(values) != channels
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+            raise bad(f"preprocessing {key} must be {channels} finite number(s), got {values!r}")
+    if not all(v > 0 for v in prep["std"]):
+        raise bad(f"preprocessing std must be positive, got {prep['std']!r}")
+    if prep.get("tta", "none") not in TTA_CHOICES or prep.get("source") not in (None, "rgb"):
+        raise bad(f"unknown test-time augmentation or source: {prep.get('tta')!r}, {prep.get('source')!r}")
+    unknown = ckpt.get("unknown")
+    if unknown is not None:
+        t, threshold = unknown.get("temperature"), unknown.get("threshold")
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0
+                and isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise bad(f"calibration temperature {t!r} / threshold {threshold!r} must be finite, the temperature > 0")
 
 
 def check_finite(ckpt: dict, source: str = "checkpoint") -> None:

@@ -87,6 +87,43 @@ class TorchClassifier(Classifier):
         return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
 
 
+MAX_ONNX_BYTES = 512 * 1024 * 1024
+MAX_ONNX_NODES = 20_000
+ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}  # the standard operator sets; no custom-op libraries
+
+
+def check_onnx(proto, size: int) -> None:
+    """Refuse what a model file can do beyond computing: tensors stored outside the file (a path
+    that ONNX Runtime would read, traversal included), operators from custom domains, and
+    graphs far larger than any fashionclf export. Load only model files you trust."""
+    from onnx import TensorProto
+
+    def refuse(why: str):
+        raise UsageError(f"refusing this ONNX file: {why}; export the checkpoint with 'fashionclf export MODEL.pt'")
+
+    if size > MAX_ONNX_BYTES or len(proto.graph.node) > MAX_ONNX_NODES:
+        refuse(f"{size:,} bytes and {len(proto.graph.node):,} nodes, over {MAX_ONNX_BYTES:,} / {MAX_ONNX_NODES:,}")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            refuse(f"tensor {tensor.name!r} keeps its data in an external file")
+    for node in _all_nodes([proto.graph, *proto.functions]):
+        if node.domain not in ONNX_DOMAINS:
+            refuse(f"operator {node.op_type!r} from the custom domain {node.domain!r}")
+        for attr in node.attribute:
+            if attr.t.data_location == TensorProto.EXTERNAL or attr.t.external_data:
+                refuse(f"a constant of {node.op_type!r} keeps its data in an external file")
+
+
+def _all_nodes(graphs):
+    """Every node of ``graphs`` (graphs or functions), subgraphs of If/Loop/Scan included."""
+    for graph in graphs:
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                yield from _all_nodes([attr.g] if attr.HasField("g") else [])
+                yield from _all_nodes(attr.graphs)
+
+
 class OnnxClassifier(Classifier):
     backend = "onnx"
 
@@ -100,7 +137,9 @@ class OnnxClassifier(Classifier):
 
         from .export import METADATA_KEY
 
-        meta = {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
+        proto = onnx.load_from_string(model_bytes)
+        check_onnx(proto, len(model_bytes))
+        meta = {p.key: p.value for p in proto.metadata_props}
         if METADATA_KEY not in meta:
             raise UsageError("this ONNX file was not written by 'fashionclf export' (no fashionclf metadata); "
                              "export the checkpoint with 'fashionclf export MODEL.pt'")
