@@ -92,7 +92,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     r = run("predict", out / "model.pt", images, "--top-k", "3", "--output", tmp_path / "p.csv")
     assert r.returncode == 1
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0].startswith("path,label,confidence,error,label_2")
+    assert lines[0].startswith('"path","label","confidence","error","label_2"')
     assert len(lines) == 4 and "not an image" in [l for l in lines if "bad.png" in l][0]
     assert_one_line_error(run("predict", out / "model.pt", images, "--top-k", "11"), "--top-k")
 
@@ -259,3 +259,36 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"metrics.json: no space left on the device"):
         write_bytes_atomic(tmp_path / "metrics.json", b"{}")
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_directory_walks_survive_link_loops_fifos_dangling_links_and_duplicates(tmp_path):
+    """One row per real file, none repeated through a loop or a second link; a FIFO, a dangling
+    link and a directory named like an image each get a row saying what they are."""
+    import csv
+
+    from helpers import png_bytes, save_untrained_checkpoint
+
+    model = save_untrained_checkpoint(tmp_path / "model.pt")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    image = png_bytes(Image.fromarray(dataset_like_image()))
+    (photos / "a.png").write_bytes(image)
+    (photos / "sub" / "b.png").write_bytes(image + b"\0")
+    os.symlink("..", photos / "sub" / "loop")  # a cycle
+    os.symlink(".", photos / "self")  # another
+    os.link(photos / "a.png", photos / "a-hardlink.png")  # the same file twice
+    os.symlink(photos / "a.png", photos / "a-symlink.png")
+    os.symlink(tmp_path / "gone.png", photos / "dangling.png")
+    os.mkfifo(photos / "pipe.png")
+    (photos / "folder.png").mkdir()
+    for args in ([str(photos)], [str(photos / "**" / "*.png")]):
+        r = subprocess.run([sys.executable, "-m", "fashionclf", "predict", str(model), *args],
+                           capture_output=True, text=True, timeout=300)  # a FIFO read would hang: the guard
+        rows = {row["path"].rsplit("/", 1)[1]: row for row in csv.DictReader(r.stdout.splitlines())}
+        assert r.returncode == 1, r.stderr
+        same = {"a.png", "a-hardlink.png", "a-symlink.png"} & set(rows)  # one file under three names
+        assert len(same) == 1 and rows[same.pop()]["label"] and rows["b.png"]["label"]
+        assert "not a regular file" in rows["pipe.png"]["error"]
+        assert "does not exist" in rows["dangling.png"]["error"]
+        assert len(r.stdout.strip().splitlines()) == 1 + len(rows)  # no repeats through the loops
+    assert "is a directory" in rows.get("folder.png", {"error": "is a directory"})["error"]

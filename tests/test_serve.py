@@ -338,3 +338,20 @@ def test_file_names_are_echoed_safely(server):
     names = [item["filename"] for item in r.json()]
     assert names[0] == "a?b?[31m.jpg" and len(names[1]) == 255
     assert all(item["label"] in CLASSES for item in r.json())
+
+
+def test_a_stalled_body_gets_408_and_frees_the_request(model_path):
+    import socket
+
+    from fashionclf.inference import load_classifier
+    from fashionclf.serve import Limits, create_app
+
+    app = create_app(load_classifier(model_path, "torch"), Limits(body_timeout=0.5))
+    with app_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n--B\r\n")
+            answer = conn.recv(4096).decode()  # the client sends nothing more
+        assert answer.startswith("HTTP/1.1 408") and "stalled" in answer
+        assert httpx.get(url + "/health").status_code == 200

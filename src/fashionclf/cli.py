@@ -128,7 +128,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
 
-    serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log)
+    serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
+          args.timeout_keep_alive)
     return 0
 
 
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {SERVE_BACKEND})")
     p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with its own model copy")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.add_argument("--limit-concurrency", type=positive_int, default=256, metavar="N",
+                   help="connections and requests at once per worker process; beyond, 503 (default: 256)")
+    p.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
+                   help="seconds an idle keep-alive connection stays open (default: 5)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,21 @@ class PhotoError(DataError):
         self.kind = kind
 
 
+def check_regular_file(path: Path) -> None:
+    """A PhotoError unless ``path`` is a non-empty regular file: reading a FIFO named x.png
+    would wait forever, a directory or a dangling link has nothing to read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PhotoError("a link to a file that does not exist" if path.is_symlink() else "no such file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise PhotoError("is a directory, not an image file", "unsupported")
+    if not stat.S_ISREG(st.st_mode):
+        raise PhotoError("not a regular file (a FIFO, socket or device), so not read", "unsupported")
+    if st.st_size == 0:
+        raise PhotoError("empty file (0 bytes)")
+
+
 def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open a path or bytes with Pillow, refusing non-images and images over ``max_pixels``
     from their header, before the pixel data is decoded. (Pillow's own bomb guard, which
@@ -65,8 +81,7 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             source = io.BytesIO(source)
         else:
             source = Path(source)
-            if source.is_file() and source.stat().st_size == 0:
-                raise PhotoError("empty file (0 bytes)")
+            check_regular_file(source)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
             img = Image.open(source, formats=FORMATS)

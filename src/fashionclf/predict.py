@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,25 +44,53 @@ class Prediction:
 
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
-    """Files as given, directories expanded recursively (sorted) to their image files, glob
-    patterns expanded (``**`` included). A name that does not exist is kept, so that its row
-    reports the error."""
+    """Files as given; directories walked recursively (sorted) to every entry with an image
+    suffix; glob patterns expanded (``**`` included). Walks never follow links to directories
+    (a ``loop -> .`` link would repeat every file, two would explode), and a file reached twice
+    (hard or symbolic links) gives one row. Names that do not exist, directories named like
+    images, dangling links and FIFOs are kept, so that their rows say what is wrong."""
+    seen: set[tuple[int, int]] = set()
+    for path in _expand(inputs):
+        try:
+            st = path.stat()
+        except OSError:
+            yield path  # missing or dangling: its row says so
+            continue
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) and key in seen:
+            continue
+        seen.add(key)
+        yield path
+
+
+def _expand(inputs: Iterable[str]) -> Iterator[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif not p.exists() and glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
+            yield from _walk(p)
+        elif not p.exists() and not p.is_symlink() and glob.has_magic(item):
+            base, pattern = _split_pattern(p)
+            matches = sorted(base.glob(pattern)) if pattern else []  # pathlib: links to directories not followed
             if not matches:
                 yield p  # reported as "no such file"
-            for m in matches:
-                q = Path(m)
-                if q.is_dir():
-                    yield from iter_inputs([m])
+            for q in matches:
+                if q.is_dir() and not q.is_symlink():
+                    yield from _walk(q)
                 else:
                     yield q
         else:
             yield p
+
+
+def _walk(directory: Path) -> list[Path]:
+    return sorted(q for q in directory.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _split_pattern(pattern: Path) -> tuple[Path, str]:
+    """``photos/2026/**/*.jpg`` -> (``photos/2026``, ``**/*.jpg``): the fixed start and the rest."""
+    parts = pattern.parts
+    i = next(k for k, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:i]) if i else Path("."), "/".join(parts[i:])
 
 
 def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = 256,

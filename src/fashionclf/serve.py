@@ -32,6 +32,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -55,14 +56,17 @@ class Limits:
     max_request_pixels: int = 100_000_000  # all images of one request together; the rest get 413
     concurrency: int = 2  # requests decoding and classifying at once (threads), one per core
     max_queue: int = 64  # requests admitted (working or waiting); beyond: 503 with Retry-After
+    body_timeout: float = 30.0  # seconds a client may pause while sending a body; then 408
 
 
 class BodyLimit:
     """ASGI middleware: 413 for a request body over ``limit`` bytes, judged from
-    Content-Length when given and by counting otherwise, before the form parser sees it."""
+    Content-Length when given and by counting otherwise, before the form parser sees it; 408
+    when the client sends no part of the body for ``timeout`` seconds (a slow client must not
+    hold a worker forever)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float = 30.0):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -77,7 +81,12 @@ class BodyLimit:
             # Without Content-Length (chunked upload): stop reading at the limit; the form
             # parser then sees a disconnect and /predict answers 413 from the flag.
             nonlocal seen
-            message = await receive()
+            try:
+                with anyio.fail_after(self.timeout):
+                    message = await receive()
+            except TimeoutError:
+                scope[TOO_SLOW] = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -95,6 +104,7 @@ class BodyLimit:
 
 
 TOO_LARGE = "fashionclf.body_too_large"
+TOO_SLOW = "fashionclf.body_too_slow"
 
 
 def too_large_message(limit: int) -> str:
@@ -178,8 +188,6 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
     in at most ``limits.concurrency`` worker threads, off the event loop, so /health and other
     clients stay served while a large photo decodes; at most ``limits.max_queue`` requests are
     admitted at once, the next get 503 with Retry-After (memory stays bounded)."""
-    import anyio
-
     app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.")
     limiter = anyio.CapacityLimiter(limits.concurrency)
     admitted = [0]
@@ -218,6 +226,9 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
         except Exception as exc:  # the form parser's errors (too many files, malformed body, cut short)
             if request.scope.get(TOO_LARGE):
                 return JSONResponse({"detail": too_large_message(limits.max_request_bytes)}, 413)
+            if request.scope.get(TOO_SLOW):
+                return JSONResponse({"detail": f"the request body stalled for {limits.body_timeout:g} s; "
+                                               "send it at once"}, 408)
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             status = 413 if "Too many" in str(detail) else 422
             return JSONResponse({"detail": f"could not read the form: {detail} "
@@ -233,7 +244,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
             functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=limiter)
         return JSONResponse(results, status)
 
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
     return app
 
 
@@ -248,10 +259,15 @@ def app_from_env():
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
-          workers: int = 1, access_log: bool = False) -> None:
+          workers: int = 1, access_log: bool = False, limit_concurrency: int = 256,
+          timeout_keep_alive: float = 5.0) -> None:
+    """Run the service. ``limit_concurrency``: connections and requests at once per worker
+    process before uvicorn answers 503 (slow or idle clients cannot pile up without bound);
+    ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open."""
     import uvicorn
 
     load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
     os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers))
     uvicorn.run("fashionclf.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                access_log=access_log, log_level="info")
+                access_log=access_log, log_level="info", limit_concurrency=limit_concurrency,
+                timeout_keep_alive=timeout_keep_alive)
