@@ -355,3 +355,15 @@ def test_a_stalled_body_gets_408_and_frees_the_request(model_path):
             answer = conn.recv(4096).decode()  # the client sends nothing more
         assert answer.startswith("HTTP/1.1 408") and "stalled" in answer
         assert httpx.get(url + "/health").status_code == 200
+
+
+def test_http_hygiene_docs_off_host_checked_nosniff_and_a_policy_the_page_lives_with(server, model_path):
+    assert httpx.get(server + "/docs").status_code == 404 and httpx.get(server + "/openapi.json").status_code == 404
+    r = httpx.get(server + "/")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert httpx.get(server + "/health").headers["x-content-type-options"] == "nosniff"
+    # bound to loopback: another Host (DNS rebinding) is refused
+    assert httpx.get(server + "/health", headers={"Host": "evil.example"}).status_code == 400
+    with running_server(model_path, "--docs") as url:
+        assert httpx.get(url + "/openapi.json").status_code == 200

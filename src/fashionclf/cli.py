@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
-          args.timeout_keep_alive)
+          args.timeout_keep_alive, args.docs)
     return 0
 
 
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections and requests at once per worker process; beyond, 503 (default: 256)")
     p.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
                    help="seconds an idle keep-alive connection stays open (default: 5)")
+    p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import io
 import json
 import os
@@ -182,20 +183,51 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
     return results, status
 
 
-def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def content_security_policy(page: str) -> str:
+    """A policy that lets the page run only its own inline script and style (by hash), load
+    images from itself, data: and blob: URLs, and talk only to this server."""
+    def digest(tag: str) -> str:
+        body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+    return (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+
+
+def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = False,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
     as ASGI middleware, before the form parser reads anything). Decoding and classifying run
     in at most ``limits.concurrency`` worker threads, off the event loop, so /health and other
     clients stay served while a large photo decodes; at most ``limits.max_queue`` requests are
-    admitted at once, the next get 503 with Retry-After (memory stays bounded)."""
-    app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.")
+    admitted at once, the next get 503 with Retry-After (memory stays bounded).
+
+    ``docs``: serve /docs and /openapi.json (off by default: less to attack). ``allowed_hosts``:
+    the Host headers answered (the others get 400), e.g. the loopback names for a server bound
+    to loopback, so that a web page elsewhere cannot reach it through DNS rebinding."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.",
+                  docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     limiter = anyio.CapacityLimiter(limits.concurrency)
     admitted = [0]
     page = (Path(__file__).parent / "web" / "index.html").read_text()
 
+    csp = content_security_policy(page)
+
     @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return page
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp})
+
+    @app.middleware("http")
+    async def no_sniffing(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.get("/health")
     async def health() -> dict:
@@ -245,6 +277,8 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
         return JSONResponse(results, status)
 
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -255,19 +289,22 @@ def app_from_env():
     threads = max(1, (os.cpu_count() or 1) // workers)
     classifier = load_classifier(os.environ["FASHIONCLF_MODEL"], os.environ.get("FASHIONCLF_BACKEND", SERVE_BACKEND),
                                  threads=threads)
-    return create_app(classifier)
+    host = os.environ.get("FASHIONCLF_HOST", "127.0.0.1")
+    return create_app(classifier, docs=os.environ.get("FASHIONCLF_DOCS") == "1",
+                      allowed_hosts=list(LOOPBACK) + ["[::1]"] if host in LOOPBACK else None)
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
           workers: int = 1, access_log: bool = False, limit_concurrency: int = 256,
-          timeout_keep_alive: float = 5.0) -> None:
+          timeout_keep_alive: float = 5.0, docs: bool = False) -> None:
     """Run the service. ``limit_concurrency``: connections and requests at once per worker
     process before uvicorn answers 503 (slow or idle clients cannot pile up without bound);
     ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open."""
     import uvicorn
 
     load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
-    os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers))
+    os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers),
+                      FASHIONCLF_HOST=host, FASHIONCLF_DOCS="1" if docs else "0")
     uvicorn.run("fashionclf.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=access_log, log_level="info", limit_concurrency=limit_concurrency,
                 timeout_keep_alive=timeout_keep_alive)
