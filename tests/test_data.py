@@ -131,6 +131,21 @@ def test_download_with_bad_checksum_leaves_nothing_behind(http_server, tmp_path)
     assert list(dest.iterdir()) == []
 
 
+def test_download_refuses_a_gzip_bomb_before_it_fills_memory(http_server, tmp_path):
+    """A small .gz that inflates far past the real file's size is refused while streaming."""
+    import gzip
+
+    root, url = http_server
+    make_dataset(root)
+    name = FILES["test-labels"]
+    (root / f"{name}.gz").write_bytes(gzip.compress(b"\0" * (200 * 1024 * 1024), 9))  # 200 MB from ~200 kB
+    sums = {n: hashlib.sha256(read_bytes(root / f"{n}.gz")).hexdigest() for n in FILES.values() if n != name}
+    dest = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"decompresses to more than 10,008 bytes"):
+        data.download_data(dest, base_url=url, checksums={**sums, name: "0" * 64})
+    assert not (dest / f"{name}.gz").exists()
+
+
 def test_download_unreachable_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="cannot download http://127.0.0.1:9/"):
         data.download_data(tmp_path / "c", base_url="http://127.0.0.1:9/", timeout=5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import urllib.error
 import urllib.request
@@ -143,6 +144,14 @@ def find_data(data_dir: str | os.PathLike | None = None, download: bool = True) 
     )
 
 
+# Sizes of the published files: a download larger than these is not Fashion-MNIST (and a
+# gzip bomb is stopped before it fills memory).
+MAX_COMPRESSED = 30 * 1024 * 1024
+MAX_DECOMPRESSED = {name: 47_040_016 if "images" in name and name.startswith("train") else
+                    7_840_016 if "images" in name else 60_008 if name.startswith("train") else 10_008
+                    for name in FILES.values()}
+
+
 def download_data(
     dest: Path,
     base_url: str = DOWNLOAD_URL,
@@ -151,8 +160,10 @@ def download_data(
 ) -> Path:
     """Download the four .gz files into ``dest``, verifying each before it is kept.
 
-    Each file is verified in memory and written atomically, so an interrupted download never
-    leaves a partial file where the search would find it.
+    Each file is read up to its known size (``MAX_COMPRESSED``), decompressed as a stream up to
+    its known size (``MAX_DECOMPRESSED``) while it is hashed, and written atomically only when
+    the hash matches: an interrupted or hostile download never leaves a file where the search
+    would find it, nor exhausts memory.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():
@@ -162,14 +173,32 @@ def download_data(
         url = f"{base_url.rstrip('/')}/{name}.gz"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
-                data = response.read()  # at most 26 MB: verified in memory, then written atomically
+                data = response.read(MAX_COMPRESSED + 1)
         except (urllib.error.URLError, OSError) as exc:
             raise DataError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-        actual = hashlib.sha256(decompress(data, url)).hexdigest()
+        if len(data) > MAX_COMPRESSED:
+            raise DataError(f"{url}: over {MAX_COMPRESSED:,} bytes, larger than any Fashion-MNIST file; not used")
+        actual = streamed_sha256(data, MAX_DECOMPRESSED[name], url)
         if actual != checksums[name]:
             raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksums[name]}")
         write_bytes_atomic(target, data)
     return dest
+
+
+def streamed_sha256(raw: bytes, limit: int, source) -> str:
+    """SHA-256 of ``raw`` decompressed (when gzip) in 1 MB pieces, refusing more than ``limit`` bytes."""
+    digest, total = hashlib.sha256(), 0
+    stream = gzip.GzipFile(fileobj=io.BytesIO(raw)) if raw[:2] == b"\x1f\x8b" else io.BytesIO(raw)
+    try:
+        while piece := stream.read(1 << 20):
+            total += len(piece)
+            if total > limit:
+                raise DataError(f"{source}: decompresses to more than {limit:,} bytes, larger than the "
+                                "Fashion-MNIST file it should be; not used")
+            digest.update(piece)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{source}: corrupt gzip data ({exc}); re-download or reinstall the file") from None
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- reading files
