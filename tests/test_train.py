@@ -199,3 +199,42 @@ def test_evaluating_a_checkpoint_scores_the_training_split_only_when_asked(train
                                 score_train=True)
     assert sorted(scored) == ["test", "train", "val"]
     assert again["accuracies"]["train"] == pytest.approx(metrics["train_accuracy"])
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL (no Python exception, no clean-up) to a real training process after its first
+    epoch; --resume then finishes with the very figures and weights of a run never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path / "idx", n_train=4000, n_test=200)
+    args = ["--model", "fast-cnn", "--data", str(data), "--no-verify", "--epochs", "4", "--batch-size", "16",
+            "--threads", "1", "--seed", "5"]
+    train = [sys.executable, "-m", "fashionclf", "train", *args]
+    assert subprocess.run([*train, "--out", str(tmp_path / "full")], capture_output=True).returncode == 0
+    part = tmp_path / "part"
+    proc = subprocess.Popen([*train, "--out", str(part)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (part / "history.csv").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.2)  # into the second epoch
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    (part / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what a kill during a write leaves
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "train", "--resume", str(part)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout and not list(part.glob(".*.tmp"))
+    history = lambda d: [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(d / "history.csv"))]
+    assert history(tmp_path / "full") == history(part)
+    full, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", part))
+    assert full["test_accuracy"] == resumed["test_accuracy"] and full["test_loss"] == resumed["test_loss"]
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(part)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

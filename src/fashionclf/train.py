@@ -252,6 +252,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         run.history, run.best, run.start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
         log(f"resuming {run.out} at epoch {run.start_epoch} of {run.total_epochs}")
     run.out.mkdir(parents=True, exist_ok=True)
+    for stale in run.out.glob(".*.tmp"):  # left by a process killed mid-write (fileio.write_atomic's names)
+        stale.unlink(missing_ok=True)
     write_json(dataclasses.asdict(config), run.out / "config.json")
     data = run.data
     log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
