@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONCLF := $(VENV)/bin/fashionclf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast setup setup-bench data bench bench-load bench-seeds clean
+.PHONY: run test test-fast fuzz setup setup-bench data bench bench-load bench-seeds clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 # The tests not marked slow (no training beyond a few steps, no server, browser or ONNX export): under a minute.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The fuzz tests with many more examples than `make test` gives them (minutes, not seconds).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
 
 # The Keras reference program as a peer in `make bench` (tensorflow-cpu, about 600 MB).
 setup-bench: $(STAMP)

@@ -367,3 +367,30 @@ def test_http_hygiene_docs_off_host_checked_nosniff_and_a_policy_the_page_lives_
     assert httpx.get(server + "/health", headers={"Host": "evil.example"}).status_code == 400
     with running_server(model_path, "--docs") as url:
         assert httpx.get(url + "/openapi.json").status_code == 200
+
+
+def test_api_key_guards_predict_and_model_but_not_health(model_path, tmp_path):
+    key = "k" * 12 + "-secret-0123456789"
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    with running_server(model_path, "--api-key-file", str(key_file)) as url:
+        files = {"file": ("a.jpg", photo(1), "image/jpeg")}
+        assert httpx.get(url + "/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {key}"}):
+            r = httpx.post(url + "/predict", files=files, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert httpx.get(url + "/model", headers=headers).status_code == 401
+        ok = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(url + "/predict", files=files, headers=ok).status_code == 200
+        assert httpx.get(url + "/model", headers=ok).json()["model"] == "fast-cnn"
+
+
+def test_serving_beyond_loopback_needs_a_key_or_insecure(model_path, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "serve", str(model_path), "--host", "0.0.0.0"],
+                       capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items()
+                                                                          if k != "FASHIONCLF_API_KEY"})
+    assert r.returncode == 2 and "--api-key-file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "short").write_text("abc\n")
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "serve", str(model_path), "--api-key-file",
+                        str(tmp_path / "short")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "at least 16" in r.stderr

@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
-          args.timeout_keep_alive, args.docs)
+          args.timeout_keep_alive, args.docs, args.api_key_file, args.insecure)
     return 0
 
 
@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
                    help="seconds an idle keep-alive connection stays open (default: 5)")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="require 'Authorization: Bearer KEY' on /predict and /model, KEY being the file's first "
+                        "line (default: $FASHIONCLF_API_KEY if set, else no key)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than loopback without an API key")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")

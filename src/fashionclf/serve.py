@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -41,6 +42,7 @@ from starlette.datastructures import UploadFile
 
 from .config import SERVE_BACKEND
 from .contract import top_k
+from .errors import UsageError
 from .inference import NAN_ERROR, Classifier, load_classifier
 from .photos import MAX_PIXELS, PhotoError, open_image
 
@@ -184,6 +186,27 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "FASHIONCLF_API_KEY"
+
+
+def authorised(request: Request, key: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+def read_api_key(path: str | os.PathLike | None) -> str | None:
+    """The API key from ``path`` (first line) or, without one, from $FASHIONCLF_API_KEY."""
+    if path is None:
+        return os.environ.get(API_KEY_ENV) or None
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip().splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise UsageError(f"--api-key-file {path}: cannot read a key from it ({exc}); put the key on its first line") from None
+    if len(key) < 16:
+        raise UsageError(f"--api-key-file {path}: the key is {len(key)} characters; use at least 16 "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return key
 
 
 def content_security_policy(page: str) -> str:
@@ -199,7 +222,7 @@ def content_security_policy(page: str) -> str:
 
 
 def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = False,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, api_key: str | None = None) -> FastAPI:
     """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
     as ASGI middleware, before the form parser reads anything). Decoding and classifying run
     in at most ``limits.concurrency`` worker threads, off the event loop, so /health and other
@@ -208,7 +231,9 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
 
     ``docs``: serve /docs and /openapi.json (off by default: less to attack). ``allowed_hosts``:
     the Host headers answered (the others get 400), e.g. the loopback names for a server bound
-    to loopback, so that a web page elsewhere cannot reach it through DNS rebinding."""
+    to loopback, so that a web page elsewhere cannot reach it through DNS rebinding.
+    ``api_key``: when given, /predict and /model require ``Authorization: Bearer KEY``
+    (compared in constant time; 401 otherwise); /health and the page stay open."""
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.",
@@ -225,7 +250,12 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
 
     @app.middleware("http")
     async def no_sniffing(request: Request, call_next):
-        response = await call_next(request)
+        if api_key is not None and request.url.path in ("/predict", "/model") and not authorised(request, api_key):
+            response = JSONResponse({"detail": "missing or wrong API key: send the header "
+                                               "'Authorization: Bearer KEY'"}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
@@ -291,18 +321,26 @@ def app_from_env():
                                  threads=threads)
     host = os.environ.get("FASHIONCLF_HOST", "127.0.0.1")
     return create_app(classifier, docs=os.environ.get("FASHIONCLF_DOCS") == "1",
-                      allowed_hosts=list(LOOPBACK) + ["[::1]"] if host in LOOPBACK else None)
+                      allowed_hosts=list(LOOPBACK) + ["[::1]"] if host in LOOPBACK else None,
+                      api_key=os.environ.get(API_KEY_ENV) or None)
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
           workers: int = 1, access_log: bool = False, limit_concurrency: int = 256,
-          timeout_keep_alive: float = 5.0, docs: bool = False) -> None:
+          timeout_keep_alive: float = 5.0, docs: bool = False, api_key_file: str | None = None,
+          insecure: bool = False) -> None:
     """Run the service. ``limit_concurrency``: connections and requests at once per worker
     process before uvicorn answers 503 (slow or idle clients cannot pile up without bound);
     ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open."""
     import uvicorn
 
     load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
+    key = read_api_key(api_key_file)
+    if host not in LOOPBACK and key is None and not insecure:
+        raise UsageError(f"--host {host} opens the service to the network without an API key: give --api-key-file "
+                         f"PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
+    if key is not None:
+        os.environ[API_KEY_ENV] = key  # for the worker processes
     os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers),
                       FASHIONCLF_HOST=host, FASHIONCLF_DOCS="1" if docs else "0")
     uvicorn.run("fashionclf.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
