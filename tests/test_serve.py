@@ -394,3 +394,19 @@ def test_serving_beyond_loopback_needs_a_key_or_insecure(model_path, tmp_path):
     r = subprocess.run([sys.executable, "-m", "fashionclf", "serve", str(model_path), "--api-key-file",
                         str(tmp_path / "short")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "at least 16" in r.stderr
+
+
+def test_prometheus_metrics_count_requests_files_and_latency(model_path):
+    from fashionclf.inference import load_classifier
+    from fashionclf.serve import create_app
+
+    with app_server(create_app(load_classifier(model_path, "torch"))) as url:
+        httpx.get(url + "/health")
+        files = [("file", ("a.jpg", photo(1), "image/jpeg")), ("file", ("b.txt", b"not an image", "text/plain"))]
+        assert httpx.post(url + "/predict", files=files).status_code == 200
+        text = httpx.get(url + "/metrics").text
+    assert 'fashionclf_requests_total{endpoint="/health",status="200"} 1.0' in text
+    assert 'fashionclf_requests_total{endpoint="/predict",status="200"} 1.0' in text
+    assert 'fashionclf_files_total{outcome="unsupported"} 1.0' in text
+    assert 'fashionclf_request_seconds_count{endpoint="/predict"} 1.0' in text
+    assert "fashionclf_requests_admitted 0.0" in text

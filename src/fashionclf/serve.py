@@ -17,6 +17,8 @@ Endpoints:
   over ``Limits.max_queue`` requests at once get 503 with ``Retry-After``.
   Every error body is JSON ``{"detail": "..."}``; bad input never causes a 500.
 - ``GET /health``: ``{"status": "ok"}``.
+- ``GET /metrics``: Prometheus metrics of this process (requests by endpoint and status,
+  latency histogram, files by outcome or error kind, requests admitted).
 - ``GET /model``: model name, classes, test accuracy, input contract, backend, limits.
 - ``GET /``: a web page to drop or choose a photo and see the preprocessed 28x28 view, the
   label and a bar chart of the probabilities.
@@ -31,13 +33,14 @@ import hmac
 import io
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from .config import SERVE_BACKEND
@@ -169,6 +172,7 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
                 item["preview"] = preview_png(image)
         except PhotoError as exc:
             item["error"] = str(exc)
+            item["kind"] = exc.kind
             statuses.append(STATUS_OF.get(exc.kind, 422))
         results.append(item)
     if images:
@@ -176,7 +180,7 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
         unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
         for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
             if not finite[i]:
-                item["error"] = NAN_ERROR
+                item["error"], item["kind"] = NAN_ERROR, "not_a_number"
                 statuses.append(422)
                 continue
             item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
@@ -185,7 +189,13 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
     return results, status
 
 
+def public(results: list[dict]) -> list[dict]:
+    """Results as answered: without the internal error kind (the status code carries it)."""
+    return [{k: v for k, v in item.items() if k != "kind"} for item in results]
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ENDPOINTS = ("/", "/health", "/model", "/predict", "/metrics")
 API_KEY_ENV = "FASHIONCLF_API_KEY"
 
 
@@ -221,6 +231,29 @@ def content_security_policy(page: str) -> str:
             "frame-ancestors 'none'")
 
 
+class Metrics:
+    """The service's Prometheus metrics (served at /metrics), in a registry of its own app."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fashionclf_requests", "HTTP requests answered", ["endpoint", "status"],
+                                registry=self.registry)
+        self.seconds = Histogram("fashionclf_request_seconds", "Time to answer a request", ["endpoint"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                 registry=self.registry)
+        self.files = Counter("fashionclf_files", "Uploaded files by outcome: tagged, unknown, or the error kind",
+                             ["outcome"], registry=self.registry)
+        self.admitted = Gauge("fashionclf_requests_admitted", "/predict requests working or waiting for a worker",
+                              registry=self.registry)
+
+    def count_files(self, results: list[dict]) -> None:
+        for item in results:
+            outcome = ("unknown" if item["unknown"] else "tagged") if item["error"] is None else item.get("kind", "error")
+            self.files.labels(outcome).inc()
+
+
 def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = False,
                allowed_hosts: list[str] | None = None, api_key: str | None = None) -> FastAPI:
     """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
@@ -232,7 +265,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
     ``docs``: serve /docs and /openapi.json (off by default: less to attack). ``allowed_hosts``:
     the Host headers answered (the others get 400), e.g. the loopback names for a server bound
     to loopback, so that a web page elsewhere cannot reach it through DNS rebinding.
-    ``api_key``: when given, /predict and /model require ``Authorization: Bearer KEY``
+    ``api_key``: when given, /predict, /model and /metrics require ``Authorization: Bearer KEY``
     (compared in constant time; 401 otherwise); /health and the page stay open."""
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -240,6 +273,7 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
                   docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     limiter = anyio.CapacityLimiter(limits.concurrency)
     admitted = [0]
+    metrics = Metrics()
     page = (Path(__file__).parent / "web" / "index.html").read_text()
 
     csp = content_security_policy(page)
@@ -250,14 +284,26 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
 
     @app.middleware("http")
     async def no_sniffing(request: Request, call_next):
-        if api_key is not None and request.url.path in ("/predict", "/model") and not authorised(request, api_key):
+        start = time.perf_counter()
+        if (api_key is not None and request.url.path in ("/predict", "/model", "/metrics")
+                and not authorised(request, api_key)):
             response = JSONResponse({"detail": "missing or wrong API key: send the header "
                                                "'Authorization: Bearer KEY'"}, 401,
                                     headers={"WWW-Authenticate": "Bearer"})
         else:
             response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
+        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.seconds.labels(endpoint).observe(time.perf_counter() - start)
         return response
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        metrics.admitted.set(admitted[0])
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> dict:
@@ -304,7 +350,8 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
             await form.close()
         results, status = await anyio.to_thread.run_sync(
             functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=limiter)
-        return JSONResponse(results, status)
+        metrics.count_files(results)
+        return JSONResponse(public(results), status)
 
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
     if allowed_hosts:
