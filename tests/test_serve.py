@@ -277,8 +277,8 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
 
 
 def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_503(model_path):
-    """A request whose classification is held up does not hold up /health; with the queue full,
-    the next request is told to retry."""
+    """A large request whose classification is held up does not hold up /health; with the queue
+    full, the next request is told to retry."""
     import threading
 
     from fashionclf.checkpoint import load_checkpoint
@@ -293,11 +293,16 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
             release.wait(60)
             return super().predict(images)
 
+    from PIL import Image
+
+    from helpers import png_bytes
+
+    large = png_bytes(Image.fromarray(dataset_like_image()).resize((1500, 1000)))  # 1.5 MP: decoded in the pool
     app = create_app(Held(load_checkpoint(model_path)), Limits(concurrency=1, max_queue=1))
     with app_server(app) as url:
         answer = {}
         worker = threading.Thread(target=lambda: answer.update(r=httpx.post(
-            url + "/predict", files={"file": ("a.jpg", photo(8), "image/jpeg")}, timeout=60)))
+            url + "/predict", files={"file": ("a.png", large, "image/png")}, timeout=60)))
         worker.start()
         assert started.wait(30)
         try:
