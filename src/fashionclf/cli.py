@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an idle keep-alive connection stays open (default: 5)")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="require 'Authorization: Bearer KEY' on /predict and /model, KEY being the file's first "
+                   help="require 'Authorization: Bearer KEY' on /predict, /model and /metrics, KEY being the file's first "
                         "line (default: $FASHIONCLF_API_KEY if set, else no key)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a --host other than loopback without an API key")
