@@ -11,7 +11,8 @@ After training, on the validation split (never the test split):
    detection"): unlike the top softmax probability it keeps the logits' magnitude, which
    drops on inputs far from the training data. Measured on the strong recipe's model against
    digits, photo crops and noise converted like photos: AUROC 0.985 (energy) against 0.957
-   (top probability), 95% against 70% of them flagged at the same 95% keep rate; energy was
+   (top probability), 95% against 70% of them flagged at the same 95% keep rate (figures that
+   do not depend on the CPU; measured on a 2-core AMD EPYC Zen 4); energy was
    ahead for every model measured (``benchmarks/unknown.py``, docs/results.md).
    The threshold keeps ``KEEP`` of the validation images; below it, a prediction is "unknown".
 

@@ -95,6 +95,8 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     except Image.DecompressionBombError as exc:
         raise PhotoError(f"image is over the limit of {max_pixels:,} pixels ({exc}); downscale it first",
                          "too_large") from None
+    except PermissionError as exc:
+        raise PhotoError(f"cannot read the file ({exc.strerror})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # a damaged header, e.g. "Truncated File Read"
         raise PhotoError(f"image header is damaged or truncated ({exc})") from None
     w, h = img.size
@@ -144,11 +146,6 @@ def decode(img: Image.Image, mode: str = "L", draft_side: int = DRAFT_SIDE) -> n
         raise PhotoError(f"image data is damaged or truncated ({exc})") from None
 
 
-def to_grey(img: Image.Image) -> np.ndarray:
-    """8-bit grey of the first frame (``decode`` in mode "L")."""
-    return decode(img, "L")
-
-
 def border_value(image: np.ndarray) -> float | np.ndarray:
     """The background: the median of the outermost rows and columns (per channel for colour)."""
     edge = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
@@ -178,7 +175,7 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int
     """A photo (path, bytes or open Pillow image) -> a 28x28 uint8 image in Fashion-MNIST's
     form: light item, black background, centred, longest side 28. Raises PhotoError."""
     img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
-    grey = to_grey(img)
+    grey = decode(img, "L")
     light_background = border_value(grey) > 127
     if grey.shape == (SIZE, SIZE) and not light_background:
         return grey  # already a dataset image

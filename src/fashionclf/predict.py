@@ -122,10 +122,8 @@ def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batc
         row = Prediction(str(path))
         try:
             arrays.append(to_input(path))
-        except PhotoError as exc:
+        except PhotoError as exc:  # every failure of the conversion (photos.per_file)
             row.error = str(exc)
-        except OSError as exc:  # e.g. permission denied, a read error
-            row.error = f"cannot read the file ({exc.strerror or exc})"
         batch.append(row)
         if len(arrays) >= batch_size or len(batch) >= 4 * batch_size:
             yield from flush()
