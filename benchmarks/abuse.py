@@ -4,7 +4,8 @@ uploading the largest allowed photos, while /health and a normal photo are timed
     python benchmarks/abuse.py MODEL.pt [--slow 8] [--heavy 4] [--seconds 20]
 
 The server runs in its own process on 127.0.0.1 (default settings). ``--slow`` connections
-send a request's headers one byte a second; ``--heavy`` clients upload, in a loop, a PNG at
+send a request's headers one byte a second (the server should answer 408 and close them);
+``--heavy`` clients upload, in a loop, a PNG at
 the per-image pixel limit (25 MP, a garment on white). Meanwhile /health is requested every
 50 ms and a normal catalogue JPEG every 200 ms. Prints their latency (p50, p99, max), the
 heavy uploads answered, and the server's peak resident memory (VmHWM).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import select
 import socket
 import statistics
 import subprocess
@@ -68,17 +70,23 @@ def main() -> int:
         big, normal = largest_photo(), catalogue_photo(dataset_like_image(), np.random.default_rng(0))
         stop = time.monotonic() + args.seconds
         heavy_answers: list[int] = []
+        slow_closed: list[tuple[float, str]] = []  # (seconds after connecting, status line or "")
 
         def slow_headers():
             with socket.create_connection(("127.0.0.1", port)) as conn:
+                opened = time.monotonic()
                 for byte in b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data":
                     if time.monotonic() > stop:
                         return
                     try:
                         conn.sendall(bytes([byte]))
                     except OSError:
+                        slow_closed.append((time.monotonic() - opened, ""))
                         return
-                    time.sleep(1)
+                    if select.select([conn], [], [], 1.0)[0]:  # the server answered or closed
+                        answer = conn.recv(4096).decode(errors="replace")
+                        slow_closed.append((time.monotonic() - opened, answer.split("\r\n", 1)[0]))
+                        return
 
         def heavy():
             with httpx.Client(timeout=120) as client:
@@ -112,6 +120,11 @@ def main() -> int:
         server.wait(timeout=30)
     print(f"{args.slow} slow-header connections, {args.heavy} clients uploading {len(big):,}-byte "
           f"25 MP PNGs, {args.seconds:g} s")
+    if slow_closed:
+        print(f"slow-header connections closed by the server: {len(slow_closed)} of {args.slow}, after "
+              f"{statistics.median(t for t, _ in slow_closed):.1f} s (median), answer {slow_closed[0][1]!r}")
+    else:
+        print(f"slow-header connections closed by the server: 0 of {args.slow}")
     print(f"/health: {len(health)} requests, p50 {percentile(health, 50):.1f} ms, p99 {percentile(health, 99):.1f} ms, "
           f"max {max(health):.1f} ms")
     print(f"normal photo: {len(photo)} requests, p50 {percentile(photo, 50):.1f} ms, p99 {percentile(photo, 99):.1f} ms, "

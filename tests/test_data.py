@@ -146,6 +146,24 @@ def test_download_refuses_a_gzip_bomb_before_it_fills_memory(http_server, tmp_pa
     assert not (dest / f"{name}.gz").exists()
 
 
+def test_download_goes_on_to_the_next_mirror_and_prefers_https(http_server, tmp_path):
+    """An unreachable mirror and one serving wrong bytes are passed over; nothing of theirs is kept."""
+    root, url = http_server
+    make_dataset(root)
+    sums = {name: hashlib.sha256(read_bytes(root / f"{name}.gz")).hexdigest() for name in FILES.values()}
+    bad = root / "bad"
+    bad.mkdir()
+    for name in FILES.values():
+        (bad / f"{name}.gz").write_bytes(b"not the data")
+    dest = data.download_data(tmp_path / "cache", base_url=("http://127.0.0.1:9/", url + "bad/", url),
+                              checksums=sums, timeout=5)
+    assert len(load_dataset(dest, verify=False).train.labels) == 400
+    assert data.DOWNLOAD_URLS[0].startswith("https://")
+    with pytest.raises(DataError, match=r"cannot download http://127.0.0.1:9/.*; .*bad/.*does not match"):
+        data.download_data(tmp_path / "c2", base_url=("http://127.0.0.1:9/", url + "bad/"), checksums=sums,
+                           timeout=5)
+
+
 def test_download_unreachable_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="cannot download http://127.0.0.1:9/"):
         data.download_data(tmp_path / "c", base_url="http://127.0.0.1:9/", timeout=5)

@@ -2,7 +2,9 @@
 in headless Chromium."""
 
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,14 +230,14 @@ def test_several_worker_processes_answer_alike(model_path):
 
 
 @contextmanager
-def app_server(app):
+def app_server(app, **config):
     """A real uvicorn server for ``app`` in a thread, on a free port; yields its URL."""
     import threading
 
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -360,6 +362,87 @@ def test_a_stalled_body_gets_408_and_frees_the_request(model_path):
             answer = conn.recv(4096).decode()  # the client sends nothing more
         assert answer.startswith("HTTP/1.1 408") and "stalled" in answer
         assert httpx.get(url + "/health").status_code == 200
+
+
+def _read_answer(conn) -> str:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            re.search(rb"content-length: (\d+)", data, re.I).group(1)):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def multipart_body(name: str, data: bytes) -> bytes:
+    """A one-file multipart body with boundary B, to send by hand."""
+    return (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"%s\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n%s\r\n--B--\r\n" % (name.encode(), data))
+
+
+def test_slow_request_headers_get_408_and_free_the_connection(model_path, monkeypatch):
+    import socket
+
+    from fashionclf.inference import load_classifier
+    from fashionclf.serve import HEADER_TIMEOUT_ENV, HeaderDeadline, Limits, create_app
+
+    monkeypatch.setenv(HEADER_TIMEOUT_ENV, "0.5")
+    app = create_app(load_classifier(model_path, "torch"), Limits())
+    with app_server(app, http=HeaderDeadline) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        with socket.create_connection(address, timeout=30) as conn:  # headers never finished
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            assert _read_answer(conn).startswith("HTTP/1.1 408")
+            assert conn.recv(1) == b""  # and the connection is closed
+        with socket.create_connection(address, timeout=30) as conn:  # the second request of a connection
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _read_answer(conn).startswith("HTTP/1.1 200")
+            conn.sendall(b"GET /health HTTP/1.1\r\n")
+            assert _read_answer(conn).startswith("HTTP/1.1 408")
+        with socket.create_connection(address, timeout=30) as conn:  # prompt headers, slower body: fine
+            body = multipart_body("a.jpg", photo())
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=B\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(1.0)
+            conn.sendall(body)
+            answer = _read_answer(conn)
+            assert answer.startswith("HTTP/1.1 200") and json.loads(answer.split("\r\n\r\n", 1)[1])[0]["label"]
+
+
+def test_sigterm_lets_the_request_in_flight_finish(model_path):
+    import signal
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(model_path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = multipart_body("a.jpg", photo())
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=B\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:100])
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)  # while the body is still coming
+            time.sleep(0.5)
+            conn.sendall(body[100:])
+            answer = _read_answer(conn)
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert json.loads(answer.split("\r\n\r\n", 1)[1])[0]["label"] in CLASSES
+        # uvicorn shuts down cleanly, then re-raises the signal, as a process stopped by it should
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Finished server process" in proc.stdout.read()
+        with pytest.raises(httpx.ConnectError):  # and it no longer takes new connections
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_http_hygiene_docs_off_host_checked_nosniff_and_a_policy_the_page_lives_with(server, model_path):

@@ -30,6 +30,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type for time limits: a usage error for 0, negatives, NaN or non-numbers."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
 def cmd_data(args) -> int:
     from .sources import PHOTO_VERIFICATION, describe
 
@@ -129,7 +140,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
-          args.timeout_keep_alive, args.docs, args.api_key_file, args.insecure)
+          args.timeout_keep_alive, args.docs, args.api_key_file, args.insecure, args.header_timeout)
     return 0
 
 
@@ -200,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.add_argument("--limit-concurrency", type=positive_int, default=256, metavar="N",
                    help="connections and requests at once per worker process; beyond, 503 (default: 256)")
-    p.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
+    p.add_argument("--timeout-keep-alive", type=seconds, default=5.0, metavar="S",
                    help="seconds an idle keep-alive connection stays open (default: 5)")
+    p.add_argument("--header-timeout", type=seconds, default=10.0, metavar="S",
+                   help="seconds a client has to send a request's headers; then 408 (default: 10)")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="require 'Authorization: Bearer KEY' on /predict, /model and /metrics, KEY being the file's first "

@@ -80,7 +80,13 @@ SHA256: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
-DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Tried in order for each file. The project's own repository serves the same .gz files over
+# HTTPS; the official S3 website endpoint is plain HTTP only. Either way a file is kept only when
+# its decompressed bytes match SHA256, so the HTTP fallback cannot slip in other data.
+DOWNLOAD_URLS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHIONCLF_DATA"
 
@@ -154,35 +160,50 @@ MAX_DECOMPRESSED = {name: 47_040_016 if "images" in name and name.startswith("tr
 
 def download_data(
     dest: Path,
-    base_url: str = DOWNLOAD_URL,
+    base_url: str | tuple[str, ...] = DOWNLOAD_URLS,
     checksums: dict[str, str] = SHA256,
     timeout: float = 60.0,
 ) -> Path:
-    """Download the four .gz files into ``dest``, verifying each before it is kept.
+    """Download the four .gz files into ``dest``, verifying each before it is kept; each file
+    comes from the first of the ``base_url`` mirrors that delivers it intact.
 
     Each file is read up to its known size (``MAX_COMPRESSED``), decompressed as a stream up to
     its known size (``MAX_DECOMPRESSED``) while it is hashed, and written atomically only when
     the hash matches: an interrupted or hostile download never leaves a file where the search
     would find it, nor exhausts memory.
     """
+    mirrors = (base_url,) if isinstance(base_url, str) else tuple(base_url)
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():
         target = dest / f"{name}.gz"
         if target.is_file():
             continue
-        url = f"{base_url.rstrip('/')}/{name}.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                data = response.read(MAX_COMPRESSED + 1)
-        except (urllib.error.URLError, OSError) as exc:
-            raise DataError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-        if len(data) > MAX_COMPRESSED:
-            raise DataError(f"{url}: over {MAX_COMPRESSED:,} bytes, larger than any Fashion-MNIST file; not used")
-        actual = streamed_sha256(data, MAX_DECOMPRESSED[name], url)
-        if actual != checksums[name]:
-            raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksums[name]}")
-        write_bytes_atomic(target, data)
+        failures = []
+        for mirror in mirrors:
+            try:
+                write_bytes_atomic(target, _fetch_verified(f"{mirror.rstrip('/')}/{name}.gz", name, checksums[name],
+                                                           timeout))
+                break
+            except DataError as exc:
+                failures.append(str(exc))
+        else:
+            raise DataError("; ".join(failures))
     return dest
+
+
+def _fetch_verified(url: str, name: str, checksum: str, timeout: float) -> bytes:
+    """The bytes at ``url`` when they are the published file ``name``; DataError otherwise."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read(MAX_COMPRESSED + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+    if len(data) > MAX_COMPRESSED:
+        raise DataError(f"{url}: over {MAX_COMPRESSED:,} bytes, larger than any Fashion-MNIST file; not used")
+    actual = streamed_sha256(data, MAX_DECOMPRESSED[name], url)
+    if actual != checksum:
+        raise DataError(f"{url}: SHA-256 {actual} does not match the published {checksum}")
+    return data
 
 
 def streamed_sha256(raw: bytes, limit: int, source) -> str:

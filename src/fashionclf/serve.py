@@ -71,6 +71,60 @@ class Limits:
     inline_pixels: int = 1_000_000
 
 
+HEADER_TIMEOUT_ENV = "FASHIONCLF_HEADER_TIMEOUT"
+HEADER_TIMEOUT = 10.0  # seconds for a request's headers; browsers and clients send them at once
+
+
+def _http_protocol():
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when installed, else h11
+
+    return AutoHTTPProtocol
+
+
+class HeaderDeadline(_http_protocol()):
+    """uvicorn's HTTP protocol with a deadline on request headers: when a request's headers are
+    not complete ``$FASHIONCLF_HEADER_TIMEOUT`` seconds (default 10) after the connection opened
+    or the previous answer went out, the client gets 408 and the connection is closed. uvicorn
+    has no such limit, so each slow-header client would hold a connection slot for ever."""
+
+    _timer = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._waiting_for = self.cycle  # a new cycle appears once the next request's headers are in
+        self._timer = self.loop.call_later(float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT)), self._late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._timer is not None and self.cycle is not self._waiting_for:
+            self._timer.cancel()
+            self._timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
+
+    def _late(self) -> None:
+        self._timer = None
+        idle = self.cycle is None or self.cycle.response_complete
+        if self.cycle is self._waiting_for and idle and not self.transport.is_closing():
+            body = b'{"detail":"the request headers took too long; send them at once"}'
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a request body over ``limit`` bytes, judged from
     Content-Length when given and by counting otherwise, before the form parser sees it; 408
@@ -411,10 +465,11 @@ def app_from_env():
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
           workers: int = 1, access_log: bool = False, limit_concurrency: int = 256,
           timeout_keep_alive: float = 5.0, docs: bool = False, api_key_file: str | None = None,
-          insecure: bool = False) -> None:
+          insecure: bool = False, header_timeout: float = HEADER_TIMEOUT) -> None:
     """Run the service. ``limit_concurrency``: connections and requests at once per worker
     process before uvicorn answers 503 (slow or idle clients cannot pile up without bound);
-    ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open."""
+    ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open;
+    ``header_timeout``: seconds a client has to send a request's headers (then 408)."""
     import uvicorn
 
     load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
@@ -425,7 +480,8 @@ def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, b
     if key is not None:
         os.environ[API_KEY_ENV] = key  # for the worker processes
     os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers),
-                      FASHIONCLF_HOST=host, FASHIONCLF_DOCS="1" if docs else "0")
+                      FASHIONCLF_HOST=host, FASHIONCLF_DOCS="1" if docs else "0",
+                      **{HEADER_TIMEOUT_ENV: str(header_timeout)})
     uvicorn.run("fashionclf.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 access_log=access_log, log_level="info", limit_concurrency=limit_concurrency,
-                timeout_keep_alive=timeout_keep_alive)
+                timeout_keep_alive=timeout_keep_alive, http=HeaderDeadline)
