@@ -118,6 +118,9 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    from fashionclf.device import cpu_info
+
+    print(f"CPU: {cpu_info()['label']}")
     print(f"{args.slow} slow-header connections, {args.heavy} clients uploading {len(big):,}-byte "
           f"25 MP PNGs, {args.seconds:g} s")
     if slow_closed:

@@ -40,16 +40,8 @@ REFERENCE_ACCURACY = 0.9184  # the one-block reference program's published test 
 
 
 def machine() -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from fashionclf.device import cpu_info
+
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("onnxruntime", "torchvision", "numpy"):
         try:
@@ -57,10 +49,8 @@ def machine() -> dict:
         except ImportError:
             pass
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        **cpu_info(),
         "torch_threads": torch.get_num_threads(),
-        "flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "versions": versions,
     }
@@ -123,8 +113,7 @@ def report(r: dict) -> str:
     m = r["machine"]
     lines = ["# fashionclf benchmark", "", "All figures below come from this one run on this one machine"
              + (f"; sections skipped: {', '.join(r['skipped'])}." if r.get("skipped") else "."), "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
-             f"flags {' '.join(m['flags'])}, torch CPU capability {m['torch_cpu_capability']}; "
+             f"Machine: {m['label']}, torch threads {m['torch_threads']}, torch CPU capability {m['torch_cpu_capability']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     keras = r.get("keras", {})
     if "skipped" in keras:

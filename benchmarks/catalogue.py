@@ -41,6 +41,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     args = parser.parse_args()
     clean, photos, labels = photo_set(args.images)
+    from fashionclf.device import cpu_info
+
+    print(f"CPU: {cpu_info()['label']}")
     print(f"| model | clean | catalogue photos | ratio |  ({args.images} test images)\n|---|---|---|---|")
     for model in args.models:
         clf = load_classifier(model, "torch")

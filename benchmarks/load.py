@@ -174,12 +174,14 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    result = {"model": args.model, "backend": args.backend, "workers": args.workers, "cores": os.cpu_count(),
+    from fashionclf.device import cpu_info
+
+    result = {"model": args.model, "backend": args.backend, "workers": args.workers, "cpu": cpu_info(),
               "jpeg_bytes_median": int(statistics.median(len(p) for p in jpegs[: args.photos])),
               "levels": levels,
               "batch_tagging": batch_tagging(args.model, jpegs[: args.batch_files]) if args.batch_files else []}
     print(f"`python benchmarks/load.py {args.model} --workers {args.workers} --backend {args.backend}` "
-          f"({os.cpu_count()} cores, JPEGs of median {result['jpeg_bytes_median']:,} bytes)\n")
+          f"({cpu_info()['label']}; JPEGs of median {result['jpeg_bytes_median']:,} bytes)\n")
     print("| clients | requests | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for r in levels:

@@ -113,6 +113,9 @@ def main() -> int:
     if args.convert:
         summary["conversion"] = conversion_speed(args.convert)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from fashionclf.device import cpu_info
+
+    print(f"CPU: {cpu_info()['label']}")
     print("| start | seed | test acc | train s | test photos flagged unknown | far-OOD AUROC | far-OOD flagged |"
           " val ECE before / after |\n|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():

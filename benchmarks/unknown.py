@@ -35,6 +35,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
+    from fashionclf.device import cpu_info
+
+    print(f"CPU: {cpu_info()['label']}")
     print("| model | score | test flagged | far-OOD AUROC | far-OOD flagged | near-OOD AUROC | near-OOD flagged |\n"
           "|---|---|---|---|---|---|---|")
     far_images = np.concatenate(list(ood.far_ood_images().values()))

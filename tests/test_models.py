@@ -79,3 +79,44 @@ def test_onnx_export_matches_torch(name, tta):
         p_onnx = onnx_clf.predict_proba(batch)
         assert p_onnx.shape == (len(batch), 3)
         np.testing.assert_allclose(p_onnx, p_torch[: len(batch)], atol=PARITY_TOLERANCE)
+
+
+def test_a_checkpoint_is_exported_to_onnx_once_and_read_back_after(tmp_path, monkeypatch):
+    """The ONNX backend keeps the exported graph beside the checkpoint, keyed by its bytes:
+    a second start reads it instead of exporting; a changed checkpoint is exported anew and
+    the old graph removed; a folder that cannot be written to still serves."""
+    import os
+
+    import numpy as np
+
+    from fashionclf import export
+    from fashionclf.inference import load_classifier
+    from helpers import save_untrained_checkpoint
+
+    path = save_untrained_checkpoint(tmp_path / "model.pt")
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    first = load_classifier(path, "onnx").predict_proba(images)
+    cached = list(tmp_path.glob(".model.*.onnx"))
+    assert len(cached) == 1
+
+    def no_export(ckpt):
+        raise AssertionError("exported again")
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "onnx_bytes", no_export)
+        np.testing.assert_array_equal(load_classifier(tmp_path, "onnx").predict_proba(images), first)  # the run folder too
+
+    save_untrained_checkpoint(path, classes=["a", "b"])  # the same name, other weights and classes
+    assert load_classifier(path, "onnx").predict_proba(images).shape == (4, 2)
+    assert [p.name for p in tmp_path.glob(".model.*.onnx")] != [cached[0].name]
+    assert len(list(tmp_path.glob(".model.*.onnx"))) == 1
+
+    for p in tmp_path.glob(".model.*.onnx"):
+        p.unlink()
+
+    def read_only(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(export, "write_bytes_atomic", read_only)  # as in a folder this user cannot write to
+    assert load_classifier(path, "onnx").predict_proba(images).shape == (4, 2)
+    assert not list(tmp_path.glob(".model.*.onnx"))

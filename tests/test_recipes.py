@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from fashionclf.cli import main
-from fashionclf.config import TrainConfig, resolve_config
+from fashionclf.checkpoint import load_checkpoint
+from fashionclf.config import TrainConfig, parse_duration, resolve_config
+from fashionclf.errors import UsageError
 from fashionclf.recipes import RECIPES
 from fashionclf.train import learning_rate
 from fashionclf.transforms import augment
@@ -99,6 +101,21 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
         results[args[-1]] = [(r["label"], round(r["confidence"], 4)) for r in rows]
     assert results["torch"] == results[str(out / "model.onnx")] == results["onnx"]
 
+    # int8: calibrated on training images, compared on test, taken by predict like any ONNX file
+    assert main(["export", str(out / "model.pt"), "--int8", "--data-dir", str(tiny_data), "--no-verify",
+                 "--calibration-images", "200"]) == 0
+    report = capsys.readouterr().out
+    assert "calibrated on 200 training images" in report and "test accuracy on 100 images: fp32" in report
+    import onnx
+
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DequantizeLinear") >= ops.count("Conv") > 0  # every convolution's weights and input in int8
+    assert {i.data_type for i in graph.initializer} >= {onnx.TensorProto.INT8}
+    assert main(["predict", str(out / "model.int8.onnx"), str(folder), "--format", "json"]) == 0
+    int8 = [r["label"] for r in json.loads(capsys.readouterr().out)]
+    assert sum(a == b for a, (b, _) in zip(int8, results["torch"])) >= 9
+
 
 def test_recipes_command_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
@@ -123,11 +140,55 @@ def test_onnx_file_not_from_fashionclf_and_torch_backend_on_onnx_are_usage_error
     assert "needs the model.pt" in capsys.readouterr().err
 
 
-def test_strong_recipe_epochs_follow_the_training_precision():
-    fp32 = resolve_config(TrainConfig(recipe="strong", precision="fp32", device="cpu"))
-    bf16 = resolve_config(TrainConfig(recipe="strong", precision="bf16", device="cpu"))
-    assert bf16.epochs > fp32.epochs > 1  # bf16 steps are cheaper: more of them in the same time
-    assert resolve_config(TrainConfig(recipe="strong", epochs=3)).epochs == 3
+def test_the_strong_recipe_is_sized_in_time_and_epochs_given_override_it():
+    assert resolve_config(TrainConfig(recipe="strong")).time_budget == "10m"
+    given = resolve_config(TrainConfig(recipe="strong", epochs=3))
+    assert (given.epochs, given.time_budget) == (3, None)
+    assert resolve_config(TrainConfig(recipe="strong", time_budget="90s")).time_budget == "90s"
+    with pytest.raises(UsageError, match="both fix the length of training; give one"):
+        resolve_config(TrainConfig(recipe="strong", epochs=3, time_budget="90s"))
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1h30m", 5400), ("45", 45), ("2.5m", 150),
+                                           (" 1H ", 3600)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10 x", "0s", "-5m", "m"])
+def test_bad_durations_are_usage_errors_with_examples(text):
+    with pytest.raises(UsageError, match="--time-budget"):
+        parse_duration(text)
+
+
+def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
+    from fashionclf.train import BUDGET_MARGIN, epochs_that_fit
+
+    # 600 s: 10 s gone, 40 s of final evaluation, 20 s epochs -> (552 - 50) // 20 = 25
+    assert BUDGET_MARGIN == 0.92 and epochs_that_fit(600, 10, 20, 40) == 25
+    assert epochs_that_fit(600, 10, 20, 40, head_epochs=6) == 19
+    assert epochs_that_fit(30, 10, 20, 40) == 1  # too small a budget still trains (and the log warns)
+
+
+def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_data, tmp_path):
+    """The steps timed for the budget leave the run alone: the same seed with the recorded
+    --epochs gives the same weights; config.json, metrics.json and the log say what was planned."""
+    from fashionclf.train import fit
+
+    base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
+                seed=3, ema=0.9, augment="flip,erase")
+    lines = []
+    fit(TrainConfig(**base, time_budget="8s", out=str(tmp_path / "budget")), log=lines.append)
+    config = json.loads((tmp_path / "budget" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    epochs = config["epochs"]
+    assert config["time_budget"] == "8s" and metrics["time_budget"]["epochs"] == epochs == metrics["total_epochs"]
+    assert any(f"repeat with --epochs {epochs}" in line for line in lines)
+    assert any(line.startswith("run took") and "of its 8 s budget" in line for line in lines)
+    fit(TrainConfig(**base, epochs=epochs, out=str(tmp_path / "again")), log=lambda *_: None)
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
 
 
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):

@@ -42,11 +42,15 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     save_torch_atomic(ckpt, path)
 
 
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path``, or the model.pt in it when it is a run directory."""
+    path = Path(path)
+    return path / "model.pt" if path.is_dir() and (path / "model.pt").is_file() else path
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint file (or the model.pt of a run directory), checked for format and version."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.pt").is_file():
-        path = path / "model.pt"
+    path = checkpoint_file(path)
     ckpt = safe_torch_load(path, "checkpoint", "pass the model.pt written by 'fashionclf train'")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path}: not a fashionclf checkpoint (no '{FORMAT}' marker)")

@@ -63,9 +63,14 @@ class TrainConfig:
                                   "a model with pretrained weights defaults to its first named weights")
     image_size: int | None = setting(None, "input side after resizing the 28x28 images (default: the model's)",
                                      kind=int, minimum=1)
-    epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase",
+    epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase; given, it overrides a time budget",
                                  "the reference programs' budget; the best epoch by val accuracy is kept",
                                  minimum=1, flags=("--finetune-epochs",))
+    time_budget: str | None = setting(None, "train within this wall-clock time, final evaluation included, e.g. "
+                                      "90s, 10m, 1h30m: a few timed steps fix the number of epochs, which "
+                                      "config.json records (repeat the run with --epochs N)",
+                                      "none: epochs decide; the strong recipe says 10m, so it ends in time on any "
+                                      "CPU")
     batch_size: int | None = setting(32, "images per optimizer step", "Keras' default, used by both references",
                                      minimum=1)
     lr: float | None = setting(1e-3, "peak learning rate of the main (fine-tuning) phase",
@@ -189,7 +194,6 @@ def parse_augment(spec: str | None) -> list[str]:
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill every unset setting: the flag if given, else the recipe, else the model's default,
     else the table's default; then check the result (``validate_config``)."""
-    from .device import autocast_dtype, resolve_device
     from .models import get_model_entry
 
     if config.recipe is not None and config.recipe not in RECIPES:
@@ -202,12 +206,31 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     weights = given.get("weights") or recipe.get("weights") or (entry.weights[0] if entry.weights else "none")
     layers = {**base, "image_size": entry.input_size, **entry.train_defaults(weights), **recipe,
               "model": model, "weights": weights}
+    if "epochs" in given and "time_budget" in given:
+        raise UsageError(f"--epochs {given['epochs']} and --time-budget {given['time_budget']} both fix the length "
+                         "of training; give one")
+    if "epochs" in given:  # epochs given on the command line beat a recipe's time budget
+        layers["time_budget"] = None
     resolved = TrainConfig(**{**layers, **given})
-    if isinstance(resolved.epochs, dict):  # a recipe sized in time: epochs per training precision
-        fast_arithmetic = autocast_dtype(resolved.precision, resolve_device(resolved.device)) is not None
-        resolved.epochs = resolved.epochs["bf16" if fast_arithmetic else "fp32"]
     validate_config(resolved)
     return resolved
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``"90s"``, ``"10m"``, ``"1h30m"``, ``"45"`` (seconds) -> seconds; None stays None."""
+    if text is None:
+        return None
+    import re
+
+    spec = str(text).strip().lower()
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", spec)
+    if not spec or match is None:
+        raise UsageError(f"--time-budget takes a duration such as 90s, 10m or 1h30m, got {text!r}")
+    hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+    seconds = 3600 * hours + 60 * minutes + secs
+    if seconds <= 0:
+        raise UsageError(f"--time-budget must be longer than 0, got {text!r}")
+    return seconds
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -232,6 +255,7 @@ def validate_config(config: TrainConfig) -> None:
         raise UsageError(f"--test-fraction must be in (0, 1) and leave photos to train on beside --val-fraction, "
                          f"got {config.test_fraction} and {config.val_fraction}")
     parse_augment(config.augment)
+    parse_duration(config.time_budget)
     if not (config.lr > 0 and config.head_lr > 0):
         raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")
     if config.unfreeze != "all" and not (str(config.unfreeze).isdigit() and int(config.unfreeze) > 0):

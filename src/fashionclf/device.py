@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -28,12 +29,37 @@ def native_bf16(device: torch.device) -> bool:
     them bf16 is emulated and slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_info()["flags"]))
+
+
+# The extensions that decide how fast these networks train and run on a CPU.
+ISA_NAMES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI",
+             "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_info() -> dict:
+    """This machine's CPU: model name, family/model numbers (two "AMD EPYC" can be Zen 3 or
+    Zen 4), cores, and which of ``ISA_NAMES`` it has; ``label`` says it in one line, for every
+    published figure (the same run is 2-3x slower on one kind than another)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        pass
+    import platform
+
+    flags = [name for name in ISA_NAMES if name in fields.get("flags", "").split()]
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
+    isa = " ".join(ISA_NAMES[f] for f in flags if f != "fma") or "no AVX2"
+    return {"cpu": name, "family": fields.get("cpu family"), "model": fields.get("model"), "cores": os.cpu_count(),
+            "flags": flags, "label": f"{name}{numbers}, {os.cpu_count()} cores, {isa}"}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -6,6 +6,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -170,6 +171,21 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     return {k: str(v) for k, v in paths.items()}
 
 
+def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verify: bool = True,
+                          log: Callable[[str], None] | None = print):
+    """The data a checkpoint was trained on (or ``data``), split as its run split it (seed,
+    fractions), converted for its input and labelled in its class order."""
+    from .config import TrainConfig
+    from .sources import as_list, is_fashion_mnist, load_data, relabel
+
+    config = TrainConfig.from_dict(ckpt["config"])
+    sources = as_list(data) or config.data
+    subset = ckpt["class_indices"] if is_fashion_mnist(sources) else None  # photos: every class the data has
+    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=log,
+                        preprocessing=ckpt["preprocessing"])
+    return relabel(dataset, ckpt["classes"])
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
                         data: list[str] | str | None = None, verify: bool = True, device: str = "auto",
                         tta: str | None = None, score_train: bool = False) -> dict:
@@ -184,7 +200,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .config import SPLITS, TTA_CHOICES, TrainConfig
     from .data import make_splits
-    from .sources import as_list, is_fashion_mnist, load_data, relabel
     from .device import resolve_device
     from .errors import UsageError
 
@@ -197,11 +212,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     config = TrainConfig.from_dict(ckpt["config"])
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    sources = as_list(data) or config.data
-    subset = ckpt["class_indices"] if is_fashion_mnist(sources) else None  # photos: every class the data has
-    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=print,
-                        preprocessing=ckpt["preprocessing"])
-    dataset = relabel(dataset, ckpt["classes"])
+    dataset = dataset_of_checkpoint(ckpt, data, verify)
     data = make_splits(dataset, config.val_fraction, config.seed)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
     results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}

@@ -11,6 +11,7 @@ preprocessing, model name, test accuracy) travel in the file's metadata under "f
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, model_info
+from . import __version__
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, model_info
 from .contract import ServingNet, source_shape, temperature_of
+from .errors import UsageError
 from .fileio import write_bytes_atomic
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
@@ -45,6 +48,33 @@ def onnx_bytes(ckpt: dict) -> bytes:
     entry.key, entry.value = METADATA_KEY, json.dumps(model_info(ckpt))
     proto.producer_name = "fashionclf"
     return proto.SerializeToString()
+
+
+def cached_onnx_bytes(checkpoint: str | os.PathLike) -> bytes:
+    """The checkpoint's ONNX graph, exported once and then read from a file beside it,
+    ``.<name>.<key>.onnx``, the key being a hash of the checkpoint's bytes, the fashionclf
+    version and the opset (a changed checkpoint or fashionclf exports anew; older cache files
+    of the same checkpoint name are removed). Exporting takes seconds to minutes, reading
+    milliseconds: this is what lets ``serve`` and ``predict --backend onnx`` start at once.
+    A folder that cannot be written to only means exporting every time."""
+    path = checkpoint_file(checkpoint)
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return onnx_bytes(load_checkpoint(path))  # load_checkpoint says what is wrong, in one line
+    key = hashlib.sha256(raw + f"fashionclf {__version__} opset {OPSET}".encode()).hexdigest()[:16]
+    cache = path.parent / f".{path.stem}.{key}.onnx"
+    if cache.is_file():
+        return cache.read_bytes()
+    data = onnx_bytes(load_checkpoint(path))
+    try:
+        write_bytes_atomic(cache, data)
+        for stale in path.parent.glob(f".{path.stem}.*.onnx"):
+            if stale != cache:
+                stale.unlink(missing_ok=True)
+    except (OSError, UsageError):
+        pass
+    return data
 
 
 def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:

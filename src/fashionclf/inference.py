@@ -170,11 +170,11 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
         if not path.is_file():
             raise UsageError(f"ONNX model {path} not found; write one with 'fashionclf export MODEL.pt'")
         return OnnxClassifier(path.read_bytes(), threads)
-    ckpt = load_checkpoint(path)
     if backend == "onnx":
-        from .export import onnx_bytes
+        from .export import cached_onnx_bytes
 
-        return OnnxClassifier(onnx_bytes(ckpt), threads)
+        return OnnxClassifier(cached_onnx_bytes(path), threads)
+    ckpt = load_checkpoint(path)
     if threads:
         torch.set_num_threads(threads)
     return TorchClassifier(ckpt, device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
@@ -34,10 +35,10 @@ from tqdm import tqdm
 
 from . import __version__, ood
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import TrainConfig, parse_augment, resolve_config
+from .config import TrainConfig, parse_augment, parse_duration, resolve_config
 from .contract import eval_batch, predict_logits, preprocess
 from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, cpu_info, resolve_device
 from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logits, write_evaluation
 from .fileio import write_bytes_atomic, write_json
 from .errors import TrainingDiverged, UsageError
@@ -196,6 +197,8 @@ class Run:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     start_epoch: int = 1
+    started: float = field(default_factory=time.perf_counter)  # this process's start of the run
+    budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -250,6 +253,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         run.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         run.history, run.best, run.start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
+        run.budget = state.get("budget")
         log(f"resuming {run.out} at epoch {run.start_epoch} of {run.total_epochs}")
     run.out.mkdir(parents=True, exist_ok=True)
     for stale in run.out.glob(".*.tmp"):  # left by a process killed mid-write (fileio.write_atomic's names)
@@ -258,8 +262,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     data = run.data
     log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
         f"{config.image_size}x{config.image_size} input, {len(dataset.classes)} classes, "
-        f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {device}, "
-        f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}")
+        f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {device}"
+        f"{' (' + cpu_info()['label'] + ')' if device.type == 'cpu' else ''}, {torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}")
     return run
 
 
@@ -384,7 +388,7 @@ def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, se
         save_checkpoint(run.checkpoint(run.evaluated, epoch=epoch), run.out / "model.pt")
     save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
                                    generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
-                                   history=run.history, best=run.best,
+                                   history=run.history, best=run.best, budget=run.budget,
                                    **({"ema": run.ema.state_dict()} if run.ema is not None else {})),
                     run.out / "last.pt")
     run.log(f"epoch {epoch:>3}/{run.total_epochs} {phase:<8} train loss {stats['loss']:.4f} acc {stats['acc']:.4f}"
@@ -403,6 +407,86 @@ def write_history(history: list[dict], path: Path) -> None:
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
+# ---------------------------------------------------------------- a time budget
+
+BUDGET_WARMUP_STEPS = 3  # not timed: the first steps build the CPU kernels and warm the caches
+BUDGET_TIMED_STEPS = 10  # about 1-2 s of a strong-recipe run; the mean of 10 steps varies by a few %
+# Plan to end at 92% of the budget: over a whole run, steps took up to 7% longer than the
+# timed ones (2-core AMD EPYC Zen 4, strong recipe: 45 ms against 42 ms), and the process's
+# start-up (imports) comes before the budget's clock starts.
+BUDGET_MARGIN = 0.92
+# The final evaluation: train, val and test images, plus up to ~5,000 non-garment and held-out
+# images for the unknown threshold; then plots, report and checkpoint saves, measured at
+# 3-4 s on 2 cores (AMD EPYC Zen 4), so 5 s.
+FINISH_EXTRA_IMAGES = 5000
+FINISH_FIXED_SECONDS = 5.0
+
+
+def time_steps(run: Run) -> dict:
+    """Seconds per optimizer step of the main phase and per evaluated image, measured on copies
+    of the model and optimizer with their own random generator, so the run itself (weights,
+    batch order, augmentation draws) is exactly as if it had been started with ``--epochs``."""
+    config = run.config
+    model = copy.deepcopy(run.model)
+    trial = dataclasses.replace(run, model=model, optimizer=make_optimizer(config, model),
+                                ema=make_ema(model, config.ema) if config.ema else None,
+                                generator=torch.Generator().manual_seed(config.seed + 1), log=lambda _: None)
+    rng = torch.get_rng_state()
+    try:
+        phase = start_phase(trial, phase_of(config, config.head_epochs + 1)[0])
+        step = dataclasses.replace(phase.step, lr_at=lambda _: 0.0)  # the same arithmetic, weights left alone
+        bs = config.batch_size
+
+        def steps(n: int) -> tuple[int, float]:
+            n = min(n * bs, len(phase.inputs))
+            t0 = time.perf_counter()
+            train_one_epoch(step, phase.inputs[:n], phase.labels[:n], bs, trial.generator, "timing")
+            return math.ceil(n / bs), time.perf_counter() - t0
+
+        steps(BUDGET_WARMUP_STEPS)
+        count, seconds = steps(BUDGET_TIMED_STEPS)
+        images = run.data.val_x if len(run.data.val_x) else run.data.train_x
+        images, classes = images[:1024], run.dataset.classes
+        labels = torch.zeros(len(images), dtype=torch.long)
+        evaluate(trial.evaluated, images[:128], labels[:128], classes, run.preprocessing, "val", run.device)
+        t0 = time.perf_counter()
+        evaluate(trial.evaluated, images, labels, classes, run.preprocessing, "val", run.device)
+        return {"step_seconds": seconds / count, "image_seconds": (time.perf_counter() - t0) / len(images)}
+    finally:
+        torch.set_rng_state(rng)
+
+
+def epochs_that_fit(budget: float, spent: float, epoch: float, final: float, head_epochs: int = 0) -> int:
+    """Main-phase epochs that end, with ``head_epochs`` before them (counted at a main epoch's
+    cost, an upper bound) and the final evaluation after, by ``BUDGET_MARGIN`` of ``budget``
+    seconds, ``spent`` of which are gone; at least 1."""
+    return max(1, int((BUDGET_MARGIN * budget - spent - final) // epoch) - head_epochs)
+
+
+def plan_epochs(run: Run) -> None:
+    """``--time-budget``: time a few steps, fix ``run.config.epochs`` (so the one-cycle schedule
+    spans exactly the steps that will run), record it in config.json and the plan in ``run.budget``."""
+    config, data = run.config, run.data
+    budget = parse_duration(config.time_budget)
+    speed = time_steps(run)
+    steps = math.ceil(len(data.train_y) / config.batch_size)
+    epoch = speed["step_seconds"] * steps + speed["image_seconds"] * len(data.val_y)
+    final = speed["image_seconds"] * (len(data.train_y) + len(data.val_y) + len(data.test_y) + FINISH_EXTRA_IMAGES) \
+        + FINISH_FIXED_SECONDS
+    spent = time.perf_counter() - run.started
+    epochs = epochs_that_fit(budget, spent, epoch, final, config.head_epochs)
+    planned = spent + (config.head_epochs + epochs) * epoch + final
+    run.config = dataclasses.replace(config, epochs=epochs)
+    write_json(dataclasses.asdict(run.config), run.out / "config.json")
+    run.budget = {"budget_seconds": budget, "spent_before_training": spent, **speed, "steps_per_epoch": steps,
+                  "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs, "planned_seconds": planned}
+    run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
+            f"{steps} steps + {speed['image_seconds'] * len(data.val_y):.1f} s validation = {epoch:.1f} s per "
+            f"epoch; final evaluation ~{final:.0f} s; {config.head_epochs + epochs} epochs, planned to end at "
+            f"{planned:.0f} s (repeat with --epochs {epochs})"
+            + (f"; warning: even 1 epoch needs about {planned:.0f} s" if planned > budget else ""))
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -414,7 +498,11 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     stop once that epoch's checkpoints are written, as an interruption would (no final
     evaluation; continue with ``resume``); returns ``{"stopped_after_epoch": N}``.
     """
+    started = time.perf_counter()
     run = start_run(config, resume, log)
+    run.started = started
+    if run.config.time_budget and resume is None:
+        plan_epochs(run)
     phase = None
     for epoch in range(run.start_epoch, run.total_epochs + 1):
         t0 = time.perf_counter()  # a phase's one-off feature extraction counts in its first epoch
@@ -439,6 +527,9 @@ def finish_run(run: Run) -> dict:
     unknown = calibrate_run(run, model, best_ckpt["preprocessing"], results)
     metrics = run_metrics(run, model, results, overfit)
     metrics["unknown"] = unknown
+    metrics["run_seconds"] = time.perf_counter() - run.started  # this process: data, training, evaluation
+    if run.budget is not None:
+        metrics["time_budget"] = run.budget
     save_checkpoint(dict(best_ckpt, metrics=metrics, unknown=unknown), run.out / "model.pt")
     write_json(metrics, run.out / "metrics.json")
     info = {"model": config.model, "parameters": metrics["parameters"], "classes": ", ".join(dataset.classes),
@@ -451,6 +542,9 @@ def finish_run(run: Run) -> dict:
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
             + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
+    elapsed = time.perf_counter() - run.started
+    run.log(f"run took {elapsed:.0f} s" + (f" of its {run.budget['budget_seconds']:.0f} s budget"
+                                           if run.budget is not None else ""))
     return metrics
 
 
@@ -517,6 +611,7 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
         "median_epoch_seconds": statistics.median(h["seconds"] for h in run.history),
         "seed": config.seed,
         "device": str(run.device),
+        "cpu": cpu_info()["label"],  # the figures above depend on it: the same run is 2-3x slower on some CPUs
         "threads": torch.get_num_threads(),
         "data": {"source": str(run.dataset.source), "verification": run.dataset.verification,
                  **{f"{split}_counts": class_counts(data.of(split)[1].numpy(), k) for split in ("train", "val", "test")},
