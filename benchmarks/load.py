@@ -2,13 +2,15 @@
 
     python benchmarks/load.py MODEL.pt [--concurrency 1 8 32] [--requests 3000] [--seconds 20]
                                        [--workers 1] [--backend onnx] [--batch-files 2000] [--json FILE]
+                                       [--client hey|python]
 
 The photos are catalogue-style JPEGs made from test images (``tests/helpers.py``'s ``catalogue_photo``:
 white background, colour, 168-336 px, off-centre). The server runs in its own process on
 127.0.0.1; each client keeps one HTTP/1.1 connection and sends ``POST /predict`` with one
-photo, waiting for each answer before the next request (a closed loop). The client is raw
-asyncio streams with the requests prepared in advance, so it costs the shared 2 cores as
-little as a client can. Each level stops after ``--requests`` requests or ``--seconds``,
+photo, waiting for each answer before the next request (a closed loop). The load generator
+is Debian's ``hey`` when installed (compiled, so it takes less of the 2 cores the server
+shares with it; one photo of median size), else an asyncio client with the requests prepared
+in advance (cycles through ``--photos`` JPEGs, checks every status). Each level stops after ``--requests`` requests or ``--seconds``,
 whichever comes first, and reports requests/s, p50/p99 latency and errors (non-200 answers
 and failed connections).
 
@@ -107,6 +109,37 @@ async def level(port: int, requests: list[bytes], concurrency: int, total: int, 
     }
 
 
+def hey_level(port: int, photo: bytes, concurrency: int, total: int, seconds: float) -> dict:
+    """One level measured by Debian's ``hey`` (compiled Go, so the client costs the shared
+    cores far less than Python does): ``total`` requests with one photo, at most ``seconds``."""
+    import re
+    import shutil
+
+    head, body = request_bytes(photo, port).split(b"\r\n\r\n", 1)
+    with tempfile.NamedTemporaryFile(suffix=".multipart") as f:
+        f.write(body)
+        f.flush()
+        out = subprocess.run([shutil.which("hey"), "-n", str(max(total, concurrency)), "-c", str(concurrency),
+                              "-t", "30", "-m", "POST", "-D", f.name,
+                              "-T", "multipart/form-data; boundary=fashionclfbench",
+                              f"http://127.0.0.1:{port}/predict"],
+                             capture_output=True, text=True, timeout=seconds * 10 + 60).stdout
+
+    def number(pattern: str) -> float | None:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else None
+
+    ok = int(number(r"\[200\]\s+(\d+) responses") or 0)
+    answered = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
+    failed = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+[^\n]*\n", out.split("Error distribution:")[1])) \
+        if "Error distribution:" in out else 0
+    return {"concurrency": concurrency, "requests": answered, "seconds": number(r"Total:\s+([\d.]+) secs"),
+            "requests_per_s": number(r"Requests/sec:\s+([\d.]+)"),
+            "p50_ms": 1000 * (number(r"50%+ in ([\d.]+) secs") or float("nan")),
+            "p99_ms": 1000 * (number(r"99%+ in ([\d.]+) secs") or float("nan")),
+            "errors": answered - ok + failed, "client": "hey"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,7 +195,15 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=200, help="distinct JPEGs the clients cycle through")
     parser.add_argument("--batch-files", type=int, default=2000, help="JPEGs for the batch-tagging figure (0: skip)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--client", choices=("hey", "python"),
+                        help="load generator: hey (Debian's package; the default when installed) or the asyncio "
+                             "client here, which cycles through --photos JPEGs and checks every answer")
     args = parser.parse_args()
+    import shutil
+
+    args.client = args.client or ("hey" if shutil.which("hey") else "python")
+    if args.client == "hey" and not shutil.which("hey"):
+        raise SystemExit("--client hey: install Debian's hey (apt-get install hey)")
 
     jpegs = photos(max(args.photos, args.batch_files))
     port = free_port()
@@ -170,17 +211,23 @@ def main() -> int:
     try:
         requests = [request_bytes(p, port) for p in jpegs[: args.photos]]
         asyncio.run(level(port, requests, 1, 50, 10))  # warm-up
-        levels = [asyncio.run(level(port, requests, c, args.requests, args.seconds)) for c in args.concurrency]
+        if args.client == "hey":
+            photo = sorted(jpegs[: args.photos], key=len)[args.photos // 2]  # the median-size JPEG
+            levels = [hey_level(port, photo, c, args.requests, args.seconds) for c in args.concurrency]
+        else:
+            levels = [asyncio.run(level(port, requests, c, args.requests, args.seconds)) for c in args.concurrency]
     finally:
         server.terminate()
         server.wait(timeout=10)
     from fashionclf.device import cpu_info
 
     result = {"model": args.model, "backend": args.backend, "workers": args.workers, "cpu": cpu_info(),
+              "client": args.client,
               "jpeg_bytes_median": int(statistics.median(len(p) for p in jpegs[: args.photos])),
               "levels": levels,
               "batch_tagging": batch_tagging(args.model, jpegs[: args.batch_files]) if args.batch_files else []}
-    print(f"`python benchmarks/load.py {args.model} --workers {args.workers} --backend {args.backend}` "
+    print(f"`python benchmarks/load.py {args.model} --workers {args.workers} --backend {args.backend} "
+          f"--client {args.client}` "
           f"({cpu_info()['label']}; JPEGs of median {result['jpeg_bytes_median']:,} bytes)\n")
     print("| clients | requests | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")

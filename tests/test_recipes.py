@@ -170,6 +170,7 @@ def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
     assert epochs_that_fit(30, 10, 20, 40) == 1  # too small a budget still trains (and the log warns)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_data, tmp_path):
     """The steps timed for the budget leave the run alone: the same seed with the recorded
     --epochs gives the same weights; config.json, metrics.json and the log say what was planned."""

@@ -57,6 +57,6 @@ RECIPES: dict[str, dict] = {
 
 SUMMARIES = {
     "fast": ">= the Keras reference's 0.9184 test accuracy in a fraction of its training time",
-    "strong": "the best accuracy that trains in about 10 minutes on 2 CPU cores",
+    "strong": "the best accuracy that trains within 10 minutes (a time budget) on any CPU",
     "shop": "a shop's own categories from a few hundred photos, with --init MODEL.pt (a trained model)",
 }

@@ -1,0 +1,116 @@
+"""Where the time of one ``POST /predict`` goes: CPU per request, part by part.
+
+    python benchmarks/request_profile.py MODEL.pt [--backend onnx] [--requests 2000]
+
+One catalogue JPEG of median size (as ``benchmarks/load.py`` sends), timed in this process,
+without the network: the whole app called as ASGI (every middleware, the multipart parser,
+decoding, the photo pipeline, the model, JSON), and each part alone: reading the multipart
+form, decoding the JPEG, the photo pipeline (``photos.photo_to_28`` or the model's
+converter), the model at batch 1, the JSON answer. What is left of the latency that
+``load.py`` measures at 1 client is uvicorn's HTTP handling, the socket and the client.
+Medians of ``--requests`` repetitions, in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))  # load.py's photos
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+
+
+def timed(fn, n: int) -> float:
+    """Median microseconds of ``fn()`` over ``n`` calls (after 20 untimed)."""
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times)
+
+
+def main() -> int:
+    from starlette.requests import Request
+
+    from fashionclf.device import cpu_info
+    from fashionclf.inference import load_classifier
+    from fashionclf.photos import open_image
+    from fashionclf.serve import Limits, create_app, public, tag_uploads
+    from load import photos, request_bytes
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--backend", default="onnx", choices=("onnx", "torch"))
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+
+    jpegs = photos(200)
+    photo = sorted(jpegs, key=len)[100]
+    head, body = request_bytes(photo, 8000).split(b"\r\n\r\n", 1)
+    headers = [(k.strip().lower().encode(), v.strip().encode()) for k, v in
+               (line.split(":", 1) for line in head.decode().split("\r\n")[1:])]
+    classifier = load_classifier(args.model, args.backend, threads=2)
+    app = create_app(classifier, Limits(), allowed_hosts=["127.0.0.1"])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {}}
+    loop = asyncio.new_event_loop()
+
+    async def call_app():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        assert sent[0]["status"] == 200, sent
+
+    async def read_form():
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        request = Request(dict(scope), receive)
+        form = await request.form()
+        data = await form["file"].read()
+        await form.close()
+        return data
+
+    def decode():
+        open_image(photo, Limits().max_pixels).load()
+
+    image = open_image(photo, Limits().max_pixels)
+    image.load()
+    batch = classifier.to_input(image)[None]
+    results, _ = tag_uploads(classifier, [("p.jpg", photo)], Limits())
+    from fastapi.responses import JSONResponse
+
+    parts = {
+        "whole app (ASGI, no network)": lambda: loop.run_until_complete(call_app()),
+        "multipart form": lambda: loop.run_until_complete(read_form()),
+        "JPEG decode": decode,
+        "photo pipeline (to the model's input)": lambda: classifier.to_input(image),
+        f"model, batch 1 ({classifier.backend})": lambda: classifier.predict(batch),
+        "JSON answer": lambda: JSONResponse(public(results)),
+    }
+    print(f"CPU: {cpu_info()['label']}; {args.model}, {args.backend}; a {len(photo):,}-byte JPEG of "
+          f"{image.size[0]}x{image.size[1]}; medians of {args.requests} calls\n")
+    print("| part | µs per request |\n|---|---|")
+    for name, fn in parts.items():
+        print(f"| {name} | {timed(fn, args.requests):,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
