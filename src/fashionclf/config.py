@@ -30,6 +30,7 @@ TTA_CHOICES = ("none", "flip")
 BACKENDS = ("auto", "torch", "onnx")
 SERVE_BACKEND = "onnx"  # ONNX Runtime: 2-6x PyTorch's images/s for these small models (docs/results.md)
 SPLITS = ("test", "val", "train")
+STEM_INITS = ("random", "whiten")
 
 
 def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
@@ -83,6 +84,9 @@ class TrainConfig:
                                       "(per step: warm-up, then linear to 0)",
                                       "+0.8 pt median test accuracy over constant for one-block-cnn",
                                       choices=SCHEDULES)
+    stem_init: str | None = setting("random", "the first convolution's starting filters: random, or whiten "
+                                    "(airbench's patch whitening, from the training images)",
+                                    "measured in docs/results.md", choices=STEM_INITS)
     augment: str | None = setting("none", f"training batches only: none, or a list of {', '.join(AUGMENTATIONS)}",
                                   "flips narrow the CNNs' train/test gap but do not raise test accuracy")
     head_epochs: int | None = setting(0, "phase 1: epochs training only the new head on the frozen base "
@@ -256,6 +260,9 @@ def validate_config(config: TrainConfig) -> None:
                          f"got {config.test_fraction} and {config.val_fraction}")
     parse_augment(config.augment)
     parse_duration(config.time_budget)
+    if config.stem_init == "whiten" and config.init:
+        raise UsageError("--stem-init whiten sets up a network trained from scratch; --init keeps the checkpoint's "
+                         "first layer: leave one out")
     if not (config.lr > 0 and config.head_lr > 0):
         raise UsageError(f"--lr and --head-lr must be positive, got {config.lr} and {config.head_lr}")
     if config.unfreeze != "all" and not (str(config.unfreeze).isdigit() and int(config.unfreeze) > 0):

@@ -245,6 +245,11 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
               preprocessing, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
+    if config.stem_init == "whiten" and state is None:
+        from .whitening import whiten_first_conv
+
+        pairs = whiten_first_conv(run.model, run.data.train_x, preprocessing, config.model)
+        log(f"--stem-init whiten: the first convolution starts as {pairs} whitened patch directions and their negatives")
     if state is not None:
         run.model.load_state_dict(state["state_dict"])
         if run.ema is not None:
