@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,33 @@ def test_a_checkpoint_is_exported_to_onnx_once_and_read_back_after(tmp_path, mon
     monkeypatch.setattr(export, "write_bytes_atomic", read_only)  # as in a folder this user cannot write to
     assert load_classifier(path, "onnx").predict_proba(images).shape == (4, 2)
     assert not list(tmp_path.glob(".model.*.onnx"))
+
+
+def test_the_whitened_first_layer_decorrelates_patches_and_refuses_layers_it_cannot_fill():
+    """--stem-init whiten: the first convolution's responses to training patches come out
+    uncorrelated with unit variance (the leading directions), the second half being the negatives."""
+    import torch.nn.functional as F
+
+    from fashionclf.config import TrainConfig, resolve_config
+    from fashionclf.errors import UsageError
+    from fashionclf.whitening import first_conv, whiten_first_conv
+    from helpers import synthetic_images
+
+    images = torch.from_numpy(synthetic_images(np.arange(400) % 10, seed=0))
+    prep = get_model_entry("strong-cnn").preprocessing
+    model = create_model("strong-cnn", num_classes=10)
+    assert whiten_first_conv(model, images, prep) == 8
+    conv = first_conv(model)
+    from fashionclf.contract import preprocess
+
+    x = preprocess(images, prep).float()
+    out = F.conv2d(x, conv.weight.detach().float()).permute(0, 2, 3, 1).reshape(-1, 16)  # no padding: whole patches
+    cov = out[:, :8].T @ out[:, :8] / len(out)
+    torch.testing.assert_close(cov, torch.diag(torch.diagonal(cov)), atol=2e-3, rtol=0)  # uncorrelated
+    assert torch.diagonal(cov).min() > 0.5 and torch.diagonal(cov).max() < 1.0 + 1e-3  # lambda / (lambda + eps)
+    torch.testing.assert_close(out[:, 8:], -out[:, :8])
+
+    with pytest.raises(UsageError, match="32 filters of 1x3x3"):
+        whiten_first_conv(create_model("one-block-cnn", num_classes=10), images, prep, "one-block-cnn")
+    with pytest.raises(UsageError, match="--init keeps"):
+        resolve_config(TrainConfig(recipe="fast", init="model.pt"))
