@@ -21,7 +21,7 @@ RECIPES: dict[str, dict] = {
         "weight_decay": 0.05,  # decoupled, on weights only (not biases or BatchNorm)
         "lr_schedule": "onecycle",  # per-step warm-up then linear decay to 0
         "label_smoothing": 0.1,
-        "augment": "none",  # flips slow early convergence; no time to win it back in 5 epochs
+        "augment": "none",  # flips slow early convergence; no time to win it back in 3 epochs
         "precision": "auto",  # bf16 where the CPU has it (AMX/AVX512-BF16): a step in ~0.7x the time
     },
     "strong": {
