@@ -183,10 +183,12 @@ def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_da
     config = json.loads((tmp_path / "budget" / "config.json").read_text())
     metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
     epochs = config["epochs"]
-    assert config["time_budget"] == "8s" and metrics["time_budget"]["epochs"] == epochs == metrics["total_epochs"]
+    assert config["time_budget"] is None and metrics["time_budget"]["budget"] == "8s"
+    assert metrics["time_budget"]["epochs"] == epochs == metrics["total_epochs"]
     assert any(f"repeat with --epochs {epochs}" in line for line in lines)
     assert any(line.startswith("run took") and "of its 8 s budget" in line for line in lines)
     fit(TrainConfig(**base, epochs=epochs, out=str(tmp_path / "again")), log=lambda *_: None)
+    assert fit(TrainConfig(), resume=tmp_path / "budget", log=lambda *_: None)["total_epochs"] == epochs
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)

@@ -14,7 +14,8 @@ import sys
 
 from . import __version__
 from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args
-from .errors import FashionclfError
+from .errors import FashionclfError, UsageError
+from .recipes import RECIPES
 
 DATA_FLAGS = ["data", "verify", "test_fraction"]
 
@@ -82,6 +83,21 @@ def cmd_train(args) -> int:
     from .train import fit
 
     config = config_from_args(args)
+    if args.config:  # a saved config (config.json, tune's best.json); flags given beside it win
+        import dataclasses
+        import json
+
+        from .config import TrainConfig
+
+        try:
+            saved = TrainConfig.from_dict(json.loads(open(args.config).read()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UsageError(f"--config {args.config}: cannot read it as a fashionclf config ({exc}); pass a "
+                             "config.json of a run or the best.json of 'fashionclf tune'") from None
+        unset = config_from_args(build_parser().parse_args(["train"]))
+        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(config, f.name) != getattr(unset, f.name)}
+        config = dataclasses.replace(saved, **given)
     metrics = fit(config, resume=args.resume)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
     return 0
@@ -122,6 +138,14 @@ def cmd_predict(args) -> int:
     if counts["failed"]:
         print(f"{counts['failed']} of {counts['rows']} inputs failed (see the error column)", file=sys.stderr)
     return 1 if counts["failed"] else 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import tune
+
+    tune(args.recipe, args.model, args.data, args.study, args.storage, args.n_trials, args.timeout, args.jobs,
+         args.space, args.out, args.seed, args.verify, args.threads, args.worker)
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -178,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "recipe's value, else the model's default, else the default shown; "
                                    "DIR/config.json records every value used.")
     add_flags(p)
+    p.add_argument("--config", metavar="FILE", help="start from a saved config: a run's config.json or tune's "
+                                                   "best.json (flags given beside it override it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
     p.set_defaults(func=cmd_train)
 
@@ -234,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="allow a --host other than loopback without an API key")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tune", help="search training settings with Optuna (pip install 'fashionclf[scale]')",
+                       description="Search training settings with Optuna: each trial trains in OUT/trial-NNNN, "
+                                   "reports validation accuracy per epoch (poor trials are pruned); the best is "
+                                   "evaluated on test once; OUT gets trials.csv, best.json (for train --config), "
+                                   "plots and report.html. Workers on several machines join one study through "
+                                   "the same --study and --storage.")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="search around this recipe's settings")
+    p.add_argument("--model", help="or around the defaults, for this model")
+    p.add_argument("--study", default="fashionclf", help="study name (default: fashionclf)")
+    p.add_argument("--storage", help="sqlite:///FILE, journal:FILE (a shared file system) or postgresql://... "
+                                     "(default: OUT/study.db)")
+    p.add_argument("--n-trials", type=positive_int, default=20, help="trials in all, over every worker (default: 20)")
+    p.add_argument("--timeout", help="stop starting trials after this long, e.g. 30m")
+    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine (default: 1)")
+    p.add_argument("--space", metavar="FILE", help="search space changes, JSON or TOML: "
+                                                   '{"lr": {"log": [0.001, 0.01]}, "epochs": {"int": [2, 5]}}')
+    p.add_argument("--out", default="runs/tune", help="study folder (default: runs/tune)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_flags(p, ["data", "verify", "seed", "threads"])
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     p.add_argument("checkpoint", help="model.pt (or its run directory)")

@@ -481,9 +481,11 @@ def plan_epochs(run: Run) -> None:
     spent = time.perf_counter() - run.started
     epochs = epochs_that_fit(budget, spent, epoch, final, config.head_epochs)
     planned = spent + (config.head_epochs + epochs) * epoch + final
-    run.config = dataclasses.replace(config, epochs=epochs)
+    # From here on the run is an ordinary run of that many epochs: config.json (and a resumed
+    # run, or --config) say epochs, and metrics.json's "time_budget" says how they were chosen.
+    run.config = dataclasses.replace(config, epochs=epochs, time_budget=None)
     write_json(dataclasses.asdict(run.config), run.out / "config.json")
-    run.budget = {"budget_seconds": budget, "spent_before_training": spent, **speed, "steps_per_epoch": steps,
+    run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed, "steps_per_epoch": steps,
                   "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs, "planned_seconds": planned}
     run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
             f"{steps} steps + {speed['image_seconds'] * len(data.val_y):.1f} s validation = {epoch:.1f} s per "
@@ -496,12 +498,18 @@ def plan_epochs(run: Run) -> None:
 
 
 def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-        stop_after_epoch: int | None = None) -> dict:
+        stop_after_epoch: int | None = None, after_epoch: Callable[[int, float], None] | None = None,
+        final_evaluation: bool = True) -> dict:
     """Train ``config.model`` and write the run directory ``config.out``; return its metrics.
 
     ``resume``: continue the run in that directory from its last.pt. ``stop_after_epoch``:
     stop once that epoch's checkpoints are written, as an interruption would (no final
     evaluation; continue with ``resume``); returns ``{"stopped_after_epoch": N}``.
+    ``after_epoch(epoch, val_accuracy)`` is called once each epoch's checkpoints are written;
+    an exception it raises ends the run there (a tuner stopping a poor trial).
+    ``final_evaluation=False`` trains without evaluating the best model on train/val/test
+    (a tuner's trial: the test split must not be looked at until a winner is chosen; ``fit``
+    with ``resume`` on the directory evaluates it later) and returns ``{"best": ...}``.
     """
     started = time.perf_counter()
     run = start_run(config, resume, log)
@@ -515,9 +523,11 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
             phase = start_phase(run, phase_of(run.config, epoch)[0])
         stats, val = run_epoch(run, phase, epoch)
         keep_best(run, epoch, phase.name, stats, val, time.perf_counter() - t0)
+        if after_epoch is not None:
+            after_epoch(epoch, val.accuracy)
         if epoch == stop_after_epoch:
             return {"stopped_after_epoch": epoch}
-    return finish_run(run)
+    return finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs}
 
 
 def finish_run(run: Run) -> dict:

@@ -1,0 +1,107 @@
+"""fashionclf tune: Optuna studies shared by worker processes, on SQLite and journal storage."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fashionclf.cli import main
+from fashionclf.errors import UsageError
+
+optuna = pytest.importorskip("optuna", reason="fashionclf tune needs the 'scale' extra (make test installs it)")
+
+SPACE = {"lr": {"log": [1e-3, 1e-2]}, "epochs": {"int": [1, 3]}, "batch_size": {"choice": [32, 64]}}
+
+
+def test_search_spaces_are_checked_and_a_file_changes_them(tmp_path):
+    from fashionclf.tune import SPACES, load_space
+
+    assert load_space("fast") == SPACES["fast"] and load_space(None) == SPACES["model"]
+    path = tmp_path / "space.toml"
+    path.write_text('epochs = {int = [2, 4]}\nlabel_smoothing = {choice = [0.0, 0.1]}\n')
+    space = load_space("fast", path)
+    assert space["epochs"] == {"int": [2, 4]} and space["label_smoothing"] == {"choice": [0.0, 0.1]}
+    (tmp_path / "drop.json").write_text('{"weight_decay": null}')
+    assert "weight_decay" not in load_space("fast", tmp_path / "drop.json")
+    for text, message in (('{"colour": {"choice": [1]}}', "'colour' is not a training setting"),
+                          ('{"lr": {"log": [0, 1]}}', "above 0"), ('{"lr": {"gauss": [1, 2]}}', "expected one of"),
+                          ('{"epochs": {"int": [5, 2]}}', "low < high"), ("{oops", "not valid JSON")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(UsageError, match=message):
+            load_space("fast", tmp_path / "bad.json")
+
+
+def _worker(tiny_data, out, storage, n_trials, space, study="s"):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fashionclf", "tune", "--worker", "--model", "fast-cnn", "--data", str(tiny_data),
+         "--no-verify", "--study", study, "--storage", storage, "--n-trials", str(n_trials), "--out", str(out),
+         "--space", str(space), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_one_study_and_the_winner_is_tested_once(kind, tiny_data, tmp_path, capsys):
+    out, space = tmp_path / "study", tmp_path / "space.json"
+    out.mkdir()
+    space.write_text(json.dumps(SPACE))
+    storage = f"sqlite:///{out / 'shared.db'}" if kind == "sqlite" else f"journal:{out / 'journal.log'}"
+    workers = [_worker(tiny_data, out, storage, 6, space) for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    study = optuna.load_study(study_name="s", storage=storage if kind == "sqlite" else
+                              optuna.storages.JournalStorage(
+                                  optuna.storages.journal.JournalFileBackend(str(out / "journal.log"))))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    numbers = [t.number for t in study.trials]
+    assert len(done) >= 6 and len(numbers) == len(set(numbers))  # each number once; both workers may finish one more
+    assert {t.user_attrs["pid"] for t in study.trials} == {w.pid for w in workers}  # both took part
+    for t in done:  # every trial reported per epoch, into its own folder, and never touched the test split
+        assert t.intermediate_values and (out / f"trial-{t.number:04d}" / "last.pt").is_file()
+        assert not (out / f"trial-{t.number:04d}" / "metrics.json").exists()
+
+    # The summary: the winner alone is evaluated on test; best.json trains again through --config
+    assert main(["tune", "--model", "fast-cnn", "--data", str(tiny_data), "--no-verify", "--study", "s",
+                 "--storage", storage, "--n-trials", "6", "--out", str(out), "--space", str(space)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    best = out / f"trial-{summary['best_trial']:04d}"
+    assert json.loads((best / "metrics.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+    assert sum((d / "metrics.json").exists() for d in out.glob("trial-*")) == 1
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert len(rows) == len(study.trials) and {"lr", "epochs", "batch_size", "val_accuracy"} <= set(rows[0])
+    assert (out / "history.png").is_file() and "Best: trial" in (out / "report.html").read_text()
+    best_config = json.loads((out / "best.json").read_text())
+    assert best_config["lr"] == summary["best_params"]["lr"]
+    assert main(["train", "--config", str(out / "best.json"), "--out", str(tmp_path / "again"), "--no-verify"]) == 0
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert (again["lr"], again["epochs"], again["batch_size"]) == (best_config["lr"], best_config["epochs"],
+                                                                   best_config["batch_size"])
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_only_its_running_trial(tiny_data, tmp_path):
+    out, space = tmp_path / "study", tmp_path / "space.json"
+    out.mkdir()
+    space.write_text(json.dumps({**SPACE, "epochs": {"int": [40, 41]}}))  # long enough to be killed mid-trial
+    storage = f"journal:{out / 'journal.log'}"
+    victim = _worker(tiny_data, out, storage, 3, space)
+    for _ in range(600):  # until its first trial has trained an epoch
+        if list(out.glob("trial-*/last.pt")):
+            break
+        time.sleep(0.1)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    space.write_text(json.dumps(SPACE))
+    survivor = _worker(tiny_data, out, storage, 3, space)
+    log = survivor.communicate(timeout=600)[0]
+    assert survivor.returncode == 0, log
+    study = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "journal.log"))))
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL  # the killed one, marked failed by the next worker
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 3
