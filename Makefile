@@ -24,10 +24,12 @@ data: $(STAMP)
 run: data
 	$(FASHIONCLF) train --recipe strong --out $(RUN_DIR)
 
-# The test suite. Without the real data or chromium, the tests needing them are skipped (they fail under CI=true).
+# The test suite. Without the real data, chromium or PostgreSQL, the tests needing them are skipped (they fail
+# under CI=true).
 test: $(STAMP)
 	@bash scripts/ensure-data.sh $(FASHIONCLF) >/dev/null || echo "warning: no Fashion-MNIST; integration tests will be skipped"
 	@command -v chromium >/dev/null || bash scripts/apt-install.sh chromium || echo "warning: no chromium; the web page test will be skipped"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || bash scripts/apt-install.sh postgresql || echo "warning: no PostgreSQL; its tune test will be skipped"
 	$(PY) -m pytest -q
 
 # The tests not marked slow (no training beyond a few steps, no server or browser): about 1.5 minutes on 2 cores.

@@ -105,3 +105,58 @@ def test_a_killed_worker_loses_only_its_running_trial(tiny_data, tmp_path):
     states = [t.state for t in study.trials]
     assert states[0] == optuna.trial.TrialState.FAIL  # the killed one, marked failed by the next worker
     assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 3
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server from Debian's package on a free port and a temporary folder,
+    stopped afterwards; yields its URL."""
+    import glob
+    import pwd
+    import shutil
+    import tempfile
+
+    from helpers import free_port
+
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if initdb is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required under CI (apt-get install postgresql; make test does it)")
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql)")
+    pytest.importorskip("psycopg", reason="the 'scale' extra's psycopg is not installed")
+    bindir = os.path.dirname(initdb)
+    folder = tempfile.mkdtemp(prefix="fashionclf-pg-")
+    run_as = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as the package's postgres user
+        user = pwd.getpwnam("postgres")
+        os.chmod(folder, 0o755)
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(folder, "data"), free_port()
+    subprocess.run([*run_as, initdb, "-D", data, "-U", "fashionclf", "--auth", "trust"], check=True,
+                   capture_output=True)
+    subprocess.run([*run_as, os.path.join(bindir, "pg_ctl"), "-D", data, "-w", "-l", os.path.join(folder, "log"),
+                    "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://fashionclf@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_on_a_real_postgresql_server(postgres, tiny_data, tmp_path):
+    out, space = tmp_path / "study", tmp_path / "space.json"
+    out.mkdir()
+    space.write_text(json.dumps(SPACE))
+    workers = [_worker(tiny_data, out, postgres, 4, space, study="pg") for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    from fashionclf.tune import open_storage
+
+    study = optuna.load_study(study_name="pg", storage=open_storage(postgres, out))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    numbers = [t.number for t in study.trials]
+    assert len(done) >= 4 and len(numbers) == len(set(numbers))
+    assert {t.user_attrs["pid"] for t in study.trials} == {w.pid for w in workers}

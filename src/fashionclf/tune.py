@@ -25,9 +25,11 @@ import csv
 import dataclasses
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -134,13 +136,23 @@ def open_storage(url: str | None, out: Path):
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
+    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver is psycopg2; ours is psycopg 3
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers wait for the lock
-    try:
+
+    def rdb():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+    try:
+        try:
+            return rdb()
+        except Exception:  # workers starting together race to create the tables: the loser tries again
+            time.sleep(1 + random.random())
+            return rdb()
     except Exception as exc:  # a bad URL, a missing driver, a server that does not answer
         raise UsageError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
 
