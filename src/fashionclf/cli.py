@@ -121,7 +121,8 @@ def cmd_predict(args) -> int:
     from .predict import tag_files, tag_to_file
 
     kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
-                  min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review)
+                  min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review,
+                  dask=args.dask)
     if args.output:
         counts = tag_to_file(args.output, args.checkpoint, args.inputs, **kwargs)
     else:
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review", metavar="DIR",
                    help="copy (hard-link) every photo that is unknown or below --min-confidence into "
                         "DIR/<predicted label>/ for a person to check; retrain with --data DIR")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="tag on a Dask cluster: local:N (N worker processes here) or a scheduler address "
+                        "(tcp://host:8786; the workers must see the files); same rows, same order "
+                        "(pip install 'fashionclf[scale]')")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_predict)
 

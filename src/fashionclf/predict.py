@@ -253,10 +253,14 @@ def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k
 def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
               top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
               backend: str = "auto", device: str = "cpu", progress: bool | None = None,
-              review: str | os.PathLike | None = None) -> dict:
+              review: str | os.PathLike | None = None, dask: str | None = None) -> dict:
     """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence,
-    unknown, review). ``review``: a folder for the photos a person should check (``ReviewFolder``)."""
-    classifier = load_checked(checkpoint, backend, device, top_k)
+    unknown, review). ``review``: a folder for the photos a person should check (``ReviewFolder``).
+    ``dask``: tag on a Dask cluster (``fashionclf.cluster``; ONNX Runtime unless ``backend`` says
+    otherwise), with the same rows in the same order."""
+    if dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
+        backend = "onnx"  # one graph per worker process, exported once and kept beside the checkpoint
+    classifier = load_checked(checkpoint, backend, device, top_k)  # checked here, before any worker starts
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
     paths = iter_inputs(inputs)
@@ -267,7 +271,13 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
     reviewer = ReviewFolder(review) if review is not None else None
     bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
-    for row in classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0):
+    if dask:
+        from .cluster import dask_classify
+
+        rows = dask_classify(dask, checkpoint, backend, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+    else:
+        rows = classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+    for row in rows:
         writer.write(row)
         counts["rows"] += 1
         counts["failed"] += bool(row.error)
