@@ -10,6 +10,7 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -82,6 +83,21 @@ def cmd_recipes(args) -> int:
 def cmd_train(args) -> int:
     from .train import fit
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun for this machine
+        import subprocess
+
+        rest, skip = [], False
+        for arg in sys.argv[1:]:
+            if skip or arg.startswith("--nproc="):
+                skip = False
+                continue
+            if arg == "--nproc":
+                skip = True
+                continue
+            rest.append(arg)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "fashionclf", *rest]
+        return subprocess.run(cmd).returncode
     config = config_from_args(args)
     if args.config:  # a saved config (config.json, tune's best.json); flags given beside it win
         import dataclasses
@@ -99,7 +115,8 @@ def cmd_train(args) -> int:
                  if getattr(config, f.name) != getattr(unset, f.name)}
         config = dataclasses.replace(saved, **given)
     metrics = fit(config, resume=args.resume)
-    print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
+    if "test_accuracy" in metrics:  # under torchrun, rank 0's
+        print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
     return 0
 
 
@@ -206,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="start from a saved config: a run's config.json or tune's "
                                                    "best.json (flags given beside it override it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="train with N data-parallel processes on this machine (torchrun; --batch-size is the "
+                        "global batch); across machines run torchrun -m fashionclf train yourself")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a saved model: metrics, plots, report.html")

@@ -3,7 +3,7 @@
 The inputs are listed on the client (the same walk as a local run), cut into chunks of
 ``CHUNK`` paths, and each chunk is a Dask task: a worker loads the model once per process
 (ONNX Runtime by default), converts and tags the chunk's files with the very code of a local
-run (``predict.classify``), and sends the rows back. The client writes them in input order
+run (``tagging.classify``), and sends the rows back. The client writes them in input order
 with the same writer, so the CSV/JSON, the per-file errors and the exit status are those of
 a local run. A worker that dies has its chunks run again elsewhere by Dask's scheduler; each
 chunk's rows are written once, when its result arrives. Every worker must see the files at
@@ -62,7 +62,7 @@ def worker_classifier(checkpoint: str, backend: str, threads: int):
 def tag_chunk(checkpoint: str, backend: str, paths: list[str], top_k: int, batch_size: int,
               min_confidence: float) -> list:
     """One task: the rows of ``paths`` (a local run's rows, errors included)."""
-    from .predict import classify
+    from .tagging import classify
 
     classifier = worker_classifier(checkpoint, backend, 1)
     return list(classify(classifier, [Path(p) for p in paths], top_k, batch_size, min_confidence))

@@ -18,29 +18,16 @@ import os
 import shutil
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-import numpy as np
 from tqdm import tqdm
 
 from .errors import UsageError
 from .fileio import fsync_dir
-from .contract import top_k as top_k_labels
-from .inference import NAN_ERROR, Classifier, load_classifier
-from .photos import IMAGE_SUFFIXES, PhotoError
-
-
-@dataclass
-class Prediction:
-    path: str
-    label: str = ""
-    confidence: float | None = None
-    error: str = ""
-    top: list[tuple[str, float]] = field(default_factory=list)
-    low_confidence: bool = False
-    unknown: bool | None = None  # None: the model has no calibrated threshold (or the row failed)
+from .inference import Classifier, load_classifier
+from .photos import IMAGE_SUFFIXES
+from .tagging import Prediction, classify
 
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -91,43 +78,6 @@ def _split_pattern(pattern: Path) -> tuple[Path, str]:
     parts = pattern.parts
     i = next(k for k, part in enumerate(parts) if glob.has_magic(part))
     return Path(*parts[:i]) if i else Path("."), "/".join(parts[i:])
-
-
-def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = 256,
-             min_confidence: float = 0.0) -> Iterator[Prediction]:
-    """Rows for ``paths`` in order, produced a batch at a time."""
-    classes, to_input = classifier.classes, classifier.to_input
-    batch: list[Prediction] = []
-    arrays: list[np.ndarray] = []
-
-    def flush() -> list[Prediction]:
-        good = [r for r in batch if not r.error]
-        if good:
-            probs, scores = classifier.predict(np.stack(arrays))
-            unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
-            for i, (row, top) in enumerate(zip(good, top_k_labels(probs, classes, top_k))):
-                if not finite[i]:
-                    row.error = NAN_ERROR
-                    continue
-                row.top = top
-                row.label, row.confidence = top[0]
-                row.low_confidence = row.confidence < min_confidence
-                row.unknown = None if unknown is None else bool(unknown[i])
-        done = list(batch)
-        batch.clear()
-        arrays.clear()
-        return done
-
-    for path in paths:
-        row = Prediction(str(path))
-        try:
-            arrays.append(to_input(path))
-        except PhotoError as exc:  # every failure of the conversion (photos.per_file)
-            row.error = str(exc)
-        batch.append(row)
-        if len(arrays) >= batch_size or len(batch) >= 4 * batch_size:
-            yield from flush()
-    yield from flush()
 
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__, ood
+from . import __version__, ddp, ood
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, parse_augment, parse_duration, resolve_config
 from .contract import eval_batch, predict_logits, preprocess
@@ -125,6 +125,7 @@ class TrainStep:
     after_step: Callable[[], None] | None = None  # e.g. the weight average's update
     lr_at: Callable[[float], float] | None = None  # fraction of the epoch done -> learning rate
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16: forward pass in that precision
+    world: ddp.World = ddp.World()  # torchrun's ranks: each trains on its shard of every batch
 
 
 def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -146,7 +147,7 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
     lrs = []
     bar = tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False, disable=None)
     for i, start in enumerate(bar):
-        idx = order[start : start + batch_size]
+        idx = ddp.shard(order[start : start + batch_size], step.world)
         x = step.prepare(inputs[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         if step.lr_at is not None:
@@ -171,6 +172,7 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         if i % 50 == 0:
             seen = min(start + batch_size, len(inputs))
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+    ddp.all_sum(total_loss, correct)  # the ranks' shards together are the epoch
     n = max(len(inputs), 1)
     return {"loss": total_loss.item() / n, "acc": correct.item() / n, "lr": statistics.fmean(lrs) if lrs else 0.0}
 
@@ -199,6 +201,7 @@ class Run:
     start_epoch: int = 1
     started: float = field(default_factory=time.perf_counter)  # this process's start of the run
     budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
+    world: ddp.World = ddp.World()  # torchrun's ranks; rank 0 alone writes files
 
     @property
     def evaluated(self) -> nn.Module:
@@ -228,9 +231,12 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if init is not None:
         config = config_from_init(config, init)
     config = resolve_config(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    world, device = ddp.start(ddp.from_env(), resolve_device(config.device))
+    if not world.main:
+        log = _quiet
+    ddp.check_batch(config.batch_size, world)
+    if config.threads or world.local_size > 1:  # processes of one machine share its cores
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
     preprocessing, model_kwargs = input_contract(config, state or init)
     dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
@@ -245,6 +251,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
               preprocessing, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
+    run.world = world
     if config.stem_init == "whiten" and state is None:
         from .whitening import whiten_first_conv
 
@@ -260,16 +267,28 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         run.history, run.best, run.start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
         run.budget = state.get("budget")
         log(f"resuming {run.out} at epoch {run.start_epoch} of {run.total_epochs}")
-    run.out.mkdir(parents=True, exist_ok=True)
-    for stale in run.out.glob(".*.tmp"):  # left by a process killed mid-write (fileio.write_atomic's names)
-        stale.unlink(missing_ok=True)
-    write_json(dataclasses.asdict(config), run.out / "config.json")
+    if world.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        for stale in run.out.glob(".*.tmp"):  # left by a process killed mid-write (fileio.write_atomic's names)
+            stale.unlink(missing_ok=True)
+        write_config(run)
     data = run.data
     log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
         f"{config.image_size}x{config.image_size} input, {len(dataset.classes)} classes, "
         f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {device}"
-        f"{' (' + cpu_info()['label'] + ')' if device.type == 'cpu' else ''}, {torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}")
+        f"{' (' + cpu_info()['label'] + ')' if device.type == 'cpu' else ''}, {torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
+        + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
     return run
+
+
+def _quiet(*_) -> None:
+    """The log of ranks other than 0: one voice per run."""
+
+
+def write_config(run: Run) -> None:
+    """config.json: every setting used, and the number of processes that trained."""
+    write_json({**dataclasses.asdict(run.config), "world_size": run.world.size, "backend": run.world.backend},
+               run.out / "config.json")
 
 
 def input_contract(config: TrainConfig, ckpt: dict | None) -> tuple[dict, dict]:
@@ -346,10 +365,11 @@ def start_phase(run: Run, name: str) -> Phase:
     eval_modules = configure_phase(model, name, config)
     run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     augmentations = parse_augment(config.augment)
-    step = TrainStep(model, run.optimizer, make_prepare(run.preprocessing, augmentations, run.generator),
+    step = TrainStep(ddp.wrap(model, run.world, run.device), run.optimizer,
+                     make_prepare(run.preprocessing, augmentations, run.generator),
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
-                     autocast=autocast_dtype(config.precision, run.device))
+                     autocast=autocast_dtype(config.precision, run.device), world=run.world)
     if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
         train = extract_features(model.base, data.train_x.to(run.device), run.preprocessing, run.device, "features")
         val = extract_features(model.base, data.val_x, run.preprocessing, run.device, "features val")
@@ -359,7 +379,8 @@ def start_phase(run: Run, name: str) -> Phase:
                 logits = run.evaluated.head.eval()(val).float().cpu()
             return result_from_logits(logits, data.val_y, run.dataset.classes, "val")
 
-        return Phase(name, dataclasses.replace(step, model=model.head, prepare=lambda f: f, eval_modules=[]),
+        return Phase(name, dataclasses.replace(step, model=ddp.wrap(model.head, run.world, run.device),
+                                               prepare=lambda f: f, eval_modules=[]),
                      train, labels, validate_head)
     return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(
         run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.preprocessing, "val", run.device))
@@ -384,12 +405,15 @@ def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, se
     row = {"epoch": epoch, "phase": phase, "train_loss": stats["loss"], "train_acc": stats["acc"],
            "val_loss": val.loss, "val_acc": val.accuracy, "lr": stats["lr"], "seconds": seconds}
     run.history.append(row)
-    write_history(run.history, run.out / "history.csv")
     no_val = len(run.data.val_y) == 0
     best_acc, best_loss = run.best["val_acc"], run.best.get("val_loss", math.inf)
     improved = no_val or val.accuracy > best_acc or (val.accuracy == best_acc and val.loss < best_loss)
     if improved:
         run.best = {"val_acc": float("nan") if no_val else val.accuracy, "val_loss": val.loss, "epoch": epoch}
+    if not run.world.main:  # every rank keeps the same record; rank 0 alone writes it
+        return
+    write_history(run.history, run.out / "history.csv")
+    if improved:
         save_checkpoint(run.checkpoint(run.evaluated, epoch=epoch), run.out / "model.pt")
     save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
                                    generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
@@ -479,12 +503,13 @@ def plan_epochs(run: Run) -> None:
     final = speed["image_seconds"] * (len(data.train_y) + len(data.val_y) + len(data.test_y) + FINISH_EXTRA_IMAGES) \
         + FINISH_FIXED_SECONDS
     spent = time.perf_counter() - run.started
-    epochs = epochs_that_fit(budget, spent, epoch, final, config.head_epochs)
+    epochs = ddp.broadcast_int(epochs_that_fit(budget, spent, epoch, final, config.head_epochs), run.world)
     planned = spent + (config.head_epochs + epochs) * epoch + final
     # From here on the run is an ordinary run of that many epochs: config.json (and a resumed
     # run, or --config) say epochs, and metrics.json's "time_budget" says how they were chosen.
     run.config = dataclasses.replace(config, epochs=epochs, time_budget=None)
-    write_json(dataclasses.asdict(run.config), run.out / "config.json")
+    if run.world.main:
+        write_config(run)
     run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed, "steps_per_epoch": steps,
                   "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs, "planned_seconds": planned}
     run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
@@ -527,7 +552,12 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
             after_epoch(epoch, val.accuracy)
         if epoch == stop_after_epoch:
             return {"stopped_after_epoch": epoch}
-    return finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs}
+    if not run.world.main:  # rank 0 evaluates and writes the run's results
+        ddp.finish(run.world)
+        return {"rank": run.world.rank, "best": dict(run.best)}
+    result = finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs}
+    ddp.finish(run.world)
+    return result
 
 
 def finish_run(run: Run) -> dict:
@@ -626,6 +656,8 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
         "median_epoch_seconds": statistics.median(h["seconds"] for h in run.history),
         "seed": config.seed,
         "device": str(run.device),
+        "world_size": run.world.size,  # processes that trained it (torchrun), and their backend
+        "backend": run.world.backend,
         "cpu": cpu_info()["label"],  # the figures above depend on it: the same run is 2-3x slower on some CPUs
         "threads": torch.get_num_threads(),
         "data": {"source": str(run.dataset.source), "verification": run.dataset.verification,

@@ -1,0 +1,63 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) on one machine."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fashionclf.ddp import World, shard
+
+
+def test_the_ranks_shards_cover_every_batch_exactly_once():
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    for start in range(0, 1000, 64):
+        batch = order[start : start + 64]
+        parts = [shard(batch, World(rank, 2)) for rank in range(2)]
+        assert sorted(torch.cat(parts).tolist()) == sorted(batch.tolist())
+        assert abs(len(parts[0]) - len(parts[1])) <= 1
+    assert torch.equal(shard(order, World()), order)
+
+
+def _train(args, nproc=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "fashionclf", "train", *args] if nproc else [sys.executable, "-m", "fashionclf", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_write_once_and_resume(tiny_data, tmp_path):
+    common = ["--model", "fast-cnn", "--data", str(tiny_data), "--no-verify", "--batch-size", "32", "--seed", "1",
+              "--precision", "fp32", "--lr", "3e-3", "--optimizer", "adamw"]
+    two = _train([*common, "--epochs", "2", "--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = _train([*common, "--epochs", "3", "--threads", "1", "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert (config["world_size"], config["backend"]) == (2, "gloo")
+    assert sum("epoch   1/2" in line for line in two.stdout.splitlines()) == 1  # one voice: rank 0's
+    assert not list((tmp_path / "two").glob(".*.tmp"))
+    # --resume with a longer run continues from last.pt on both ranks
+    more = _train(["--resume", str(tmp_path / "two"), "--epochs", "3"], nproc=2)
+    assert more.returncode == 0, more.stdout + more.stderr
+    rows = list(csv.DictReader(open(tmp_path / "two" / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert m2["world_size"] == 2 and m1["world_size"] == 1
+    assert abs(m2["val_accuracy"] - m1["val_accuracy"]) <= 0.05  # the same global batch, seed and epochs
+
+
+@pytest.mark.slow
+def test_nproc_launches_torchrun_for_this_machine(tiny_data, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "train", "--nproc", "2", "--model", "fast-cnn", "--data",
+                        str(tiny_data), "--no-verify", "--epochs", "1", "--batch-size", "31", "--out",
+                        str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "--batch-size 31 is the global batch" in r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "train", "--nproc", "2", "--model", "fast-cnn", "--data",
+                        str(tiny_data), "--no-verify", "--epochs", "1", "--batch-size", "32", "--out",
+                        str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "x" / "metrics.json").read_text())["world_size"] == 2
