@@ -61,3 +61,45 @@ def test_nproc_launches_torchrun_for_this_machine(tiny_data, tmp_path):
                         str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path / "x" / "metrics.json").read_text())["world_size"] == 2
+
+
+def _one_step(rank: int, port: int, out: str) -> None:
+    """A rank of a two-process gloo group: one train_one_epoch step of fast-cnn on its shard."""
+    import os
+
+    import torch.distributed as dist
+
+    from fashionclf import ddp
+    from fashionclf.models import create_model
+    from fashionclf.train import TrainStep, train_one_epoch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world, device = ddp.start(ddp.from_env(), torch.device("cpu"))
+    torch.manual_seed(rank)  # different starts on purpose: DDP must hand rank 0's weights to rank 1
+    model = create_model("fast-cnn", num_classes=10)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    step = TrainStep(ddp.wrap(model, world, device), torch.optim.SGD(model.parameters(), lr=0.1),
+                     lambda x: x.float().unsqueeze(1) / 255, device, world=world)
+    stats = train_one_epoch(step, images, labels, 64, torch.Generator().manual_seed(1))
+    torch.save({"state": model.state_dict(), "stats": stats}, f"{out}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_after_one_step_the_ranks_hold_identical_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    from helpers import free_port
+
+    mp.spawn(_one_step, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    for key in a["state"]:
+        if "running" in key or "num_batches" in key:  # BatchNorm's statistics: each rank's own batches
+            continue
+        torch.testing.assert_close(a["state"][key], b["state"][key], rtol=0, atol=0)
+    assert a["stats"]["loss"] == b["stats"]["loss"]  # the epoch's figures are summed over both shards
