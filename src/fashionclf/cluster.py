@@ -18,6 +18,7 @@ started with ``dask scheduler`` and ``dask worker``. Dask is optional:
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import os
@@ -30,8 +31,9 @@ CHUNK = 256  # paths per task: ~0.3 s of work on one core, so Dask's per-task co
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: enough to keep it busy, few rows held on the client
 
 
-def connect(address: str):
-    """A Dask client for ``address`` (``local:N`` starts a local cluster owned by the client)."""
+@contextlib.contextmanager
+def connect(address: str) -> Iterator:
+    """A Dask client for ``address``; ``local:N`` starts a local cluster for the block's length."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -40,15 +42,17 @@ def connect(address: str):
         count = address.split(":", 1)[1]
         if not count.isdigit() or int(count) < 1:
             raise UsageError(f"--dask local:N takes a number of worker processes, e.g. local:2; got {address!r}")
-        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-        client._fashionclf_cluster = cluster  # closed with the client
-        return client
+        with LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
     try:
-        return Client(address, timeout="10s")
+        client = Client(address, timeout="10s")
     except OSError as exc:
         raise UsageError(f"--dask {address}: no Dask scheduler answers there ({exc}); start one with 'dask scheduler' "
                          "and workers with 'dask worker ADDRESS', or use --dask local:N") from None
+    with client:
+        yield client
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,8 +75,7 @@ def tag_chunk(checkpoint: str, backend: str, paths: list[str], top_k: int, batch
 def dask_classify(address: str, checkpoint: str | os.PathLike, backend: str, paths: Iterable[Path], top_k: int = 1,
                   batch_size: int = 256, min_confidence: float = 0.0) -> Iterator:
     """Rows for ``paths`` in order, computed on the cluster at ``address``."""
-    client = connect(address)
-    try:
+    with connect(address) as client:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         window = IN_FLIGHT_PER_WORKER * workers
         model = str(Path(checkpoint).resolve())
@@ -87,11 +90,6 @@ def dask_classify(address: str, checkpoint: str | os.PathLike, backend: str, pat
                 yield from _rows(*pending.popleft())
         while pending:
             yield from _rows(*pending.popleft())
-    finally:
-        cluster = getattr(client, "_fashionclf_cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _rows(shown: list[str], future) -> Iterator:
