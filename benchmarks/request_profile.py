@@ -5,8 +5,8 @@
 One catalogue JPEG of median size (as ``benchmarks/load.py`` sends), timed in this process,
 without the network: the whole app called as ASGI (every middleware, the multipart parser,
 decoding, the photo pipeline, the model, JSON), and each part alone: reading the multipart
-form, decoding the JPEG, the photo pipeline (``photos.photo_to_28`` or the model's
-converter), the model at batch 1, the JSON answer. What is left of the latency that
+form, decoding the JPEG, decoding plus the photo pipeline (``photos.photo_to_28`` or the
+model's converter), the model at batch 1, the JSON answer. What is left of the latency that
 ``load.py`` measures at 1 client is uvicorn's HTTP handling, the socket and the client.
 Medians of ``--requests`` repetitions, in microseconds.
 """
@@ -43,7 +43,7 @@ def main() -> int:
 
     from fashionclf.device import cpu_info
     from fashionclf.inference import load_classifier
-    from fashionclf.photos import open_image
+    from fashionclf.photos import decode, open_image
     from fashionclf.serve import Limits, create_app, public, tag_uploads
     from load import photos, request_bytes
 
@@ -87,8 +87,8 @@ def main() -> int:
         await form.close()
         return data
 
-    def decode():
-        open_image(photo, Limits().max_pixels).load()
+    def decode_draft():
+        decode(open_image(photo, Limits().max_pixels), "L")
 
     image = open_image(photo, Limits().max_pixels)
     image.load()
@@ -99,8 +99,8 @@ def main() -> int:
     parts = {
         "whole app (ASGI, no network)": lambda: loop.run_until_complete(call_app()),
         "multipart form": lambda: loop.run_until_complete(read_form()),
-        "JPEG decode": decode,
-        "photo pipeline (to the model's input)": lambda: classifier.to_input(image),
+        "JPEG decode (at reduced scale, to grey)": decode_draft,
+        "decode + photo pipeline (bytes to the model's input)": lambda: classifier.to_input(photo),
         f"model, batch 1 ({classifier.backend})": lambda: classifier.predict(batch),
         "JSON answer": lambda: JSONResponse(public(results)),
     }

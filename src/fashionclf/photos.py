@@ -38,7 +38,7 @@ from .errors import DataError
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
-DRAFT_SIDE = 8 * SIZE  # JPEGs decode at reduced scale down to this many pixels a side
+DRAFT_SIDE = 4 * SIZE  # JPEGs decode at 1/2, 1/4 or 1/8 scale while at least this many pixels a side
 REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}  # modes Image.reduce takes
 PIPELINE_VERSION = 3  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
