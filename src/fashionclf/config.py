@@ -220,7 +220,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
-def parse_duration(text: str | None) -> float | None:
+def parse_duration(text: str | None, flag: str = "--time-budget") -> float | None:
     """``"90s"``, ``"10m"``, ``"1h30m"``, ``"45"`` (seconds) -> seconds; None stays None."""
     if text is None:
         return None
@@ -229,11 +229,11 @@ def parse_duration(text: str | None) -> float | None:
     spec = str(text).strip().lower()
     match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", spec)
     if not spec or match is None:
-        raise UsageError(f"--time-budget takes a duration such as 90s, 10m or 1h30m, got {text!r}")
+        raise UsageError(f"{flag} takes a duration such as 90s, 10m or 1h30m, got {text!r}")
     hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
     seconds = 3600 * hours + 60 * minutes + secs
     if seconds <= 0:
-        raise UsageError(f"--time-budget must be longer than 0, got {text!r}")
+        raise UsageError(f"{flag} must be longer than 0, got {text!r}")
     return seconds
 
 

@@ -230,7 +230,7 @@ def tune(recipe: str | None = None, model: str | None = None, data: list[str] | 
         raise UsageError("fashionclf tune needs --recipe NAME or --model NAME (the settings to search around)")
     _optuna()
     space = load_space(recipe, space_file)
-    seconds = parse_duration(timeout)
+    seconds = parse_duration(timeout, "--timeout")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
