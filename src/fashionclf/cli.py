@@ -14,8 +14,8 @@ import os
 import sys
 
 from . import __version__
-from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args
-from .errors import FashionclfError, UsageError
+from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args, over_saved
+from .errors import FashionclfError
 from .recipes import RECIPES
 
 DATA_FLAGS = ["data", "verify", "test_fraction"]
@@ -83,37 +83,13 @@ def cmd_recipes(args) -> int:
 def cmd_train(args) -> int:
     from .train import fit
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun for this machine
-        import subprocess
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it for this machine
+        from .ddp import launch
 
-        rest, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip or arg.startswith("--nproc="):
-                skip = False
-                continue
-            if arg == "--nproc":
-                skip = True
-                continue
-            rest.append(arg)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               "-m", "fashionclf", *rest]
-        return subprocess.run(cmd).returncode
+        return launch(args.nproc, sys.argv[1:])
     config = config_from_args(args)
     if args.config:  # a saved config (config.json, tune's best.json); flags given beside it win
-        import dataclasses
-        import json
-
-        from .config import TrainConfig
-
-        try:
-            saved = TrainConfig.from_dict(json.loads(open(args.config).read()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise UsageError(f"--config {args.config}: cannot read it as a fashionclf config ({exc}); pass a "
-                             "config.json of a run or the best.json of 'fashionclf tune'") from None
-        unset = config_from_args(build_parser().parse_args(["train"]))
-        given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(config, f.name) != getattr(unset, f.name)}
-        config = dataclasses.replace(saved, **given)
+        config = over_saved(args.config, config, config_from_args(build_parser().parse_args(["train"])))
     metrics = fit(config, resume=args.resume)
     if "test_accuracy" in metrics:  # under torchrun, rank 0's
         print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")

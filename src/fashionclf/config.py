@@ -184,6 +184,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
+def over_saved(path: str, config: TrainConfig, unset: TrainConfig) -> TrainConfig:
+    """``train --config FILE``: the settings saved in FILE (a run's config.json, tune's
+    best.json), with those of ``config`` that differ from ``unset`` (the flags given) over them."""
+    import json
+
+    try:
+        with open(path) as f:
+            saved = TrainConfig.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"--config {path}: cannot read it as a fashionclf config ({exc}); pass a config.json of "
+                         "a run or the best.json of 'fashionclf tune'") from None
+    given = {f.name: getattr(config, f.name) for f in fields(TrainConfig)
+             if getattr(config, f.name) != getattr(unset, f.name)}
+    return dataclasses.replace(saved, **given)
+
+
 def parse_augment(spec: str | None) -> list[str]:
     """``"flip,rotate"`` -> ``["flip", "rotate"]``; ``"none"``/empty -> ``[]``."""
     if not spec or spec == "none":

@@ -37,6 +37,24 @@ class World:
         return self.rank == 0
 
 
+def launch(nproc: int, argv: list[str]) -> int:
+    """``fashionclf train --nproc N ...``: the same command under torchrun with N processes on
+    this machine (``--nproc`` left out); returns torchrun's exit status."""
+    import subprocess
+    import sys
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        else:
+            rest.append(arg)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", "-m", "fashionclf", *rest]).returncode
+
+
 def from_env() -> World:
     """The torchrun world of this process (one process, no backend, outside torchrun)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

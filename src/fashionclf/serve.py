@@ -43,6 +43,7 @@ from PIL import Image
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when installed, else h11
 
 from .config import SERVE_BACKEND
 from .contract import top_k
@@ -75,13 +76,7 @@ HEADER_TIMEOUT_ENV = "FASHIONCLF_HEADER_TIMEOUT"
 HEADER_TIMEOUT = 10.0  # seconds for a request's headers; browsers and clients send them at once
 
 
-def _http_protocol():
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when installed, else h11
-
-    return AutoHTTPProtocol
-
-
-class HeaderDeadline(_http_protocol()):
+class HeaderDeadline(AutoHTTPProtocol):
     """uvicorn's HTTP protocol with a deadline on request headers: when a request's headers are
     not complete ``$FASHIONCLF_HEADER_TIMEOUT`` seconds (default 10) after the connection opened
     or the previous answer went out, the client gets 408 and the connection is closed. uvicorn

@@ -273,10 +273,11 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
             stale.unlink(missing_ok=True)
         write_config(run)
     data = run.data
+    where = f"{device} ({cpu_info()['label']})" if device.type == "cpu" else str(device)
     log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
         f"{config.image_size}x{config.image_size} input, {len(dataset.classes)} classes, "
-        f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {device}"
-        f"{' (' + cpu_info()['label'] + ')' if device.type == 'cpu' else ''}, {torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
+        f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {where}, "
+        f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
         + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
     return run
 
@@ -510,8 +511,9 @@ def plan_epochs(run: Run) -> None:
     run.config = dataclasses.replace(config, epochs=epochs, time_budget=None)
     if run.world.main:
         write_config(run)
-    run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed, "steps_per_epoch": steps,
-                  "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs, "planned_seconds": planned}
+    run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed,
+                  "steps_per_epoch": steps, "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs,
+                  "planned_seconds": planned}
     run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
             f"{steps} steps + {speed['image_seconds'] * len(data.val_y):.1f} s validation = {epoch:.1f} s per "
             f"epoch; final evaluation ~{final:.0f} s; {config.head_epochs + epochs} epochs, planned to end at "
