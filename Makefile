@@ -11,9 +11,12 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Reinstall when the project's dependencies change.
+# PyTorch's wheel with its CUDA libraries takes about 6 GB in the venv; --no-cache-dir keeps pip
+# from holding a second copy of what it downloads.
 $(STAMP): pyproject.toml
+	@test -x $(PY) || bash scripts/check-disk.sh 7 "$(dir $(abspath $(VENV)))"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test,scale]"
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[test,scale]"
 	@touch $@
 
 # Find or fetch the data; on Debian/Ubuntu, install dataset-fashion-mnist if allowed.
@@ -42,7 +45,7 @@ fuzz: $(STAMP)
 
 # The Keras reference program as a peer in `make bench` (tensorflow-cpu, about 600 MB).
 setup-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,scale,bench]"
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[test,scale,bench]"
 
 # Keras peer (if installed), fast and strong recipes over 3 seeds, inference on both backends:
 # about 40 minutes on 2 cores. Writes runs/bench/results.md and results.json.
