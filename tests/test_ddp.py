@@ -22,9 +22,21 @@ def test_the_ranks_shards_cover_every_batch_exactly_once():
 
 
 def _train(args, nproc=None):
+    """A training command, under torchrun when nproc is given; on a hang, its ranks die with it."""
+    import os
+    import signal
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "fashionclf", "train", *args] if nproc else [sys.executable, "-m", "fashionclf", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{' '.join(cmd)} hung for 300 s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.slow
@@ -48,6 +60,46 @@ def test_two_processes_train_like_one_write_once_and_resume(tiny_data, tmp_path)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m1["world_size"] == 1
     assert abs(m2["val_accuracy"] - m1["val_accuracy"]) <= 0.05  # the same global batch, seed and epochs
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_two_process_run_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL to torchrun and both ranks in the second epoch (a machine lost); --resume under
+    torchrun then ends with the figures and weights of a two-process run never killed."""
+    import os
+    import signal
+    import time
+
+    from fashionclf.checkpoint import load_checkpoint
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path / "idx", n_train=4000, n_test=200)
+    args = ["--model", "fast-cnn", "--data", str(data), "--no-verify", "--epochs", "3", "--batch-size", "16",
+            "--seed", "5", "--augment", "flip,shift", "--precision", "fp32"]
+    full = _train([*args, "--out", str(tmp_path / "full")], nproc=2)
+    assert full.returncode == 0, full.stdout + full.stderr
+    part = tmp_path / "part"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "fashionclf", "train", *args, "--out", str(part)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not (part / "history.csv").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.3)  # into the second epoch
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
+    assert len(rows(part)) == 1  # killed after the first epoch, before the second ended
+    more = _train(["--resume", str(part)], nproc=2)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "resuming" in more.stdout
+    assert rows(tmp_path / "full") == rows(part)
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", part))
+    assert (a["test_accuracy"], a["test_loss"], a["world_size"]) == (b["test_accuracy"], b["test_loss"], 2)
+    x, y = load_checkpoint(tmp_path / "full"), load_checkpoint(part)
+    assert all(torch.equal(x["state_dict"][k], y["state_dict"][k]) for k in x["state_dict"])
 
 
 @pytest.mark.slow
