@@ -118,9 +118,13 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
 
 
 def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, tmp_path):
+    from fashionclf.config import config_warnings
     from fashionclf.contract import GREY_28, predict_logits, preprocess
 
-    fit(_config(tiny_data, tmp_path / "tta", epochs=1, tta="flip"), log=lambda *_: None)
+    lines = []
+    fit(_config(tiny_data, tmp_path / "tta", epochs=1, tta="flip", augment="none"), log=lines.append)
+    assert any(line.startswith("warning: --tta flip") and "add flip to --augment" in line for line in lines)
+    assert not config_warnings(TrainConfig(tta="flip", augment="flip,shift,erase"))  # the strong recipe's pair
     ckpt = load_checkpoint(tmp_path / "tta")
     assert ckpt["preprocessing"]["tta"] == "flip"
     model = model_from_checkpoint(ckpt)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import __version__, ddp, ood
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import TrainConfig, parse_augment, parse_duration, resolve_config
+from .config import TrainConfig, config_warnings, parse_augment, parse_duration, resolve_config
 from .contract import eval_batch, predict_logits, preprocess
 from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
 from .device import autocast_dtype, cpu_info, resolve_device
@@ -252,6 +252,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
               preprocessing, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
     run.world = world
+    for warning in config_warnings(config):
+        log(f"warning: {warning}")
     if config.stem_init == "whiten" and state is None:
         from .whitening import whiten_first_conv
 
