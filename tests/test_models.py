@@ -151,3 +151,29 @@ def test_the_whitened_first_layer_decorrelates_patches_and_refuses_layers_it_can
         whiten_first_conv(create_model("one-block-cnn", num_classes=10), images, prep, "one-block-cnn")
     with pytest.raises(UsageError, match="--init keeps"):
         resolve_config(TrainConfig(recipe="fast", init="model.pt"))
+
+
+def test_fast_cnn_flatten_returns_the_plain_gradient_in_the_layout_of_its_input():
+    """The gradient through fast-cnn's Flatten equals nn.Flatten's value for value, and comes
+    back channels-last like the ReLU output it meets (mixed layouts take oneDNN's slow path)."""
+    from torch import nn
+
+    from fashionclf.models.bncnn import Flatten
+
+    x = torch.randn(4, 8, 7, 7).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 8 * 7 * 7)
+    grads = []
+    for flatten in (nn.Flatten(), Flatten()):
+        leaf = x.clone().requires_grad_()
+        y = torch.relu(leaf)
+        (flatten(y) * w).sum().backward()
+        grads.append(leaf.grad)
+        assert torch.equal(flatten(y), y.flatten(1))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    a = torch.randn(4, 8, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    seen = []
+    a.register_hook(lambda g: seen.append(g))
+    (Flatten()(a) * w).sum().backward()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    model = create_model("fast-cnn", num_classes=10)
+    assert isinstance(model[6], Flatten) and not list(model[6].parameters())  # checkpoints keep their keys

@@ -80,10 +80,14 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
     params = [{"params": weights}, {"params": others, "weight_decay": 0.0}]
+    # Adam's fused kernel: one pass over all parameters instead of a dozen small ops per tensor
+    # (fast-cnn, 2 cores: AdamW's step 690 -> 250 µs). Not SGD's: it gains 0.2 ms of strong-cnn's
+    # 41 ms step, and torch 2.14's fused SGD fails once a frozen body (no momentum yet) is unfrozen.
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
 
 
