@@ -177,6 +177,28 @@ def test_precision_auto_trains_in_bf16_exactly_where_the_cpu_has_it(tiny_data, t
     assert f"training in {expected}" in lines[0]
 
 
+def test_an_instruction_set_capped_by_the_environment_is_said_and_obeyed(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how a figure for an AVX2-only CPU is taken on a newer one):
+    --precision auto trains in fp32, and the CPU label every figure carries says so."""
+    from fashionclf.device import autocast_dtype, cpu_info, native_bf16
+
+    cpu = torch.device("cpu")
+    for cap in ("AVX2", None):
+        if cap:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        else:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        native_bf16.cache_clear()
+        cpu_info.cache_clear()
+        label = cpu_info()["label"]
+        if cap:
+            assert autocast_dtype("auto", cpu) is None and label.endswith("capped by ONEDNN_MAX_CPU_ISA=AVX2")
+        else:
+            assert "capped" not in label
+    native_bf16.cache_clear()
+    cpu_info.cache_clear()
+
+
 def test_resume_with_more_epochs_continues_the_run(tiny_data, tmp_path):
     quiet = dict(log=lambda *_: None)
     fit(_config(tiny_data, tmp_path / "run", epochs=2, lr_schedule="constant"), **quiet)

@@ -29,7 +29,15 @@ def native_bf16(device: torch.device) -> bool:
     them bf16 is emulated and slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    cap = onednn_isa_cap()
+    if cap and not any(k in cap.upper() for k in ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")):
+        return False  # oneDNN told to stay below the bf16 instructions: bf16 would be emulated
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_info()["flags"]))
+
+
+def onednn_isa_cap() -> str | None:
+    """oneDNN's instruction-set ceiling when the environment sets one (e.g. ``AVX2``)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
 
 
 # The extensions that decide how fast these networks train and run on a CPU.
@@ -58,8 +66,12 @@ def cpu_info() -> dict:
     name = fields.get("model name") or platform.processor() or platform.machine()
     numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
     isa = " ".join(ISA_NAMES[f] for f in flags if f != "fma") or "no AVX2"
+    # Instruction sets held back by the environment: figures then belong to the capped ISA.
+    caps = {k: v for k, v in (("ONEDNN_MAX_CPU_ISA", onednn_isa_cap()),
+                              ("ATEN_CPU_CAPABILITY", os.environ.get("ATEN_CPU_CAPABILITY"))) if v}
+    capped = "; capped by " + ", ".join(f"{k}={v}" for k, v in caps.items()) if caps else ""
     return {"cpu": name, "family": fields.get("cpu family"), "model": fields.get("model"), "cores": os.cpu_count(),
-            "flags": flags, "label": f"{name}{numbers}, {os.cpu_count()} cores, {isa}"}
+            "flags": flags, "caps": caps, "label": f"{name}{numbers}, {os.cpu_count()} cores, {isa}{capped}"}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
