@@ -72,6 +72,11 @@ class TrainConfig:
                                       "config.json records (repeat the run with --epochs N)",
                                       "none: epochs decide; the strong recipe says 10m, so it ends in time on any "
                                       "CPU")
+    schedule_cut: str | None = setting(None, "how a time budget shortened a run that fell behind its plan: "
+                                       "'N@K' = the learning-rate schedule was planned for N epochs until epoch "
+                                       "K, then decays linearly to 0 by --epochs (comma-separated when it "
+                                       "happened more than once); config.json records it, so --epochs with it "
+                                       "repeats such a run", layered=False)
     batch_size: int | None = setting(32, "images per optimizer step", "Keras' default, used by both references",
                                      minimum=1)
     lr: float | None = setting(1e-3, "peak learning rate of the main (fine-tuning) phase",
@@ -236,6 +241,20 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
+def parse_schedule_cut(text: str | None) -> list[tuple[int, int]]:
+    """``"13@5,12@8"`` -> ``[(13, 5), (12, 8)]``: (epochs planned, epoch after which they were cut)."""
+    if not text:
+        return []
+    cuts = []
+    for part in str(text).split(","):
+        planned, at, after = part.strip().partition("@")
+        if not (at and planned.isdigit() and after.isdigit()):
+            raise UsageError(f"--schedule-cut takes N@K pairs (epochs planned @ epoch of the cut), e.g. 13@5, "
+                             f"got {text!r}")
+        cuts.append((int(planned), int(after)))
+    return cuts
+
+
 def parse_duration(text: str | None, flag: str = "--time-budget") -> float | None:
     """``"90s"``, ``"10m"``, ``"1h30m"``, ``"45"`` (seconds) -> seconds; None stays None."""
     if text is None:
@@ -287,6 +306,13 @@ def validate_config(config: TrainConfig) -> None:
                          f"got {config.test_fraction} and {config.val_fraction}")
     parse_augment(config.augment)
     parse_duration(config.time_budget)
+    cuts = parse_schedule_cut(config.schedule_cut)
+    ends = [n for n, _ in cuts] + [config.epochs]
+    if cuts and not all(k < n and k <= end < n and (i == 0 or k > cuts[i - 1][1])
+                        for i, ((n, k), end) in enumerate(zip(cuts, ends[1:]))):
+        raise UsageError(f"--schedule-cut {config.schedule_cut} does not fit --epochs {config.epochs}: each N@K "
+                         "needs K < N, later cuts later epochs, and the next plan (or --epochs) between K and N; "
+                         "copy both from the run's config.json")
     if config.stem_init == "whiten" and config.init:
         raise UsageError("--stem-init whiten sets up a network trained from scratch; --init keeps the checkpoint's "
                          "first layer: leave one out")

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from . import __version__, ddp, ood
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import TrainConfig, config_warnings, parse_augment, parse_duration, resolve_config
+from .config import (TrainConfig, config_warnings, parse_augment, parse_duration, parse_schedule_cut,
+                     resolve_config)
 from .contract import eval_batch, predict_logits, preprocess
 from .data import CLASSES, Dataset, Splits, class_counts, load_dataset, make_splits
 from .device import autocast_dtype, cpu_info, resolve_device
@@ -66,6 +67,16 @@ def learning_rate(config: TrainConfig, epoch: int, fraction: float = 0.0) -> flo
     restarts with each phase. ``cosine`` changes once per epoch, ``onecycle`` every step."""
     phase, i, n = phase_of(config, epoch)
     peak = config.head_lr if phase == "head" else config.lr
+    cuts = parse_schedule_cut(config.schedule_cut)
+    if phase != "head" and cuts and config.lr_schedule != "constant":
+        # A time budget shortened the run after epoch k: the planned schedule up to there, then
+        # from the rate it had reached straight down to 0 at the new last epoch (no jump).
+        planned, k = cuts[-1]
+        before = dataclasses.replace(config, epochs=planned,
+                                     schedule_cut=",".join(f"{a}@{b}" for a, b in cuts[:-1]) or None)
+        if i <= k:
+            return learning_rate(before, epoch, fraction)
+        return learning_rate(before, config.head_epochs + k + 1) * (1 - (i - 1 + fraction - k) / (n - k))
     if config.lr_schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * (i - 1) / n))
     if config.lr_schedule == "onecycle":
@@ -422,14 +433,19 @@ def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, se
     write_history(run.history, run.out / "history.csv")
     if improved:
         save_checkpoint(run.checkpoint(run.evaluated, epoch=epoch), run.out / "model.pt")
+    save_last(run, epoch)
+    run.log(f"epoch {epoch:>3}/{run.total_epochs} {phase:<8} train loss {stats['loss']:.4f} acc {stats['acc']:.4f}"
+            f"  val loss {val.loss:.4f} acc {val.accuracy:.4f}  mean lr {stats['lr']:.2e}  {seconds:.1f}s"
+            + ("  *best" if improved else ""))
+
+
+def save_last(run: Run, epoch: int) -> None:
+    """last.pt: the weights, optimizer and random states and the record after ``epoch``."""
     save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
                                    generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
                                    history=run.history, best=run.best, budget=run.budget,
                                    **({"ema": run.ema.state_dict()} if run.ema is not None else {})),
                     run.out / "last.pt")
-    run.log(f"epoch {epoch:>3}/{run.total_epochs} {phase:<8} train loss {stats['loss']:.4f} acc {stats['acc']:.4f}"
-            f"  val loss {val.loss:.4f} acc {val.accuracy:.4f}  mean lr {stats['lr']:.2e}  {seconds:.1f}s"
-            + ("  *best" if improved else ""))
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -492,6 +508,10 @@ def time_steps(run: Run) -> dict:
         torch.set_rng_state(rng)
 
 
+# A re-planned run aims here: 3% of the budget for what the last epochs' times do not foresee.
+REPLAN_MARGIN = 0.97
+
+
 def epochs_that_fit(budget: float, spent: float, epoch: float, final: float, head_epochs: int = 0) -> int:
     """Main-phase epochs that end, with ``head_epochs`` before them (counted at a main epoch's
     cost, an upper bound) and the final evaluation after, by ``BUDGET_MARGIN`` of ``budget``
@@ -527,6 +547,45 @@ def plan_epochs(run: Run) -> None:
             + (f"; warning: even 1 epoch needs about {planned:.0f} s" if planned > budget else ""))
 
 
+def replan_epochs(run: Run, epoch: int, epoch_ends: list[float]) -> None:
+    """``--time-budget``, after each epoch (``epoch_ends``: when training started and each epoch
+    ended): when the run has fallen so far behind its plan (the machine got slower: other work
+    on it, a noisy neighbour) that it would end late, fewer main epochs, with the learning rate
+    going from where it is straight down to 0 at the new last epoch (``schedule_cut``, which
+    config.json records so the run can be repeated). Never more epochs: a run ahead of its plan
+    keeps the plan, so its result does not depend on the machine's mood."""
+    config, plan = run.config, run.budget
+    phase, i, n = phase_of(config, epoch)
+    keep, per_epoch, projected = n, plan["epoch_seconds"], 0.0
+    if phase != "head" and i < n:
+        # The faster of the last two epochs, wall clock between their ends (checkpoints
+        # included): a lasting slowdown shows in both, a one-off pause in one.
+        recent = epoch_ends[-3:]
+        gaps = [b - a for a, b in zip(recent, recent[1:])]
+        per_epoch = max(min(gaps), plan["epoch_seconds"])
+        final = plan["final_seconds"] * per_epoch / plan["epoch_seconds"]
+        elapsed = time.perf_counter() - run.started
+        projected = elapsed + (n - i) * per_epoch + final
+        if projected > plan["budget_seconds"]:
+            room = REPLAN_MARGIN * plan["budget_seconds"] - elapsed - final
+            keep = i + max(0, min(n - i - 1, int(room // per_epoch)))
+    keep = ddp.broadcast_int(keep, run.world)  # rank 0's clock decides for every rank
+    if keep == n:
+        return
+    cut = f"{n}@{i}"
+    run.config = dataclasses.replace(config, epochs=keep,
+                                     schedule_cut=f"{config.schedule_cut},{cut}" if config.schedule_cut else cut)
+    plan.setdefault("replanned", []).append({"after_epoch": epoch, "epochs_from": n, "epochs_to": keep,
+                                             "epoch_seconds": per_epoch, "projected_seconds": projected})
+    if run.world.main:  # a run resumed from here goes on with the new plan
+        write_config(run)
+        save_last(run, epoch)
+    run.log(f"time budget: at this pace ({per_epoch:.1f} s an epoch, {plan['epoch_seconds']:.1f} s planned) the run "
+            f"would end at {projected:.0f} s of {plan['budget_seconds']:.0f}: {config.head_epochs + n} -> "
+            f"{config.head_epochs + keep} epochs, the learning rate going straight to 0 by the last (repeat with "
+            f"--epochs {keep} --schedule-cut {run.config.schedule_cut})")
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -547,10 +606,14 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     started = time.perf_counter()
     run = start_run(config, resume, log)
     run.started = started
-    if run.config.time_budget and resume is None:
+    budgeted = bool(run.config.time_budget) and resume is None
+    if budgeted:
         plan_epochs(run)
+        epoch_ends = [time.perf_counter()]
     phase = None
     for epoch in range(run.start_epoch, run.total_epochs + 1):
+        if epoch > run.total_epochs:  # a time budget re-planned the run shorter
+            break
         t0 = time.perf_counter()  # a phase's one-off feature extraction counts in its first epoch
         if phase is None or phase.name != phase_of(run.config, epoch)[0]:
             phase = start_phase(run, phase_of(run.config, epoch)[0])
@@ -560,6 +623,9 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
             after_epoch(epoch, val.accuracy)
         if epoch == stop_after_epoch:
             return {"stopped_after_epoch": epoch}
+        if budgeted:
+            epoch_ends.append(time.perf_counter())
+            replan_epochs(run, epoch, epoch_ends)
     if not run.world.main:  # rank 0 evaluates and writes the run's results
         ddp.finish(run.world)
         return {"rank": run.world.rank, "best": dict(run.best)}
