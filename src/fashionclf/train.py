@@ -558,11 +558,11 @@ def replan_epochs(run: Run, epoch: int, epoch_ends: list[float]) -> None:
     phase, i, n = phase_of(config, epoch)
     keep, per_epoch, projected = n, plan["epoch_seconds"], 0.0
     if phase != "head" and i < n:
-        # The faster of the last two epochs, wall clock between their ends (checkpoints
-        # included): a lasting slowdown shows in both, a one-off pause in one.
-        recent = epoch_ends[-3:]
-        gaps = [b - a for a, b in zip(recent, recent[1:])]
-        per_epoch = max(min(gaps), plan["epoch_seconds"])
+        # The pace now: wall clock between the last two epoch ends (checkpoints included). The
+        # faster of the last two epochs was tried: under a lasting slowdown (another process on
+        # one of 2 cores: epochs 42 -> 121 s, AVX2, fp32) it reacted an epoch late and cut the
+        # schedule off instead of bringing it down to 0.
+        per_epoch = max(epoch_ends[-1] - epoch_ends[-2], plan["epoch_seconds"])
         final = plan["final_seconds"] * per_epoch / plan["epoch_seconds"]
         elapsed = time.perf_counter() - run.started
         projected = elapsed + (n - i) * per_epoch + final
