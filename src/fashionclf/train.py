@@ -216,6 +216,7 @@ class Run:
     start_epoch: int = 1
     started: float = field(default_factory=time.perf_counter)  # this process's start of the run
     budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
+    epoch_ends: list[float] = field(default_factory=list)  # budgeted: training's start, then each epoch's end
     world: ddp.World = ddp.World()  # torchrun's ranks; rank 0 alone writes files
 
     @property
@@ -537,6 +538,7 @@ def plan_epochs(run: Run) -> None:
     run.config = dataclasses.replace(config, epochs=epochs, time_budget=None)
     if run.world.main:
         write_config(run)
+    run.epoch_ends = [time.perf_counter()]
     run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed,
                   "steps_per_epoch": steps, "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs,
                   "planned_seconds": planned}
@@ -547,9 +549,8 @@ def plan_epochs(run: Run) -> None:
             + (f"; warning: even 1 epoch needs about {planned:.0f} s" if planned > budget else ""))
 
 
-def replan_epochs(run: Run, epoch: int, epoch_ends: list[float]) -> None:
-    """``--time-budget``, after each epoch (``epoch_ends``: when training started and each epoch
-    ended): when the run has fallen so far behind its plan (the machine got slower: other work
+def replan_epochs(run: Run, epoch: int) -> None:
+    """``--time-budget``, after each epoch: when the run has fallen so far behind its plan (the machine got slower: other work
     on it, a noisy neighbour) that it would end late, fewer main epochs, with the learning rate
     going from where it is straight down to 0 at the new last epoch (``schedule_cut``, which
     config.json records so the run can be repeated). Never more epochs: a run ahead of its plan
@@ -557,12 +558,13 @@ def replan_epochs(run: Run, epoch: int, epoch_ends: list[float]) -> None:
     config, plan = run.config, run.budget
     phase, i, n = phase_of(config, epoch)
     keep, per_epoch, projected = n, plan["epoch_seconds"], 0.0
+    run.epoch_ends.append(time.perf_counter())
     if phase != "head" and i < n:
         # The pace now: wall clock between the last two epoch ends (checkpoints included). The
         # faster of the last two epochs was tried: under a lasting slowdown (another process on
         # one of 2 cores: epochs 42 -> 121 s, AVX2, fp32) it reacted an epoch late and cut the
         # schedule off instead of bringing it down to 0.
-        per_epoch = max(epoch_ends[-1] - epoch_ends[-2], plan["epoch_seconds"])
+        per_epoch = max(run.epoch_ends[-1] - run.epoch_ends[-2], plan["epoch_seconds"])
         final = plan["final_seconds"] * per_epoch / plan["epoch_seconds"]
         elapsed = time.perf_counter() - run.started
         projected = elapsed + (n - i) * per_epoch + final
@@ -609,11 +611,8 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     budgeted = bool(run.config.time_budget) and resume is None
     if budgeted:
         plan_epochs(run)
-        epoch_ends = [time.perf_counter()]
-    phase = None
-    for epoch in range(run.start_epoch, run.total_epochs + 1):
-        if epoch > run.total_epochs:  # a time budget re-planned the run shorter
-            break
+    phase, epoch = None, run.start_epoch
+    while epoch <= run.total_epochs:  # a time budget may re-plan the run shorter as it goes
         t0 = time.perf_counter()  # a phase's one-off feature extraction counts in its first epoch
         if phase is None or phase.name != phase_of(run.config, epoch)[0]:
             phase = start_phase(run, phase_of(run.config, epoch)[0])
@@ -624,8 +623,8 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
         if epoch == stop_after_epoch:
             return {"stopped_after_epoch": epoch}
         if budgeted:
-            epoch_ends.append(time.perf_counter())
-            replan_epochs(run, epoch, epoch_ends)
+            replan_epochs(run, epoch)
+        epoch += 1
     if not run.world.main:  # rank 0 evaluates and writes the run's results
         ddp.finish(run.world)
         return {"rank": run.world.rank, "best": dict(run.best)}
