@@ -243,7 +243,8 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
     assert any(f"--epochs {config['epochs']} --schedule-cut {config['schedule_cut']}" in line for line in lines)
     fit(TrainConfig(**base, epochs=config["epochs"], schedule_cut=config["schedule_cut"], out=str(tmp_path / "again")),
         log=lambda *_: None)
-    rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(tmp_path / d / "history.csv"))]
+    rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"}
+                      for r in csv.DictReader(open(tmp_path / d / "history.csv"))]
     assert rows("budget") == rows("again") and len(rows("again")) == config["epochs"]
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
     for key in a["state_dict"]:

@@ -62,21 +62,21 @@ def phase_of(config: TrainConfig, epoch: int) -> tuple[str, int, int]:
     return ("finetune" if config.head_epochs else "train"), epoch - config.head_epochs, config.epochs
 
 
-def learning_rate(config: TrainConfig, epoch: int, fraction: float = 0.0) -> float:
+def learning_rate(config: TrainConfig, epoch: int, fraction: float = 0.0,
+                  cuts: list[tuple[int, int]] | None = None) -> float:
     """Learning rate ``fraction`` of the way through 1-based run ``epoch``; the schedule
     restarts with each phase. ``cosine`` changes once per epoch, ``onecycle`` every step."""
     phase, i, n = phase_of(config, epoch)
     peak = config.head_lr if phase == "head" else config.lr
-    cuts = parse_schedule_cut(config.schedule_cut)
+    cuts = parse_schedule_cut(config.schedule_cut) if cuts is None else cuts
     if phase != "head" and cuts and config.lr_schedule != "constant":
         # A time budget shortened the run after epoch k: the planned schedule up to there, then
         # from the rate it had reached straight down to 0 at the new last epoch (no jump).
-        planned, k = cuts[-1]
-        before = dataclasses.replace(config, epochs=planned,
-                                     schedule_cut=",".join(f"{a}@{b}" for a, b in cuts[:-1]) or None)
+        (planned, k), earlier = cuts[-1], cuts[:-1]
+        before = dataclasses.replace(config, epochs=planned)
         if i <= k:
-            return learning_rate(before, epoch, fraction)
-        return learning_rate(before, config.head_epochs + k + 1) * (1 - (i - 1 + fraction - k) / (n - k))
+            return learning_rate(before, epoch, fraction, earlier)
+        return learning_rate(before, config.head_epochs + k + 1, 0.0, earlier) * (1 - (i - 1 + fraction - k) / (n - k))
     if config.lr_schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * (i - 1) / n))
     if config.lr_schedule == "onecycle":
@@ -550,8 +550,9 @@ def plan_epochs(run: Run) -> None:
 
 
 def replan_epochs(run: Run, epoch: int) -> None:
-    """``--time-budget``, after each epoch: when the run has fallen so far behind its plan (the machine got slower: other work
-    on it, a noisy neighbour) that it would end late, fewer main epochs, with the learning rate
+    """``--time-budget``, after each epoch: when the run has fallen so far behind its plan (the
+    machine got slower: other work on it, a noisy neighbour) that it would end late, fewer main
+    epochs, with the learning rate
     going from where it is straight down to 0 at the new last epoch (``schedule_cut``, which
     config.json records so the run can be repeated). Never more epochs: a run ahead of its plan
     keeps the plan, so its result does not depend on the machine's mood."""
