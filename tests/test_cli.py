@@ -262,8 +262,9 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
 
 
 def test_directory_walks_survive_link_loops_fifos_dangling_links_and_duplicates(tmp_path):
-    """One row per real file, none repeated through a loop or a second link; a FIFO, a dangling
-    link and a directory named like an image each get a row saying what they are."""
+    """One row per path, none repeated through a loop; a file under three names (a hard link, a
+    symbolic link: two products sharing a photo) gives three rows with the same label; a FIFO, a
+    dangling link and a directory named like an image each get a row saying what they are."""
     import csv
 
     from helpers import png_bytes, save_untrained_checkpoint
@@ -281,14 +282,21 @@ def test_directory_walks_survive_link_loops_fifos_dangling_links_and_duplicates(
     os.symlink(tmp_path / "gone.png", photos / "dangling.png")
     os.mkfifo(photos / "pipe.png")
     (photos / "folder.png").mkdir()
+    walked = None
     for args in ([str(photos)], [str(photos / "**" / "*.png")]):
         r = subprocess.run([sys.executable, "-m", "fashionclf", "predict", str(model), *args],
                            capture_output=True, text=True, timeout=300)  # a FIFO read would hang: the guard
         rows = {row["path"].rsplit("/", 1)[1]: row for row in csv.DictReader(r.stdout.splitlines())}
         assert r.returncode == 1, r.stderr
-        same = {"a.png", "a-hardlink.png", "a-symlink.png"} & set(rows)  # one file under three names
-        assert len(same) == 1 and rows[same.pop()]["label"] and rows["b.png"]["label"]
+        same = [rows[name] for name in ("a.png", "a-hardlink.png", "a-symlink.png")]  # one file, three names
+        assert len({(row["label"], row["confidence"]) for row in same}) == 1 and same[0]["label"]
+        assert rows["b.png"]["label"]
         assert "not a regular file" in rows["pipe.png"]["error"]
         assert "does not exist" in rows["dangling.png"]["error"]
         assert len(r.stdout.strip().splitlines()) == 1 + len(rows)  # no repeats through the loops
+        walked = walked or rows
     assert "is a directory" in rows.get("folder.png", {"error": "is a directory"})["error"]
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "predict", str(model), str(photos), str(photos / "a.png")],
+                       capture_output=True, text=True, timeout=300)
+    paths = [row["path"] for row in csv.DictReader(r.stdout.splitlines())]
+    assert len(paths) == len(set(paths)) == len(walked)  # the very same path given twice: one row

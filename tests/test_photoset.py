@@ -266,3 +266,50 @@ def test_review_loop_predict_review_move_and_retrain_on_both_folders(tmp_path, c
     assert main(["train", "--data", str(labelled), "--data", str(review), "--model", "fast-cnn", "--epochs", "1",
                  "--threads", "1", "--out", str(out2)]) == 0
     assert json.loads((out2 / "config.json").read_text())["data"] == [str(labelled), str(review)]
+
+
+def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
+    """Labelled photos given to evaluate are all scored, whatever folder or manifest column
+    holds them, except those the model trained or validated on (by SHA-256), which are
+    counted and said."""
+    import json
+
+    from fashionclf.checkpoint import load_checkpoint, seen_photos
+    from fashionclf.cli import main
+
+    shop = tmp_path / "shop"
+    write_photo_folder(shop, {"bags": 25, "shoes": 25})
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(shop), "--model", "fast-cnn", "--epochs", "1", "--threads", "1",
+                 "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    tested = sum(metrics["data"]["test_counts"])
+    seen = seen_photos(load_checkpoint(run / "model.pt"))
+    assert len(seen["train"]) + len(seen["val"]) + tested == 50 and seen["val"]
+    new = tmp_path / "new"  # 40 photos the model never saw, laid out as class folders
+    write_photo_folder(new, {"bags": 20, "shoes": 20}, seed=5)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(new), "--out", str(tmp_path / "e1")]) == 0
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["samples"] == 40
+    assert "(40 images)" in capsys.readouterr().out
+
+    # a manifest whose rows are all split=test, and photos the model trained on among them
+    rows = ["path,label,split"] + [f"{p},{p.parent.name},test" for p in sorted(new.rglob("*.png"))]
+    rows += [f"{p},{p.parent.name},test" for p in sorted(shop.rglob("*.png"))]
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "all.csv"), "--out", str(tmp_path / "e2")]) == 0
+    summary = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert summary["samples"] == 40 + tested
+    assert summary["left_out"] == {"trained_on": len(seen["train"]), "validated_on": len(seen["val"])}
+    out = capsys.readouterr().out
+    assert f"left out: {len(seen['train'])} photos the model trained on and {len(seen['val'])} it validated on" in out
+
+    # the shop's own folder: exactly the test photos training held out, with the same accuracy
+    assert main(["evaluate", str(run), "--data", str(shop), "--out", str(tmp_path / "e3")]) == 0
+    summary = json.loads((tmp_path / "e3" / "metrics.json").read_text())
+    assert summary["samples"] == tested and summary["accuracy"] == metrics["test_accuracy"]
+    assert main(["evaluate", str(run), "--data", str(shop), "--split", "val", "--out", str(tmp_path / "e4")]) == 0
+    assert json.loads((tmp_path / "e4" / "metrics.json").read_text())["samples"] == len(seen["val"])
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(new), "--split", "val"]) == 2  # none of these was validated on
+    assert "nothing to score" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,11 +35,24 @@ def test_search_spaces_are_checked_and_a_file_changes_them(tmp_path):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(UsageError, match=message):
             load_space("fast", tmp_path / "bad.json")
+    with pytest.raises(UsageError, match="cannot read it"):
+        load_space("fast", tmp_path / "missing.toml")
 
 
-def _worker(tiny_data, out, storage, n_trials, space, study="s"):
+def test_a_missing_space_file_is_one_line_and_the_python_floor_has_tomllib(tmp_path):
+    import tomllib
+
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "tune", "--model", "fast-cnn", "--space",
+                        str(tmp_path / "x.toml"), "--out", str(tmp_path / "t")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "x.toml: cannot read it" in r.stderr, r.stderr
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"  # tune --space x.toml reads TOML with the standard tomllib
+
+
+def _worker(tiny_data, out, storage, n_trials, space, study="s", worker=True):
     return subprocess.Popen(
-        [sys.executable, "-m", "fashionclf", "tune", "--worker", "--model", "fast-cnn", "--data", str(tiny_data),
+        [sys.executable, "-m", "fashionclf", "tune", *(["--worker"] if worker else []), "--model", "fast-cnn",
+         "--data", str(tiny_data),
          "--no-verify", "--study", study, "--storage", storage, "--n-trials", str(n_trials), "--out", str(out),
          "--space", str(space), "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -160,3 +174,40 @@ def test_two_workers_share_a_study_on_a_real_postgresql_server(postgres, tiny_da
     numbers = [t.number for t in study.trials]
     assert len(done) >= 4 and len(numbers) == len(set(numbers))
     assert {t.user_attrs["pid"] for t in study.trials} == {w.pid for w in workers}
+
+
+@pytest.mark.slow
+def test_workers_with_their_own_out_folders_all_end_well_and_name_the_winners_run(tiny_data, tmp_path, capsys):
+    """As on two machines: each `fashionclf tune` has its own --out, the study is shared. Every
+    one ends with exit 0 and its summary names the winner and where its run lives, evaluating it
+    when that folder can be read from here (else saying how)."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    outs = [tmp_path / "tune1", tmp_path / "tune2"]
+    workers = [_worker(tiny_data, out, storage, 4, space, worker=False) for out in outs]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    summaries = [json.loads((out / "summary.json").read_text()) for out in outs]
+    for summary, log in zip(summaries, logs):
+        best = Path(summary["best_run"])
+        assert best.parent in outs and best.name == f"trial-{summary['best_trial']:04d}"
+        metrics = json.loads((best / "metrics.json").read_text())
+        assert summary["test_accuracy"] == metrics["test_accuracy"] and f"its run in {summary['best_host']}:" in log
+    assert sum((d / "metrics.json").exists() for out in outs for d in out.glob("trial-*")) <= 2
+
+    # The winner's folder out of reach (another machine's disk): the summary says so and how to evaluate it
+    winner = Path(summaries[0]["best_run"])
+    (winner / "metrics.json").unlink()
+    hidden = winner.rename(tmp_path / "elsewhere")
+    args = ["tune", "--evaluate-best", "--study", "s", "--storage", storage]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "summary1")]) == 0
+    out = capsys.readouterr().out
+    assert "test not evaluated" in out and "cannot be read from here" in out and "--evaluate-best" in out
+    assert json.loads((tmp_path / "summary1" / "summary.json").read_text())["test_accuracy"] is None
+    assert json.loads((tmp_path / "summary1" / "best.json").read_text())["lr"] == summaries[0]["best_params"]["lr"]
+    hidden.rename(winner)  # on the machine that holds it: evaluated on test, once
+    assert main([*args, "--out", str(tmp_path / "summary2")]) == 0
+    summary = json.loads((tmp_path / "summary2" / "summary.json").read_text())
+    assert summary["test_accuracy"] == json.loads((winner / "metrics.json").read_text())["test_accuracy"]

@@ -37,6 +37,30 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class
     }
 
 
+SEEN_SPLITS = ("train", "val")
+
+
+def record_seen(hashes: dict[str, list[str]]) -> dict:
+    """The photos a model trained and validated on, for its checkpoint's ``photos_seen``: per
+    split, the SHA-256 of each file as a (N, 32) uint8 tensor (a tenth of the size of the
+    hex strings, and loadable with ``weights_only``). ``evaluate`` leaves these photos out
+    of the test figures of any data it is given."""
+    import numpy as np
+    import torch
+
+    return {split: torch.from_numpy(np.frombuffer(bytes.fromhex("".join(hashes.get(split, []))), np.uint8)
+                                    .reshape(-1, 32).copy()) for split in SEEN_SPLITS}
+
+
+def seen_photos(ckpt: dict) -> dict[str, set[str]] | None:
+    """``record_seen`` read back: split -> hex SHA-256s; None for a checkpoint without it
+    (Fashion-MNIST runs, whose splits are the dataset's, or checkpoints of earlier versions)."""
+    record = ckpt.get("photos_seen")
+    if record is None:
+        return None
+    return {split: {row.tobytes().hex() for row in record[split].numpy()} for split in SEEN_SPLITS}
+
+
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Write atomically: a crash leaves the previous file or the new one, never half of one."""
     save_torch_atomic(ckpt, path)
@@ -81,6 +105,8 @@ def validate_checkpoint(ckpt: dict, source: str = "checkpoint") -> None:
     import inspect
     import math
 
+    import torch
+
     from .config import TTA_CHOICES
     from .models import get_model_entry
 
@@ -120,6 +146,11 @@ def validate_checkpoint(ckpt: dict, source: str = "checkpoint") -> None:
         raise bad(f"preprocessing std must be positive, got {prep['std']!r}")
     if prep.get("tta", "none") not in TTA_CHOICES or prep.get("source") not in (None, "rgb"):
         raise bad(f"unknown test-time augmentation or source: {prep.get('tta')!r}, {prep.get('source')!r}")
+    seen = ckpt.get("photos_seen")
+    if seen is not None and not (isinstance(seen, dict) and set(seen) == set(SEEN_SPLITS) and all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 2 and t.shape[1] == 32
+            for t in seen.values())):
+        raise bad("photos_seen must hold a (N, 32) uint8 tensor of SHA-256 digests for train and val")
     unknown = ckpt.get("unknown")
     if unknown is not None:
         t, threshold = unknown.get("temperature"), unknown.get("threshold")

@@ -81,19 +81,33 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .rundir import check_new
     from .train import fit
 
+    config = config_from_args(args)
+    if args.config:  # a saved config (config.json, tune's best.json); flags typed beside it win
+        config = over_saved(args.config, config, typed_flags(args.argv, "train"))
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it for this machine
         from .ddp import launch
 
-        return launch(args.nproc, sys.argv[1:])
-    config = config_from_args(args)
-    if args.config:  # a saved config (config.json, tune's best.json); flags given beside it win
-        config = over_saved(args.config, config, config_from_args(build_parser().parse_args(["train"])))
-    metrics = fit(config, resume=args.resume)
+        if not args.resume:  # refused here in one line, before torchrun starts (rank 0 checks again and locks)
+            check_new(config.out, args.exist_ok)
+        return launch(args.nproc, args.argv)
+    metrics = fit(config, resume=args.resume, exist_ok=args.exist_ok)
     if "test_accuracy" in metrics:  # under torchrun, rank 0's
         print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
     return 0
+
+
+def typed_flags(argv: list[str], command: str) -> set[str]:
+    """The settings typed on the command line of ``command``, whatever their value: ``argv``
+    parsed again with every default of that command suppressed (a flag given at its default
+    value, ``--seed 0``, is still typed)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
 
 
 def cmd_evaluate(args) -> int:
@@ -102,7 +116,11 @@ def cmd_evaluate(args) -> int:
     s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data, args.verify, args.device, args.tta,
                             score_train=args.with_train)
     acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
-    print(f"{s['model']} on {s['split']}: accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
+    print(f"{s['model']} on {s['split']} ({s['samples']:,} images): accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
+    if s.get("left_out"):
+        n = s["left_out"]
+        print(f"left out: {n['trained_on']:,} photos the model trained on and {n['validated_on']:,} it validated on "
+              "(same SHA-256); every other photo scored")
     print(f"accuracy side by side: {acc}")
     if s["overfitting"]["flag"]:
         print(f"warning: {s['overfitting']['hint']}")
@@ -138,7 +156,7 @@ def cmd_tune(args) -> int:
     from .tune import tune
 
     tune(args.recipe, args.model, args.data, args.study, args.storage, args.n_trials, args.timeout, args.jobs,
-         args.space, args.out, args.seed, args.verify, args.threads, args.worker)
+         args.space, args.out, args.seed, args.verify, args.threads, args.worker, evaluate_best=args.evaluate_best)
     return 0
 
 
@@ -199,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="start from a saved config: a run's config.json or tune's "
                                                    "best.json (flags given beside it override it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into --out even when it already holds a run (config.json or model.pt), replacing "
+                        "its files; without it such a folder is refused")
     p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                    help="train with N data-parallel processes on this machine (torchrun; --batch-size is the "
                         "global batch); across machines run torchrun -m fashionclf train yourself")
@@ -279,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", metavar="FILE", help="search space changes, JSON or TOML: "
                                                    '{"lr": {"log": [0.001, 0.01]}, "epochs": {"int": [2, 5]}}')
     p.add_argument("--out", default="runs/tune", help="study folder (default: runs/tune)")
+    p.add_argument("--evaluate-best", action="store_true",
+                   help="run no trial: summarise the study and evaluate its winner on test, on the machine whose "
+                        "file system holds the winner's run folder (the summary of a worker elsewhere says which)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     add_flags(p, ["data", "verify", "seed", "threads"])
     p.set_defaults(func=cmd_tune)
@@ -299,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as typed: train --config tells typed flags from defaults
     try:
         return args.func(args)
     except FashionclfError as exc:  # the project's own errors: their message says the fix

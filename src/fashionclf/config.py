@@ -189,9 +189,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
-def over_saved(path: str, config: TrainConfig, unset: TrainConfig) -> TrainConfig:
+def over_saved(path: str, config: TrainConfig, given: set[str]) -> TrainConfig:
     """``train --config FILE``: the settings saved in FILE (a run's config.json, tune's
-    best.json), with those of ``config`` that differ from ``unset`` (the flags given) over them."""
+    best.json), with the settings named in ``given`` (those typed on the command line, even
+    at their default value) taken from ``config`` over them."""
     import json
 
     try:
@@ -200,9 +201,8 @@ def over_saved(path: str, config: TrainConfig, unset: TrainConfig) -> TrainConfi
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(f"--config {path}: cannot read it as a fashionclf config ({exc}); pass a config.json of "
                          "a run or the best.json of 'fashionclf tune'") from None
-    given = {f.name: getattr(config, f.name) for f in fields(TrainConfig)
-             if getattr(config, f.name) != getattr(unset, f.name)}
-    return dataclasses.replace(saved, **given)
+    names = {f.name for f in fields(TrainConfig)}
+    return dataclasses.replace(saved, **{name: getattr(config, name) for name in given & names})
 
 
 def parse_augment(spec: str | None) -> list[str]:

@@ -115,7 +115,8 @@ def _file_in(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _complete(directory: Path) -> bool:
+def holds_fashion_mnist(directory: Path) -> bool:
+    """Whether ``directory`` holds the four Fashion-MNIST IDX files (raw or .gz)."""
     return all(_file_in(directory, name) for name in FILES.values())
 
 
@@ -135,7 +136,7 @@ def find_data(data_dir: str | os.PathLike | None = None, download: bool = True) 
     """Return the directory holding the four IDX files, downloading them if allowed."""
     places = search_places(data_dir)
     for _, place in places:
-        if _complete(place):
+        if holds_fashion_mnist(place):
             return place
     searched = "; ".join(f"{where}: {place}" for where, place in places)
     download_note = ""
@@ -287,6 +288,7 @@ class Dataset:
     files: dict[str, str] = field(default_factory=dict)
     val: ImageSet | None = None  # None: carved from ``train`` by ``make_splits``
     problems: dict = field(default_factory=dict)  # skipped files, label noise, leakage (photo data)
+    hashes: dict[str, list[str]] = field(default_factory=dict)  # photo data: split -> SHA-256 of each photo
 
 
 def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> ImageSet:

@@ -173,17 +173,35 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
 
 def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verify: bool = True,
                           log: Callable[[str], None] | None = print):
-    """The data a checkpoint was trained on (or ``data``), split as its run split it (seed,
-    fractions), converted for its input and labelled in its class order."""
+    """The data a checkpoint was trained on (or ``data``), converted for its input and
+    labelled in its class order. Fashion-MNIST is split as the run split it (seed, fraction);
+    photos are all scored: the ones the model trained or validated on (by SHA-256, as its
+    checkpoint records them) form the train and val splits, every other photo the test split,
+    whatever folder or manifest column holds it."""
+    from .checkpoint import seen_photos
     from .config import TrainConfig
-    from .sources import as_list, is_fashion_mnist, load_data, relabel
+    from .sources import as_list, is_fashion_mnist, load_data, load_photos_to_score, relabel
 
     config = TrainConfig.from_dict(ckpt["config"])
     sources = as_list(data) or config.data
-    subset = ckpt["class_indices"] if is_fashion_mnist(sources) else None  # photos: every class the data has
-    dataset = load_data(sources, subset, verify, config.val_fraction, config.test_fraction, config.seed, log=log,
-                        preprocessing=ckpt["preprocessing"])
-    return relabel(dataset, ckpt["classes"])
+    if is_fashion_mnist(sources):
+        dataset = load_data(sources, ckpt["class_indices"], verify, config.val_fraction, config.test_fraction,
+                            config.seed, log=log, preprocessing=ckpt["preprocessing"])
+        return relabel(dataset, ckpt["classes"])
+    seen = seen_photos(ckpt)
+    if seen is None:
+        seen = {"train": set(), "val": set()}
+        if config.data and not _is_idx_folder(config.data) and log:
+            log("warning: this model.pt does not record which photos it trained on (it was written by an earlier "
+                "fashionclf): every photo is scored as test, those it trained on included; retrain to record them")
+    return relabel(load_photos_to_score(sources, seen, ckpt["preprocessing"], log), ckpt["classes"])
+
+
+def _is_idx_folder(paths: list[str]) -> bool:
+    """Whether a run's --data was a Fashion-MNIST folder (False when it cannot be told any more)."""
+    from .data import holds_fashion_mnist
+
+    return len(paths) == 1 and Path(paths[0]).is_dir() and holds_fashion_mnist(Path(paths[0]))
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
@@ -214,9 +232,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     model = model_from_checkpoint(ckpt).to(dev)
     dataset = dataset_of_checkpoint(ckpt, data, verify)
     data = make_splits(dataset, config.val_fraction, config.seed)
+    left_out = photos_left_out(dataset, split)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
     results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}
-    accuracies = {name: results[name].accuracy for name in ("train", "val", "test") if name in results}
+    accuracies = {name: results[name].accuracy for name in ("train", "val", "test")
+                  if name in results and len(results[name].y_true)}
     recorded = (ckpt.get("metrics") or {}).get("train_accuracy")
     train_note = ""
     if "train" not in accuracies and recorded is not None and preprocessing == ckpt["preprocessing"]:
@@ -234,7 +254,26 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     paths = write_evaluation(result, images, out, accuracies, overfit, info, problems=dataset.problems)
     summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
                    accuracies=accuracies, overfitting=overfit, files=paths,
+                   **({"left_out": left_out} if left_out else {}),
                    **({"data_problems": dataset.problems} if dataset.problems else {}))
     write_json(summary, out / "metrics.json")
     summary["files"]["metrics_json"] = str(out / "metrics.json")
     return summary
+
+
+def photos_left_out(dataset, split: str) -> dict | None:
+    """Photo data scored by a model (``dataset_of_checkpoint``): how many photos were left out
+    of the test split because the model trained or validated on them; a split with no photo
+    is a usage error that says why."""
+    from .errors import UsageError
+
+    if not dataset.hashes:
+        return None  # Fashion-MNIST: its own splits
+    counts = {s: len(getattr(dataset, s).labels) for s in ("train", "val", "test")}
+    if not counts[split]:
+        why = (f"every photo of {dataset.source} is one the model trained on ({counts['train']}) or validated on "
+               f"({counts['val']}); score it on photos it has not seen" if split == "test" else
+               f"none of the photos of {dataset.source} is one the model was "
+               f"{'trained' if split == 'train' else 'validated'} on (--split test scores the others)")
+        raise UsageError(f"--split {split}: nothing to score: {why}")
+    return {"trained_on": counts["train"], "validated_on": counts["val"]} if split == "test" else None

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
@@ -32,22 +31,18 @@ from .tagging import Prediction, classify
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
     """Files as given; directories walked recursively (sorted) to every entry with an image
-    suffix; glob patterns expanded (``**`` included). Walks never follow links to directories
-    (a ``loop -> .`` link would repeat every file, two would explode), and a file reached twice
-    (hard or symbolic links) gives one row. Names that do not exist, directories named like
-    images, dangling links and FIFOs are kept, so that their rows say what is wrong."""
-    seen: set[tuple[int, int]] = set()
+    suffix; glob patterns expanded (``**`` included). Every path gets its row, links included:
+    two products may share one photo through a link, and each is a row of the catalogue; only
+    the very same path reached twice (``photos/`` and ``photos/a.jpg`` both given) gives one.
+    Walks never follow links to directories (a ``loop -> .`` link would repeat every file, two
+    would explode). Names that do not exist, directories named like images, dangling links and
+    FIFOs are kept, so that their rows say what is wrong."""
+    seen: set[str] = set()
     for path in _expand(inputs):
-        try:
-            st = path.stat()
-        except OSError:
-            yield path  # missing or dangling: its row says so
-            continue
-        key = (st.st_dev, st.st_ino)
-        if stat.S_ISREG(st.st_mode) and key in seen:
-            continue
-        seen.add(key)
-        yield path
+        key = os.path.normpath(path)
+        if key not in seen:
+            seen.add(key)
+            yield path
 
 
 def _expand(inputs: Iterable[str]) -> Iterator[Path]:

@@ -108,6 +108,12 @@ def export_int8(checkpoint, output=None, data=None, calibration: int = CALIBRATI
     path = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(path)
     dataset = dataset_of_checkpoint(ckpt, data, verify, log=log)
+    if not len(dataset.train.images) or not len(dataset.test.images):
+        from .errors import UsageError
+
+        raise UsageError(f"--int8 calibrates on photos the model trained on and compares on others; {dataset.source} "
+                         f"holds {len(dataset.train.images)} of the first and {len(dataset.test.images)} of the "
+                         "second: pass the run's own data (leave --data out)")
     fp32 = cached_onnx_bytes(path)
     start = time.perf_counter()
     int8 = quantize_int8(fp32, calibration_images(dataset, calibration))

@@ -11,6 +11,7 @@ labelled folder plus the reviewed one); classes are the union of their names, so
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +35,7 @@ def kind_of(path: str) -> str:
     """"idx", "csv" or "folder"; a path that is none of those is a usage error saying what would work."""
     p = Path(path)
     if p.is_dir():
-        return "idx" if idx._complete(p) else "folder"
+        return "idx" if idx.holds_fashion_mnist(p) else "folder"
     if p.is_file() and p.suffix.lower() == ".csv":
         return "csv"
     if not p.exists():
@@ -66,8 +67,23 @@ def load_data(sources=None, classes: str | list | None = None, verify: bool = Tr
                        preprocessing)
 
 
-def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
-                seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
+@dataclass
+class Photos:
+    """Every labelled photo of some sources, converted, restricted to the chosen classes."""
+
+    paths: list[str]  # the sources
+    entries: list[photoset.Entry]
+    images: np.ndarray
+    labels: np.ndarray  # indices into ``classes``
+    hashes: list[str]  # SHA-256 of each photo's file
+    classes: list[str]
+    skipped: list[dict]
+    ignored: list[str]
+    cached: int
+
+
+def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: dict | None = None) -> Photos:
+    """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
     entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
     for path, kind in zip(paths, kinds):
         p = Path(path)
@@ -94,20 +110,45 @@ def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float
                             f"{next(s for s in skipped if s['label'] == name)['error']}); fix or remove them")
     keep = [i for i, e in enumerate(entries) if e.label in wanted]
     entries = [entries[i] for i in keep]
-    hashes = [hashes[i] for i in keep]
-    all_images = np.concatenate(images)[keep]
-    labels = np.array([wanted.index(e.label) for e in entries], dtype=np.int64)
-    splits = photoset.carve_splits(labels, hashes, [e.split for e in entries], wanted, val_fraction,
-                                   test_fraction, seed)
+    return Photos(paths, entries, np.concatenate(images)[keep], np.array([wanted.index(e.label) for e in entries],
+                  dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached)
+
+
+def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
+                seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
+    """Photos to train on: split as the shop gave them, the rest carved (``photoset.carve_splits``)."""
+    photos = gather_photos(paths, kinds, classes, preprocessing)
+    splits = photoset.carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
+                                   val_fraction, test_fraction, seed)
     for needed in ("train", "test"):
         if needed not in splits:
             raise UsageError(f"no {needed} photos: give a {needed} split or a --test-fraction above 0")
-    sets = {s: ImageSet(all_images[splits == s], labels[splits == s]) for s in photoset.SPLIT_NAMES}
-    problems = {"skipped": skipped, "ignored": ignored, **photoset.find_duplicates(entries, hashes, splits)}
-    log_problems(len(entries), len(wanted), paths, cached, problems, log)
-    return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=wanted,
-                   class_indices=list(range(len(wanted))), source="; ".join(paths), verification=PHOTO_VERIFICATION,
-                   problems=problems)
+    return photo_dataset(photos, splits, log)
+
+
+def load_photos_to_score(sources, seen: dict[str, set[str]], preprocessing: dict | None = None,
+                         log: Callable[[str], None] | None = None) -> Dataset:
+    """Every labelled photo of ``sources`` for a model to be scored on, whatever split folder or
+    manifest column holds it: the photos it trained on or validated on (their SHA-256 in
+    ``seen["train"]`` / ``seen["val"]``, as its checkpoint records them) become the train and
+    val splits, every other photo the test split."""
+    paths = as_list(sources)
+    photos = gather_photos(paths, [kind_of(p) for p in paths], None, preprocessing)
+    splits = np.array(["train" if h in seen["train"] else "val" if h in seen["val"] else "test"
+                       for h in photos.hashes], dtype=str)
+    return photo_dataset(photos, splits, log or (lambda _: None))
+
+
+def photo_dataset(photos: Photos, splits: np.ndarray, log: Callable[[str], None]) -> Dataset:
+    """``photos`` as a Dataset split by ``splits`` (one split name per photo), their problems logged."""
+    sets = {s: ImageSet(photos.images[splits == s], photos.labels[splits == s]) for s in photoset.SPLIT_NAMES}
+    problems = {"skipped": photos.skipped, "ignored": photos.ignored,
+                **photoset.find_duplicates(photos.entries, photos.hashes, splits)}
+    log_problems(len(photos.entries), len(photos.classes), photos.paths, photos.cached, problems, log)
+    hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in photoset.SPLIT_NAMES}
+    return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=photos.classes,
+                   class_indices=list(range(len(photos.classes))), source="; ".join(photos.paths),
+                   verification=PHOTO_VERIFICATION, problems=problems, hashes=hashes)
 
 
 def select_names(names: list[str], classes: str | list | None) -> list[str]:
@@ -152,7 +193,7 @@ def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
         return None if s is None else ImageSet(s.images, mapping[s.labels])
 
     return Dataset(re(dataset.train), re(dataset.test), list(classes), list(range(len(classes))), dataset.source,
-                   dataset.verification, dataset.files, re(dataset.val), dataset.problems)
+                   dataset.verification, dataset.files, re(dataset.val), dataset.problems, dataset.hashes)
 
 
 def describe(sources=None, classes: str | None = None, verify: bool = True, val_fraction: float = 0.1,

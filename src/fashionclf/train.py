@@ -34,7 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, ddp, ood
-from .checkpoint import load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import (load_body, load_checkpoint, make_checkpoint, model_from_checkpoint, record_seen,
+                         save_checkpoint)
 from .config import (TrainConfig, config_warnings, parse_augment, parse_duration, parse_schedule_cut,
                      resolve_config)
 from .contract import eval_batch, predict_logits, preprocess
@@ -44,6 +45,7 @@ from .evaluate import EvalResult, evaluate, overfitting_check, result_from_logit
 from .fileio import write_bytes_atomic, write_json
 from .errors import TrainingDiverged, UsageError
 from .models import body_of, count_parameters, create_model, get_model_entry, head_of
+from .rundir import claim
 from .sources import PHOTO_VERIFICATION, is_fashion_mnist, load_data
 from .transforms import augment
 
@@ -229,9 +231,10 @@ class Run:
         return self.config.head_epochs + self.config.epochs
 
     def checkpoint(self, weights_of: nn.Module, **extra) -> dict:
+        seen = {"photos_seen": record_seen(self.dataset.hashes)} if self.dataset.hashes else {}
         return make_checkpoint(weights_of, self.config.model, self.model_kwargs, self.dataset.classes,
                                self.dataset.class_indices, self.preprocessing, dataclasses.asdict(self.config),
-                               **extra)
+                               **seen, **extra)
 
 
 def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None]) -> Run:
@@ -594,9 +597,11 @@ def replan_epochs(run: Run, epoch: int) -> None:
 
 def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Callable[[str], None] = print,
         stop_after_epoch: int | None = None, after_epoch: Callable[[int, float], None] | None = None,
-        final_evaluation: bool = True) -> dict:
+        final_evaluation: bool = True, exist_ok: bool = False) -> dict:
     """Train ``config.model`` and write the run directory ``config.out``; return its metrics.
 
+    ``config.out`` may not hold a run already (``fashionclf.rundir``) unless ``exist_ok``;
+    the run locks its folder while it writes (rank 0 under torchrun).
     ``resume``: continue the run in that directory from its last.pt. ``stop_after_epoch``:
     stop once that epoch's checkpoints are written, as an interruption would (no final
     evaluation; continue with ``resume``); returns ``{"stopped_after_epoch": N}``.
@@ -606,6 +611,15 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     (a tuner's trial: the test split must not be looked at until a winner is chosen; ``fit``
     with ``resume`` on the directory evaluates it later) and returns ``{"best": ...}``.
     """
+    if not ddp.from_env().main:  # rank 0 alone checks and holds the folder
+        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
+    with claim(resume if resume is not None else config.out, exist_ok, resume=resume is not None):
+        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
+
+
+def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None],
+         stop_after_epoch: int | None, after_epoch: Callable[[int, float], None] | None,
+         final_evaluation: bool) -> dict:
     started = time.perf_counter()
     run = start_run(config, resume, log)
     run.started = started

@@ -81,7 +81,11 @@ def load_space(recipe: str | None, path: str | os.PathLike | None = None) -> dic
     merged over it: its keys replace or add settings, a key set to null (JSON) removes one."""
     space = dict(SPACES[recipe if recipe in SPACES else "model"])
     if path is not None:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--space {path}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                             "pass a JSON or TOML file of settings and ranges") from None
         try:
             if str(path).endswith(".toml"):
                 import tomllib
@@ -205,11 +209,14 @@ def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {val_accuracy:.4f} at epoch {epoch}")
 
+        trial.set_user_attr("run_dir", str(folder.resolve()))  # where the summary of any worker finds it
         try:
             result = fit(config, log=lines.append, after_epoch=report, final_evaluation=False)
         finally:
             if folder.is_dir():
                 write_bytes_atomic(folder / "train.log", ("\n".join(lines) + "\n").encode())
+            if (folder / "config.json").is_file():  # best.json, even where this folder cannot be read
+                trial.set_user_attr("config", json.loads((folder / "config.json").read_text()))
         return float(result["best"]["val_acc"])
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -223,9 +230,15 @@ def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str
 def tune(recipe: str | None = None, model: str | None = None, data: list[str] | None = None, study: str = "fashionclf",
          storage: str | None = None, n_trials: int = 20, timeout: str | None = None, jobs: int = 1,
          space_file: str | None = None, out: str = "runs/tune", seed: int = 0, verify: bool = True,
-         threads: int | None = None, worker: bool = False, log=print) -> dict:
+         threads: int | None = None, worker: bool = False, log=print, evaluate_best: bool = False) -> dict:
     """``fashionclf tune``: run ``jobs`` workers on this machine (each with cores / jobs
-    threads), then evaluate the best trial on test once and write the study's files."""
+    threads), then evaluate the best trial on test once and write the study's files.
+    ``evaluate_best``: run no trial, only the summary (on the machine that holds the winner's
+    run folder, it evaluates the winner)."""
+    if evaluate_best:
+        _optuna()
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return summarise(study, storage, Path(out), log)
     if recipe is None and model is None:
         raise UsageError("fashionclf tune needs --recipe NAME or --model NAME (the settings to search around)")
     _optuna()
@@ -287,24 +300,47 @@ def summarise(study_name: str, storage_url: str | None, out: Path, log=print) ->
     if not complete:
         raise UsageError(f"study {study_name!r}: no trial has finished yet ({counts}); run more trials")
     best = study.best_trial
-    best_dir = out / f"trial-{best.number:04d}"
-    from .train import fit
-
-    metrics = (json.loads((best_dir / "metrics.json").read_text()) if (best_dir / "metrics.json").is_file()
-               else fit(TrainConfig(), resume=best_dir, log=lambda *_: None))  # test, once, for the winner only
-    config = json.loads((best_dir / "config.json").read_text())
+    best_dir = Path(best.user_attrs.get("run_dir") or out / f"trial-{best.number:04d}")
+    where = f"{best.user_attrs['host']}:{best_dir}" if "host" in best.user_attrs else str(best_dir)
+    metrics = evaluate_trial(best_dir)
+    config = dict(best.user_attrs.get("config") or json.loads((best_dir / "config.json").read_text()))
     config.pop("out", None)
     write_json(config, out / "best.json")
     plots = plot_study(study, out)
+    test = None if metrics is None else metrics["test_accuracy"]
     summary = {"study": study_name, "trials": counts, "best_trial": best.number, "best_params": best.params,
-               "best_val_accuracy": best.value, "test_accuracy": metrics["test_accuracy"],
-               "best_run": str(best_dir), "plots": plots}
+               "best_val_accuracy": best.value, "test_accuracy": test, "best_run": str(best_dir),
+               "best_host": best.user_attrs.get("host"), "plots": plots}
     write_json(summary, out / "summary.json")
     write_report(summary, rows, out)
+    again = (f"fashionclf tune --evaluate-best --study {study_name}"
+             + (f" --storage {storage_url}" if storage_url else "") + f" --out {out}")
     log(f"{counts['COMPLETE']} trials finished, {counts['PRUNED']} pruned, {counts['FAIL']} failed; best: trial "
-        f"{best.number}, val {best.value:.4f}, test {metrics['test_accuracy']:.4f} ({_flags(best.params)}); "
-        f"fashionclf train --config {out / 'best.json'} repeats it; report: {out / 'report.html'}")
+        f"{best.number}, val {best.value:.4f}, "
+        + (f"test {test:.4f}" if test is not None else "test not evaluated") + f" ({_flags(best.params)}), "
+        f"its run in {where}; fashionclf train --config {out / 'best.json'} repeats it; report: {out / 'report.html'}")
+    if metrics is None:
+        log(f"note: the winner's run folder {where} cannot be read from here; to evaluate it on test, run "
+            f"'{again}' on that machine")
     return summary
+
+
+def evaluate_trial(folder: Path) -> dict | None:
+    """The winner's test figures: its metrics.json, or its run evaluated now (once: a worker
+    that finds another evaluating it waits and reads the figures); None when its folder
+    cannot be read from here (another machine's)."""
+    from .rundir import RunBusy, claim
+    from .train import fit
+
+    if (folder / "metrics.json").is_file():
+        return json.loads((folder / "metrics.json").read_text())
+    if not (folder / "last.pt").is_file():
+        return None
+    try:
+        return fit(TrainConfig(), resume=folder, log=lambda *_: None)  # test, once, for the winner only
+    except RunBusy:
+        with claim(folder, resume=True, wait=True):
+            return json.loads((folder / "metrics.json").read_text())
 
 
 def _flags(params: dict) -> str:
@@ -344,15 +380,18 @@ def write_report(summary: dict, rows: list[dict], out: Path) -> None:
     def cell(v) -> str:
         return "" if v is None else html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
 
+    test = ("test accuracy not evaluated yet" if summary["test_accuracy"] is None
+            else f"test accuracy {summary['test_accuracy']:.4f}")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0]) if rows else ""
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
     images = "".join(f'<h2>{html.escape(k)}</h2><img src="{html.escape(v)}" alt="{html.escape(k)}">'
                      for k, v in summary["plots"].items())
     page = (f"<!doctype html><meta charset=utf-8><title>fashionclf tune: {html.escape(summary['study'])}</title>"
             f"<h1>Study {html.escape(summary['study'])}</h1><p>Best: trial {summary['best_trial']}, validation "
-            f"accuracy {summary['best_val_accuracy']:.4f}, test accuracy {summary['test_accuracy']:.4f} (the test "
-            f"split was evaluated for this trial only); settings: <code>{html.escape(_flags(summary['best_params']))}"
-            f"</code>. Trials: {html.escape(json.dumps(summary['trials']))}.</p>{images}"
+            f"accuracy {summary['best_val_accuracy']:.4f}, {test} (the test split is evaluated for this trial "
+            f"only; its run: <code>{html.escape(str(summary['best_host']))}:{html.escape(summary['best_run'])}"
+            f"</code>); settings: <code>{html.escape(_flags(summary['best_params']))}</code>. Trials: "
+            f"{html.escape(json.dumps(summary['trials']))}.</p>{images}"
             f"<h2>Trials</h2><table border=1 cellspacing=0 cellpadding=3><tr>{head}</tr>{body}</table>")
     write_bytes_atomic(out / "report.html", page.encode())
 
