@@ -25,7 +25,7 @@ from fashionclf.config import parse_augment
 from fashionclf.contract import predict_logits
 from fashionclf.data import load_dataset, make_splits
 from fashionclf.models import create_model, get_model_entry, list_models
-from fashionclf.train import TrainStep, make_prepare, train_one_epoch
+from fashionclf.loop import TrainStep, make_prepare, train_one_epoch
 
 
 def measure(name: str, size: int, in_chans: int, args, data, num_classes: int, cpu: torch.device) -> dict:

@@ -92,6 +92,14 @@ def test_kill_9_of_a_two_process_run_mid_epoch_then_resume_ends_as_an_uninterrup
     assert proc.returncode == -signal.SIGKILL
     rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
     assert len(rows(part)) == 1  # killed after the first epoch, before the second ended
+    from fashionclf.rundir import RunBusy, claim
+
+    for _ in range(1200):  # the orphaned ranks notice torchrun is gone, end, and let go of the folder
+        try:
+            with claim(part, resume=True):
+                break
+        except RunBusy:
+            time.sleep(0.1)
     more = _train(["--resume", str(part)], nproc=2)
     assert more.returncode == 0, more.stdout + more.stderr
     assert "resuming" in more.stdout
@@ -123,7 +131,7 @@ def _one_step(rank: int, port: int, out: str) -> None:
 
     from fashionclf import ddp
     from fashionclf.models import create_model
-    from fashionclf.train import TrainStep, train_one_epoch
+    from fashionclf.loop import TrainStep, train_one_epoch
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -272,6 +272,7 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     """Labelled photos given to evaluate are all scored, whatever folder or manifest column
     holds them, except those the model trained or validated on (by SHA-256), which are
     counted and said."""
+    import csv
     import json
 
     from fashionclf.checkpoint import load_checkpoint, seen_photos
@@ -290,8 +291,12 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     write_photo_folder(new, {"bags": 20, "shoes": 20}, seed=5)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(new), "--out", str(tmp_path / "e1")]) == 0
-    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["samples"] == 40
-    assert "(40 images)" in capsys.readouterr().out
+    scored = json.loads((tmp_path / "e1" / "metrics.json").read_text())
+    assert scored["samples"] == 40 and "(40 images)" in capsys.readouterr().out
+    assert main(["predict", str(run), str(new), "--backend", "torch"]) == 0  # the same photos, the same answer
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == 40
+    assert scored["accuracy"] == sum(Path(r["path"]).parent.name == r["label"] for r in rows) / 40
 
     # a manifest whose rows are all split=test, and photos the model trained on among them
     rows = ["path,label,split"] + [f"{p},{p.parent.name},test" for p in sorted(new.rglob("*.png"))]

@@ -13,7 +13,7 @@ from fashionclf.checkpoint import load_checkpoint
 from fashionclf.config import TrainConfig, parse_duration, resolve_config, validate_config
 from fashionclf.errors import UsageError
 from fashionclf.recipes import RECIPES
-from fashionclf.train import learning_rate
+from fashionclf.loop import learning_rate
 from fashionclf.transforms import augment
 
 
@@ -163,7 +163,7 @@ def test_bad_durations_are_usage_errors_with_examples(text):
 
 
 def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
-    from fashionclf.train import BUDGET_MARGIN, epochs_that_fit
+    from fashionclf.budget import BUDGET_MARGIN, epochs_that_fit
 
     # 600 s: 10 s gone, 40 s of final evaluation, 20 s epochs -> (552 - 50) // 20 = 25
     assert BUDGET_MARGIN == 0.92 and epochs_that_fit(600, 10, 20, 40) == 25
@@ -200,7 +200,7 @@ def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_da
 
 
 def test_a_cut_schedule_goes_on_from_where_it_was_straight_down_to_zero():
-    from fashionclf.train import learning_rate
+    from fashionclf.loop import learning_rate
 
     planned = TrainConfig(lr=0.1, lr_schedule="onecycle", epochs=10, head_epochs=0)
     cut = dataclasses.replace(planned, epochs=7, schedule_cut="10@4")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
-from fashionclf.evaluate import evaluate_checkpoint
+from fashionclf.results import evaluate_checkpoint
 from fashionclf.predict import format_rows, predict_paths
 from fashionclf.train import TrainConfig, fit
 from helpers import make_dataset, synthetic_images
@@ -211,7 +211,7 @@ def test_resume_with_more_epochs_continues_the_run(tiny_data, tmp_path):
 
 
 def test_evaluating_a_checkpoint_scores_the_training_split_only_when_asked(trained_run, tmp_path, monkeypatch):
-    import fashionclf.evaluate as ev
+    import fashionclf.results as ev
 
     data_dir, out, metrics = trained_run
     scored = []

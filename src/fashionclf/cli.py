@@ -111,7 +111,7 @@ def typed_flags(argv: list[str], command: str) -> set[str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint
+    from .results import evaluate_checkpoint
 
     s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data, args.verify, args.device, args.tta,
                             score_train=args.with_train)

@@ -101,7 +101,7 @@ def export_int8(checkpoint, output=None, data=None, calibration: int = CALIBRATI
     ``output`` (default: ``model.int8.onnx`` beside the checkpoint) and compare it with the
     fp32 graph on the test split."""
     from .checkpoint import checkpoint_file, load_checkpoint
-    from .evaluate import dataset_of_checkpoint
+    from .results import dataset_of_checkpoint
     from .export import cached_onnx_bytes
     from .fileio import write_bytes_atomic
 
