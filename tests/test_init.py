@@ -11,7 +11,7 @@ from fashionclf.checkpoint import load_checkpoint
 from fashionclf.config import TrainConfig
 from fashionclf.errors import UsageError
 from fashionclf.models import create_model, head_of
-from fashionclf.train import fit
+from fashionclf.fit import fit
 
 QUIET = dict(log=lambda *_: None)
 

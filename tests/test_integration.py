@@ -39,7 +39,7 @@ def test_predict_on_exported_test_images(real_data_dir, tmp_path):
 
     from fashionclf.data import load_dataset
     from fashionclf.predict import predict_paths
-    from fashionclf.train import TrainConfig, fit
+    from fashionclf.fit import TrainConfig, fit
 
     fit(TrainConfig(epochs=1, batch_size=128, data=[str(real_data_dir)], out=str(tmp_path / "r")),
         log=lambda *_: None)

@@ -14,7 +14,7 @@ from fashionclf.config import TrainConfig
 from fashionclf.errors import TrainingDiverged, UsageError
 from fashionclf.inference import NAN_ERROR, Classifier, load_classifier
 from fashionclf.predict import classify
-from fashionclf.train import fit
+from fashionclf.fit import fit
 from helpers import dataset_like_image, png_bytes, save_untrained_checkpoint
 
 

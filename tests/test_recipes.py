@@ -175,7 +175,7 @@ def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
 def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_data, tmp_path):
     """The steps timed for the budget leave the run alone: the same seed with the recorded
     --epochs gives the same weights; config.json, metrics.json and the log say what was planned."""
-    from fashionclf.train import fit
+    from fashionclf.fit import fit
 
     base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
                 seed=3, ema=0.9, augment="flip,erase")
@@ -228,7 +228,7 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
     for bit; a run on plan keeps its plan (the test above)."""
     import time
 
-    from fashionclf.train import fit
+    from fashionclf.fit import fit
 
     base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
                 seed=4)
@@ -252,7 +252,7 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
 
 
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):
-    from fashionclf.train import fit
+    from fashionclf.fit import fit
 
     config = TrainConfig(model="fast-cnn", precision="bf16", epochs=2, data=[str(tiny_data)], verify=False,
                          threads=1, device="cpu", out=str(tmp_path / "run"))

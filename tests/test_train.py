@@ -7,7 +7,7 @@ import torch
 from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
 from fashionclf.results import evaluate_checkpoint
 from fashionclf.predict import format_rows, predict_paths
-from fashionclf.train import TrainConfig, fit
+from fashionclf.fit import TrainConfig, fit
 from helpers import make_dataset, synthetic_images
 
 RUN_FILES = ["model.pt", "last.pt", "config.json", "history.csv", "metrics.json", "curves.png",
@@ -83,7 +83,7 @@ def test_class_subset_training(tiny_data, tmp_path):
 
 def test_evaluate_checkpoint_writes_report(trained_run, tmp_path):
     data_dir, out, metrics = trained_run
-    summary = evaluate_checkpoint(out / "model.pt", "test", tmp_path / "ev", str(data_dir), verify=False, device="cpu")
+    summary = evaluate_checkpoint(out / "model.pt", "test", tmp_path / "ev", str(data_dir), verify=False, device="cpu").summary
     assert summary["accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert set(summary["accuracies"]) == {"train", "val", "test"}
     html = (tmp_path / "ev" / "report.html").read_text()
@@ -133,8 +133,8 @@ def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, t
         x = preprocess(images, GREY_28)
         expected = (model(x) + model(x.flip(-1))) / 2
     torch.testing.assert_close(predict_logits(model, images, ckpt["preprocessing"]), expected)
-    plain = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "plain", verify=False, tta="none")
-    flipped = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "flipped", verify=False)
+    plain = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "plain", verify=False, tta="none").summary
+    flipped = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "flipped", verify=False).summary
     assert plain["samples"] == flipped["samples"] == 100
     assert plain["loss"] != flipped["loss"]  # the override took effect
 
@@ -217,12 +217,12 @@ def test_evaluating_a_checkpoint_scores_the_training_split_only_when_asked(train
     scored = []
     real = ev.evaluate
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: scored.append(a[5]) or real(*a, **k))
-    summary = evaluate_checkpoint(out, "test", tmp_path / "a", str(data_dir), verify=False, device="cpu")
+    summary = evaluate_checkpoint(out, "test", tmp_path / "a", str(data_dir), verify=False, device="cpu").summary
     assert sorted(scored) == ["test", "val"]
     assert summary["accuracies"]["train"] == metrics["train_accuracy"]  # as recorded by training
     scored.clear()
     again = evaluate_checkpoint(out, "test", tmp_path / "b", str(data_dir), verify=False, device="cpu",
-                                score_train=True)
+                                score_train=True).summary
     assert sorted(scored) == ["test", "train", "val"]
     assert again["accuracies"]["train"] == pytest.approx(metrics["train_accuracy"])
 

@@ -18,7 +18,7 @@ from fashionclf.models.mobilenet import imagenet_weights
 from fashionclf.photos import photo_to_28
 from fashionclf.contract import preprocess
 from fashionclf.loop import make_prepare
-from fashionclf.train import TrainConfig, fit
+from fashionclf.fit import TrainConfig, fit
 from fashionclf.transforms import augment
 from helpers import make_dataset
 

@@ -11,7 +11,7 @@ from fashionclf import ood
 from fashionclf.checkpoint import load_checkpoint
 from fashionclf.config import TrainConfig
 from fashionclf.inference import OnnxClassifier, TorchClassifier, check_parity
-from fashionclf.train import fit
+from fashionclf.fit import fit
 
 
 def test_temperature_undoes_overconfidence_and_lowers_nll():

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from . import ddp
 from .config import parse_duration
+from .ddp import broadcast_int
 from .evaluate import evaluate
 from .loop import make_ema, make_optimizer, phase_of, train_one_epoch
 from .run import Run, save_last, start_phase, write_config
@@ -88,7 +88,7 @@ def plan_epochs(run: Run) -> None:
     final = speed["image_seconds"] * (len(data.train_y) + len(data.val_y) + len(data.test_y) + FINISH_EXTRA_IMAGES) \
         + FINISH_FIXED_SECONDS
     spent = time.perf_counter() - run.started
-    epochs = ddp.broadcast_int(epochs_that_fit(budget, spent, epoch, final, config.head_epochs), run.world)
+    epochs = broadcast_int(epochs_that_fit(budget, spent, epoch, final, config.head_epochs), run.world)
     planned = spent + (config.head_epochs + epochs) * epoch + final
     # From here on the run is an ordinary run of that many epochs: config.json (and a resumed
     # run, or --config) say epochs, and metrics.json's "time_budget" says how they were chosen.
@@ -129,7 +129,7 @@ def replan_epochs(run: Run, epoch: int) -> None:
         if projected > plan["budget_seconds"]:
             room = REPLAN_MARGIN * plan["budget_seconds"] - elapsed - final
             keep = i + max(0, min(n - i - 1, int(room // per_epoch)))
-    keep = ddp.broadcast_int(keep, run.world)  # rank 0's clock decides for every rank
+    keep = broadcast_int(keep, run.world)  # rank 0's clock decides for every rank
     if keep == n:
         return
     cut = f"{n}@{i}"

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args, over_saved
 from .errors import FashionclfError
 from .recipes import RECIPES
@@ -82,7 +82,7 @@ def cmd_recipes(args) -> int:
 
 def cmd_train(args) -> int:
     from .rundir import check_new
-    from .train import fit
+    from .fit import fit
 
     config = config_from_args(args)
     if args.config:  # a saved config (config.json, tune's best.json); flags typed beside it win
@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> int:
     from .results import evaluate_checkpoint
 
     s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data, args.verify, args.device, args.tta,
-                            score_train=args.with_train)
+                            score_train=args.with_train).summary
     acc = "  ".join(f"{k} {v:.4f}" for k, v in s["accuracies"].items())
     print(f"{s['model']} on {s['split']} ({s['samples']:,} images): accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
     if s.get("left_out"):

@@ -7,7 +7,7 @@ on the command line, the recipe (``fashionclf.recipes``), the model's own defaul
 registry entry), then the default here. ``resolve_config`` does that; the run's config.json
 records the resolved values, so ``--config``-free reruns repeat a run exactly.
 
-Adding a training setting: a field here, and the code in train.py that uses it.
+Adding a training setting: a field here, and the code that uses it (``loop``, ``run`` or ``budget``).
 
 This module imports no torch, so the command line starts fast.
 """

@@ -139,7 +139,8 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     the data (photo datasets: skipped files, label noise, leakage); ``unknown`` the model's
     calibration and unknown-item figures (``fashionclf.ood``), drawn as a reliability diagram.
     """
-    from . import plots, report
+    from .plots import figure_curves, plot_confusion_matrix, plot_mistakes, plot_reliability, save
+    from .report import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,13 +159,13 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
         },
         paths["confusion_matrix_json"],
     )
-    plots.save(plots.plot_confusion_matrix(result).figure, paths["confusion_matrix_png"])
-    plots.save(plots.plot_mistakes(result, images).figure, paths["mistakes_png"])
+    save(plot_confusion_matrix(result).figure, paths["confusion_matrix_png"])
+    save(plot_mistakes(result, images).figure, paths["mistakes_png"])
     if history:
         paths["curves_png"] = out / "curves.png"
-        plots.save(plots.figure_curves(history), paths["curves_png"])
+        save(figure_curves(history), paths["curves_png"])
     if unknown and "reliability" in unknown:
         paths["reliability_png"] = out / "reliability.png"
-        plots.save(plots.plot_reliability(unknown["reliability"]).figure, paths["reliability_png"])
-    report.write_report(result, accuracies, overfit, info, paths, history, problems, unknown)
+        save(plot_reliability(unknown["reliability"]).figure, paths["reliability_png"])
+    write_report(result, accuracies, overfit, info, paths, history, problems, unknown)
     return {k: str(v) for k, v in paths.items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, model_info
 from .contract import ServingNet, source_shape, temperature_of
 from .errors import UsageError

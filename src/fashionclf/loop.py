@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import ddp
 from .config import TrainConfig, parse_schedule_cut
 from .contract import preprocess
+from .ddp import World, all_sum, shard
 from .errors import TrainingDiverged
 from .transforms import augment
 
@@ -114,7 +114,7 @@ class TrainStep:
     after_step: Callable[[], None] | None = None  # e.g. the weight average's update
     lr_at: Callable[[float], float] | None = None  # fraction of the epoch done -> learning rate
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16: forward pass in that precision
-    world: ddp.World = ddp.World()  # torchrun's ranks: each trains on its shard of every batch
+    world: World = World()  # torchrun's ranks: each trains on its shard of every batch
 
 
 def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -136,7 +136,7 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
     lrs = []
     bar = tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False, disable=None)
     for i, start in enumerate(bar):
-        idx = ddp.shard(order[start : start + batch_size], step.world)
+        idx = shard(order[start : start + batch_size], step.world)
         x = step.prepare(inputs[idx].to(device, non_blocking=True))
         y = labels[idx].to(device, non_blocking=True)
         if step.lr_at is not None:
@@ -161,7 +161,7 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         if i % 50 == 0:
             seen = min(start + batch_size, len(inputs))
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    ddp.all_sum(total_loss, correct)  # the ranks' shards together are the epoch
+    all_sum(total_loss, correct)  # the ranks' shards together are the epoch
     n = max(len(inputs), 1)
     return {"loss": total_loss.item() / n, "acc": correct.item() / n, "lr": statistics.fmean(lrs) if lrs else 0.0}
 

@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, ood
+from ._version import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .contract import predict_logits
 from .data import CLASSES, Dataset, class_counts, load_dataset
@@ -27,6 +28,7 @@ from .device import cpu_info
 from .evaluate import EvalResult, evaluate, overfitting_check, write_evaluation
 from .fileio import write_json
 from .models import count_parameters
+from .ood import calibrate, energy_score, far_ood_images, ood_report, reliability, softmax
 from .run import Run
 from .sources import PHOTO_VERIFICATION
 
@@ -72,20 +74,20 @@ def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict
     if len(val.y_true) == 0:
         run.log("no validation split, so no calibration and no unknown threshold (--val-fraction above 0 gives both)")
         return None
-    unknown = ood.calibrate(val.logits, val.y_true)
+    unknown = calibrate(val.logits, val.y_true)
     t = unknown["temperature"]
-    unknown["reliability"] = {"before": ood.reliability(ood.softmax(val.logits), val.y_true),
-                              "after": ood.reliability(ood.softmax(val.logits, t), val.y_true)}
+    unknown["reliability"] = {"before": reliability(softmax(val.logits), val.y_true),
+                              "after": reliability(softmax(val.logits, t), val.y_true)}
 
     def scores(images: np.ndarray) -> np.ndarray:
-        return ood.energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
+        return energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
 
-    far_images = ood.far_ood_images(run.config.seed, preprocessing)
+    far_images = far_ood_images(run.config.seed, preprocessing)
     sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
     near = held_out_classes(run.dataset)
     if near is not None:
         sets["near: held-out Fashion-MNIST classes"] = scores(near)
-    unknown["ood"] = ood.ood_report(unknown, ood.energy_score(test.logits, t), sets)
+    unknown["ood"] = ood_report(unknown, energy_score(test.logits, t), sets)
     far = [v for k, v in unknown["ood"].items() if k.startswith("far")]
     run.log(f"calibration: temperature {t:.3f}, validation ECE {unknown['val_ece_before']:.3f} -> "
             f"{unknown['val_ece_after']:.3f}; unknown below score {unknown['threshold']:.3f}: "
@@ -171,6 +173,31 @@ def _is_idx_folder(paths: list[str]) -> bool:
     return len(paths) == 1 and Path(paths[0]).is_dir() and holds_fashion_mnist(Path(paths[0]))
 
 
+@dataclass
+class Evaluation:
+    """A model scored on one split (``evaluate_checkpoint``): the predictions (``result``), the
+    images they were made on, and ``summary``, what metrics.json holds (accuracy side by side,
+    per-class figures, what was left out, the files written)."""
+
+    result: EvalResult
+    images: np.ndarray  # uint8, as the model's input contract takes them
+    summary: dict
+
+    @property
+    def accuracy(self) -> float:
+        return self.result.accuracy
+
+    def plot_confusion_matrix(self, normalize: bool = True, ax=None):
+        from .plots import plot_confusion_matrix
+
+        return plot_confusion_matrix(self.result, normalize, ax=ax)
+
+    def plot_mistakes(self, limit: int = 24, ax=None):
+        from .plots import plot_mistakes
+
+        return plot_mistakes(self.result, self.images, limit, ax=ax)
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
                         data: list[str] | str | None = None, verify: bool = True, device: str = "auto",
                         tta: str | None = None, score_train: bool = False) -> dict:
@@ -225,7 +252,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
                    **({"data_problems": dataset.problems} if dataset.problems else {}))
     write_json(summary, out / "metrics.json")
     summary["files"]["metrics_json"] = str(out / "metrics.json")
-    return summary
+    return Evaluation(result, images, summary)
 
 
 def photos_left_out(dataset, split: str) -> dict | None:

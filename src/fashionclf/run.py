@@ -19,11 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import ddp
 from .checkpoint import load_body, load_checkpoint, make_checkpoint, record_seen, save_checkpoint
 from .config import TrainConfig, config_warnings, parse_augment, resolve_config
 from .contract import eval_batch, preprocess
 from .data import Dataset, Splits, make_splits
+from .ddp import World, check_batch
+from .ddp import from_env as world_from_env
+from .ddp import start as start_ranks
+from .ddp import wrap as wrap_ranks
 from .device import autocast_dtype, cpu_info, resolve_device
 from .errors import UsageError
 from .evaluate import EvalResult, evaluate, result_from_logits
@@ -59,7 +62,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)  # this process's start of the run
     budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
     epoch_ends: list[float] = field(default_factory=list)  # budgeted: training's start, then each epoch's end
-    world: ddp.World = ddp.World()  # torchrun's ranks; rank 0 alone writes files
+    world: World = World()  # torchrun's ranks; rank 0 alone writes files
 
     @property
     def evaluated(self) -> nn.Module:
@@ -90,10 +93,10 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if init is not None:
         config = config_from_init(config, init)
     config = resolve_config(config)
-    world, device = ddp.start(ddp.from_env(), resolve_device(config.device))
+    world, device = start_ranks(world_from_env(), resolve_device(config.device))
     if not world.main:
         log = _quiet
-    ddp.check_batch(config.batch_size, world)
+    check_batch(config.batch_size, world)
     if config.threads or world.local_size > 1:  # processes of one machine share its cores
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
@@ -227,7 +230,7 @@ def start_phase(run: Run, name: str) -> Phase:
     eval_modules = configure_phase(model, name, config)
     run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     augmentations = parse_augment(config.augment)
-    step = TrainStep(ddp.wrap(model, run.world, run.device), run.optimizer,
+    step = TrainStep(wrap_ranks(model, run.world, run.device), run.optimizer,
                      make_prepare(run.preprocessing, augmentations, run.generator),
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
@@ -241,7 +244,7 @@ def start_phase(run: Run, name: str) -> Phase:
                 logits = run.evaluated.head.eval()(val).float().cpu()
             return result_from_logits(logits, data.val_y, run.dataset.classes, "val")
 
-        return Phase(name, dataclasses.replace(step, model=ddp.wrap(model.head, run.world, run.device),
+        return Phase(name, dataclasses.replace(step, model=wrap_ranks(model.head, run.world, run.device),
                                                prepare=lambda f: f, eval_modules=[]),
                      train, labels, validate_head)
     return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(

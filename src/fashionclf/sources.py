@@ -17,10 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import data as idx
-from . import photoset
-from .data import Dataset, ImageSet, make_splits
+from .data import Dataset, ImageSet, class_counts, holds_fashion_mnist, make_splits
+from .data import load_dataset as load_fashion_mnist
 from .errors import DataError, UsageError
+from .photoset import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
+from .photoset import convert as convert_photos
 
 PHOTO_VERIFICATION = "photos (no published checksums)"
 
@@ -35,7 +36,7 @@ def kind_of(path: str) -> str:
     """"idx", "csv" or "folder"; a path that is none of those is a usage error saying what would work."""
     p = Path(path)
     if p.is_dir():
-        return "idx" if idx.holds_fashion_mnist(p) else "folder"
+        return "idx" if holds_fashion_mnist(p) else "folder"
     if p.is_file() and p.suffix.lower() == ".csv":
         return "csv"
     if not p.exists():
@@ -59,7 +60,7 @@ def load_data(sources=None, classes: str | list | None = None, verify: bool = Tr
     paths = as_list(sources)
     kinds = [kind_of(p) for p in paths]
     if not paths or kinds == ["idx"]:
-        return idx.load_dataset(paths[0] if paths else None, classes, verify=verify, download=download)
+        return load_fashion_mnist(paths[0] if paths else None, classes, verify=verify, download=download)
     if "idx" in kinds:
         raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
                          "pass either one IDX folder or photo sources (folders, CSV manifests)")
@@ -72,7 +73,7 @@ class Photos:
     """Every labelled photo of some sources, converted, restricted to the chosen classes."""
 
     paths: list[str]  # the sources
-    entries: list[photoset.Entry]
+    entries: list[Entry]
     images: np.ndarray
     labels: np.ndarray  # indices into ``classes``
     hashes: list[str]  # SHA-256 of each photo's file
@@ -88,13 +89,13 @@ def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: di
     for path, kind in zip(paths, kinds):
         p = Path(path)
         if kind == "csv":
-            found, ign = photoset.read_manifest(p), []
+            found, ign = read_manifest(p), []
         else:
-            found, ign = photoset.scan_folder(p)
+            found, ign = scan_folder(p)
         if not found:
             raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
                             f"{p}/train/<class>/..., or a CSV manifest")
-        converted = photoset.convert(found, p, preprocessing)
+        converted = convert_photos(found, p, preprocessing)
         entries += converted.entries
         images.append(converted.images)
         hashes += converted.hashes
@@ -116,9 +117,9 @@ def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: di
 
 def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
                 seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
-    """Photos to train on: split as the shop gave them, the rest carved (``photoset.carve_splits``)."""
+    """Photos to train on: split as the shop gave them, the rest carved (``carve_splits``)."""
     photos = gather_photos(paths, kinds, classes, preprocessing)
-    splits = photoset.carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
+    splits = carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
                                    val_fraction, test_fraction, seed)
     for needed in ("train", "test"):
         if needed not in splits:
@@ -141,11 +142,11 @@ def load_photos_to_score(sources, seen: dict[str, set[str]], preprocessing: dict
 
 def photo_dataset(photos: Photos, splits: np.ndarray, log: Callable[[str], None]) -> Dataset:
     """``photos`` as a Dataset split by ``splits`` (one split name per photo), their problems logged."""
-    sets = {s: ImageSet(photos.images[splits == s], photos.labels[splits == s]) for s in photoset.SPLIT_NAMES}
+    sets = {s: ImageSet(photos.images[splits == s], photos.labels[splits == s]) for s in SPLIT_NAMES}
     problems = {"skipped": photos.skipped, "ignored": photos.ignored,
-                **photoset.find_duplicates(photos.entries, photos.hashes, splits)}
+                **find_duplicates(photos.entries, photos.hashes, splits)}
     log_problems(len(photos.entries), len(photos.classes), photos.paths, photos.cached, problems, log)
-    hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in photoset.SPLIT_NAMES}
+    hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in SPLIT_NAMES}
     return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=photos.classes,
                    class_indices=list(range(len(photos.classes))), source="; ".join(photos.paths),
                    verification=PHOTO_VERIFICATION, problems=problems, hashes=hashes)
@@ -210,13 +211,13 @@ def describe(sources=None, classes: str | None = None, verify: bool = True, val_
         "files": dataset.files,
         "verification": dataset.verification,
         "classes": dataset.classes,
-        "counts": {s: idx.class_counts(splits.of(s)[1].numpy(), k) for s in ("train", "val", "test")},
+        "counts": {s: class_counts(splits.of(s)[1].numpy(), k) for s in ("train", "val", "test")},
         "problems": {key: len(v) for key, v in dataset.problems.items()},
     }
     if grid is not None:
-        from . import plots
+        from .plots import plot_sample_grid, save
 
-        fig = plots.plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
-        plots.save(fig, grid)
+        fig = plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
+        save(fig, grid)
         info["grid"] = str(grid)
     return info

@@ -193,7 +193,7 @@ def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
                                 sampler=optuna.samplers.TPESampler(seed=None))
     fail_dead_local_trials(study)
-    from .train import fit
+    from .fit import fit
 
     def objective(trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
@@ -330,7 +330,7 @@ def evaluate_trial(folder: Path) -> dict | None:
     that finds another evaluating it waits and reads the figures); None when its folder
     cannot be read from here (another machine's)."""
     from .rundir import RunBusy, claim
-    from .train import fit
+    from .fit import fit
 
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())

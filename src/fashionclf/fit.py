@@ -20,9 +20,10 @@ import os
 import time
 from typing import Callable
 
-from . import ddp
 from .budget import plan_epochs, replan_epochs
 from .config import TrainConfig
+from .ddp import finish as finish_ranks
+from .ddp import from_env as world_from_env
 from .loop import phase_of
 from .results import finish_run
 from .run import keep_best, run_epoch, start_phase, start_run
@@ -45,7 +46,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     (a tuner's trial: the test split must not be looked at until a winner is chosen; ``fit``
     with ``resume`` on the directory evaluates it later) and returns ``{"best": ...}``.
     """
-    if not ddp.from_env().main:  # rank 0 alone checks and holds the folder
+    if not world_from_env().main:  # rank 0 alone checks and holds the folder
         return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
     with claim(resume if resume is not None else config.out, exist_ok, resume=resume is not None):
         return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
@@ -75,8 +76,8 @@ def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[s
             replan_epochs(run, epoch)
         epoch += 1
     if not run.world.main:  # rank 0 evaluates and writes the run's results
-        ddp.finish(run.world)
+        finish_ranks(run.world)
         return {"rank": run.world.rank, "best": dict(run.best)}
     result = finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs}
-    ddp.finish(run.world)
+    finish_ranks(run.world)
     return result
