@@ -211,3 +211,20 @@ def test_workers_with_their_own_out_folders_all_end_well_and_name_the_winners_ru
     assert main([*args, "--out", str(tmp_path / "summary2")]) == 0
     summary = json.loads((tmp_path / "summary2" / "summary.json").read_text())
     assert summary["test_accuracy"] == json.loads((winner / "metrics.json").read_text())["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_jobs_start_workers_on_this_machine_from_the_same_settings(tiny_data, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    out = tmp_path / "study"
+    r = subprocess.run([sys.executable, "-m", "fashionclf", "tune", "--model", "fast-cnn", "--data", str(tiny_data),
+                        "--no-verify", "--n-trials", "4", "--jobs", "2", "--out", str(out), "--space", str(space),
+                        "--seed", "3"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "2 worker(s) here with 1 thread(s) each" in r.stdout
+    study = optuna.load_study(study_name="fashionclf", storage=f"sqlite:///{out / 'study.db'}")
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both processes ran trials
+    for t in study.trials:  # every trial got the settings given here, whichever process ran it
+        assert (t.user_attrs["config"]["seed"], t.user_attrs["config"]["verify"]) == (3, False)
+        assert t.user_attrs["config"]["data"] == [str(tiny_data)]

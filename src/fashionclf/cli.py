@@ -10,6 +10,7 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -81,8 +82,8 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .rundir import check_new
     from .fit import fit
+    from .rundir import check_new
 
     config = config_from_args(args)
     if args.config:  # a saved config (config.json, tune's best.json); flags typed beside it win
@@ -153,10 +154,22 @@ def cmd_predict(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import tune
+    from pathlib import Path
 
-    tune(args.recipe, args.model, args.data, args.study, args.storage, args.n_trials, args.timeout, args.jobs,
-         args.space, args.out, args.seed, args.verify, args.threads, args.worker, evaluate_best=args.evaluate_best)
+    from .config import parse_duration
+    from .tune import TuneSettings, load_space, run_worker, summarise, tune
+
+    if args.evaluate_best:  # no trial: the summary, on the machine that holds the winner's folder
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        summarise(args.study, args.storage, Path(args.out))
+        return 0
+    settings = TuneSettings(args.recipe, args.model, load_space(args.recipe, args.space), args.study, args.storage,
+                            args.n_trials, parse_duration(args.timeout, "--timeout"), args.jobs, Path(args.out))
+    base = config_from_args(args)
+    if args.worker:  # trials only, as a worker of a study driven from elsewhere
+        run_worker(settings, dataclasses.replace(base, recipe=args.recipe, model=args.model))
+    else:
+        tune(settings, base)
     return 0
 
 

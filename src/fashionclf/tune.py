@@ -24,16 +24,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import socket
-import subprocess
-import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig, flag_of, parse_duration
+from .config import TrainConfig, flag_of
 from .errors import TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic, write_json
 
@@ -183,13 +183,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str | None, out: Path, n_trials: int,
-               timeout: float | None, log=print) -> None:
-    """One worker: trials of the study until ``n_trials`` have finished or been pruned in all
-    (over every worker), or ``timeout`` seconds."""
+@dataclass
+class TuneSettings:
+    """What a tuning worker needs, parsed once (``fashionclf tune``'s flags; the training
+    settings every trial starts from travel beside it as a ``TrainConfig``)."""
+
+    recipe: str | None = None
+    model: str | None = None
+    space: dict = field(default_factory=dict)  # resolved: ``load_space``
+    study: str = "fashionclf"
+    storage: str | None = None  # None: SQLite in ``out``
+    n_trials: int = 20  # over every worker
+    timeout: float | None = None  # seconds; None: no limit
+    jobs: int = 1  # worker processes on this machine
+    out: Path = Path("runs/tune")
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+
+
+def run_worker(settings: TuneSettings, base: TrainConfig, log=print) -> None:
+    """One worker: trials of the study until ``settings.n_trials`` have finished or been
+    pruned in all (over every worker), or ``settings.timeout`` seconds."""
     optuna = _optuna()
-    storage = open_storage(storage_url, out)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+    out = settings.out
+    storage = open_storage(settings.storage, out)
+    study = optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
+                                load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
                                 sampler=optuna.samplers.TPESampler(seed=None))
     fail_dead_local_trials(study)
@@ -198,7 +218,7 @@ def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str
     def objective(trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        params = suggest(trial, space)
+        params = suggest(trial, settings.space)
         folder = out / f"trial-{trial.number:04d}"
         config = dataclasses.replace(base, out=str(folder), **params,
                                      **({"time_budget": None} if "epochs" in params else {}))
@@ -220,64 +240,43 @@ def run_worker(base: TrainConfig, space: dict, study_name: str, storage_url: str
         return float(result["best"]["val_acc"])
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    callback = optuna.study.MaxTrialsCallback(n_trials, states=done)
-    if len(study.get_trials(deepcopy=False, states=done)) < n_trials:
+    callback = optuna.study.MaxTrialsCallback(settings.n_trials, states=done)
+    if len(study.get_trials(deepcopy=False, states=done)) < settings.n_trials:
         # A diverging trial (too high a learning rate) fails alone; the study goes on.
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[callback], catch=(TrainingDiverged,))
+        study.optimize(objective, n_trials=settings.n_trials, timeout=settings.timeout, callbacks=[callback],
+                       catch=(TrainingDiverged,))
     fail_dead_local_trials(study)
 
 
-def tune(recipe: str | None = None, model: str | None = None, data: list[str] | None = None, study: str = "fashionclf",
-         storage: str | None = None, n_trials: int = 20, timeout: str | None = None, jobs: int = 1,
-         space_file: str | None = None, out: str = "runs/tune", seed: int = 0, verify: bool = True,
-         threads: int | None = None, worker: bool = False, log=print, evaluate_best: bool = False) -> dict:
-    """``fashionclf tune``: run ``jobs`` workers on this machine (each with cores / jobs
-    threads), then evaluate the best trial on test once and write the study's files.
-    ``evaluate_best``: run no trial, only the summary (on the machine that holds the winner's
-    run folder, it evaluates the winner)."""
-    if evaluate_best:
-        _optuna()
-        Path(out).mkdir(parents=True, exist_ok=True)
-        return summarise(study, storage, Path(out), log)
-    if recipe is None and model is None:
+def tune(settings: TuneSettings, base: TrainConfig, log=print) -> dict:
+    """``fashionclf tune``: ``settings.jobs`` workers on this machine (each with cores / jobs
+    threads unless ``base.threads`` says), then the best trial evaluated on test once and the
+    study's files written (``summarise``)."""
+    if settings.recipe is None and settings.model is None:
         raise UsageError("fashionclf tune needs --recipe NAME or --model NAME (the settings to search around)")
     _optuna()
-    space = load_space(recipe, space_file)
-    seconds = parse_duration(timeout, "--timeout")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
-    threads = threads or max(1, cores // jobs)
-    base = TrainConfig(recipe=recipe, model=model, data=data, seed=seed, verify=verify, threads=threads)
-    args = dict(study_name=study, storage_url=storage, out=folder, n_trials=n_trials, timeout=seconds)
-    if worker:  # one of the extra workers that `--jobs J` starts: trials only
-        run_worker(base, space, log=log, **args)
-        return {}
-    log(f"study {study!r} in {storage or folder / 'study.db'}: {n_trials} trials in all, {jobs} worker(s) here with "
-        f"{threads} thread(s) each; search space: {', '.join(space)}")
-    workers = [subprocess.Popen([sys.executable, "-m", "fashionclf", "tune", "--worker",
-                                 *_worker_args(recipe, model, data, study, storage, n_trials, timeout, space_file,
-                                               out, seed, verify, threads)])
-               for _ in range(jobs - 1)]
+    settings.out.mkdir(parents=True, exist_ok=True)
+    base = dataclasses.replace(base, recipe=settings.recipe, model=settings.model,
+                               threads=base.threads or max(1, (os.cpu_count() or 1) // settings.jobs))
+    log(f"study {settings.study!r} in {settings.storage or settings.out / 'study.db'}: {settings.n_trials} trials in "
+        f"all, {settings.jobs} worker(s) here with {base.threads} thread(s) each; search space: "
+        f"{', '.join(settings.space)}")
+    # The other workers of this machine: processes of their own (each trains with its own threads),
+    # handed the same two objects.
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=run_worker, args=(settings, base, _quiet)) for _ in range(settings.jobs - 1)]
+    for w in workers:
+        w.start()
     try:
-        run_worker(base, space, log=log, **args)
+        run_worker(settings, base, log=log)
     finally:
         for w in workers:
-            w.wait()
-    return summarise(study, storage, folder, log)
+            w.join()
+    return summarise(settings.study, settings.storage, settings.out, log)
 
 
-def _worker_args(recipe, model, data, study, storage, n_trials, timeout, space_file, out, seed, verify,
-                 threads) -> list[str]:
-    args = ["--study", study, "--n-trials", str(n_trials), "--out", str(out), "--seed", str(seed),
-            "--threads", str(threads)]
-    for flag, value in (("--recipe", recipe), ("--model", model), ("--storage", storage), ("--timeout", timeout),
-                        ("--space", space_file)):
-        if value is not None:
-            args += [flag, str(value)]
-    for path in data or []:
-        args += ["--data", str(path)]
-    return args + ([] if verify else ["--no-verify"])
+def _quiet(*_) -> None:
+    """The log of the extra workers: the first one speaks for this machine."""
 
 
 def summarise(study_name: str, storage_url: str | None, out: Path, log=print) -> dict:
@@ -329,8 +328,8 @@ def evaluate_trial(folder: Path) -> dict | None:
     """The winner's test figures: its metrics.json, or its run evaluated now (once: a worker
     that finds another evaluating it waits and reads the figures); None when its folder
     cannot be read from here (another machine's)."""
-    from .rundir import RunBusy, claim
     from .fit import fit
+    from .rundir import RunBusy, claim
 
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
