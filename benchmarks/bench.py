@@ -9,7 +9,7 @@ In one run on one machine, one thing at a time (runs never overlap, so none slow
 2. ``fashionclf train --recipe fast`` over ``--seeds``: time to the reference's 0.9184 test
    accuracy (the training seconds of a run whose final model reaches it), final accuracy;
 3. ``fashionclf train --recipe strong`` over ``--strong-seeds``: test accuracy, training seconds;
-4. inference through ``fashionclf.inference`` (preprocessing and TTA included) for each
+4. inference through ``fashionclf.inference.classifier`` (preprocessing and TTA included) for each
    trained model and the reference CNN, on both backends: images/s at batch 256 over the
    10,000 test images, and batch-1 latency.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -81,7 +80,7 @@ def time_to_accuracy(summary: dict, target: float) -> dict:
 
 
 def inference(checkpoints: dict[str, Path], images: np.ndarray, repeats: int = 5) -> list[dict]:
-    from fashionclf.inference import load_classifier
+    from fashionclf.inference.classifier import load_classifier
 
     rows = []
     for name, path in checkpoints.items():
@@ -192,8 +191,9 @@ def main() -> int:
         save()
     if "inference" not in args.skip:
         print("inference ...", flush=True)
-        from fashionclf.data import load_dataset
         from helpers import save_untrained_checkpoint
+
+        from fashionclf.data.fashion_mnist import load_dataset
 
         images = load_dataset(None).test.images
         checkpoints = {f"{recipe} recipe": out / recipe / f"seed-{seeds[0]}" / "model.pt"

@@ -4,7 +4,7 @@
 
 Test images are turned back into shop photos (``tests/helpers.py``'s ``catalogue_photo``:
 white background, a random colour, upscaled 6-12x, off-centre, in its nine formats and modes),
-converted by ``fashionclf.photos.photo_to_28`` and tagged; the clean images are tagged too.
+converted by ``fashionclf.data.photos.photo_to_28`` and tagged; the clean images are tagged too.
 Prints a Markdown row per model: clean accuracy, photo accuracy and their ratio.
 """
 
@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: c
 
 def photo_set(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clean images, the same as converted photos, labels) for ``count`` seeded test images."""
-    from fashionclf.data import load_dataset
-    from fashionclf.photos import photo_to_28
     from helpers import CATALOGUE_FORMATS, catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
+    from fashionclf.data.photos import photo_to_28
 
     ds = load_dataset()
     rng = np.random.default_rng(seed)
@@ -34,7 +35,7 @@ def photo_set(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def main() -> int:
-    from fashionclf.inference import load_classifier
+    from fashionclf.inference.classifier import load_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")

@@ -3,7 +3,7 @@
     python benchmarks/dask_predict.py MODEL.pt [--files 10000] [--workers 2]
 
 Writes ``--files`` catalogue-style JPEGs (``tests/helpers.py``) to a temporary folder, then
-tags them with ``fashionclf.predict.tag_files`` in this process (ONNX Runtime) and with
+tags them with ``fashionclf.inference.predict.tag_files`` in this process (ONNX Runtime) and with
 ``--dask local:N`` (the cluster's start included, as a user's run includes it). Prints
 images/s of both, and the cost per chunk of the Dask run beyond the one-process time.
 """
@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 
 def main() -> int:
-    from fashionclf.cluster import CHUNK
-    from fashionclf.data import load_dataset
-    from fashionclf.device import cpu_info
-    from fashionclf.predict import tag_files
     from helpers import catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
+    from fashionclf.device import cpu_info
+    from fashionclf.inference.predict import tag_files
+    from fashionclf.scale.cluster import CHUNK
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")

@@ -75,7 +75,7 @@ def measure(name: str, batch: int, steps: int, bf16: bool, channels_last: bool, 
 
 def main() -> int:
     from fashionclf.device import cpu_info, native_bf16
-    from fashionclf.recipes import RECIPES
+    from fashionclf.training.recipes import RECIPES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["fast-cnn", "strong-cnn"])

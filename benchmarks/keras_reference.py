@@ -31,7 +31,7 @@ def main() -> int:
     except ImportError as exc:
         result = {"skipped": f"TensorFlow is not installed ({exc}); pip install '.[bench]' to run the Keras peer"}
         return finish(result, args.json)
-    from fashionclf.data import load_dataset
+    from fashionclf.data.fashion_mnist import load_dataset
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

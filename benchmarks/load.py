@@ -14,7 +14,7 @@ in advance (cycles through ``--photos`` JPEGs, checks every status). Each level 
 whichever comes first, and reports requests/s, p50/p99 latency and errors (non-200 answers
 and failed connections).
 
-Batch tagging: ``fashionclf.predict.tag_files`` over a folder of ``--batch-files`` JPEGs,
+Batch tagging: ``fashionclf.inference.predict.tag_files`` over a folder of ``--batch-files`` JPEGs,
 images/s, for each backend.
 """
 
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -40,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: c
 
 
 def photos(count: int, seed: int = 0) -> list[bytes]:
-    from fashionclf.data import load_dataset
     from helpers import catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
 
     images = load_dataset(None).test.images
     rng = np.random.default_rng(seed)
@@ -163,7 +163,7 @@ def start_server(model: str, port: int, backend: str, workers: int) -> subproces
 
 
 def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
-    from fashionclf.predict import tag_files
+    from fashionclf.inference.predict import tag_files
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +171,7 @@ def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
         folder.mkdir()
         for i, data in enumerate(files):
             (folder / f"{i:06d}.jpg").write_bytes(data)
-        from fashionclf.export import export_onnx
+        from fashionclf.inference.export import export_onnx
 
         onnx_file = Path(tmp, "model.onnx")  # exported once, as a user would, not per batch run
         export_onnx(model, onnx_file)

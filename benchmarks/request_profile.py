@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))  # load.py's photos
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
@@ -39,13 +37,13 @@ def timed(fn, n: int) -> float:
 
 
 def main() -> int:
+    from load import photos, request_bytes
     from starlette.requests import Request
 
+    from fashionclf.data.photos import decode, open_image
     from fashionclf.device import cpu_info
-    from fashionclf.inference import load_classifier
-    from fashionclf.photos import decode, open_image
-    from fashionclf.serve import Limits, create_app, public, tag_uploads
-    from load import photos, request_bytes
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import Limits, create_app, public, tag_uploads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")

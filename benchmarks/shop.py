@@ -41,8 +41,9 @@ SCRATCH_ARGS = ["--recipe", "strong", "--batch-size", "16", "--val-fraction", "0
 
 def make_shop(root: Path, per_class: int = 50, test_per_class: int = 200, seed: int = 0) -> Path:
     """The shop's split folders of catalogue-style JPEGs (kept if already there)."""
-    from fashionclf.data import load_dataset
     from helpers import catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
 
     if (root / "test").is_dir():
         return root
@@ -70,9 +71,10 @@ def unknown_figures(run_dir: Path) -> dict:
 
 def conversion_speed(count: int, seed: int = 0) -> dict:
     """Photos/s converting ``count`` catalogue JPEGs with an empty cache, and the second load's seconds."""
-    from fashionclf.data import load_dataset
-    from fashionclf.sources import load_data
     from helpers import catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
+    from fashionclf.data.sources import load_data
 
     ds = load_dataset()
     rng = np.random.default_rng(seed)

@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from fashionclf.config import parse_augment
-from fashionclf.contract import predict_logits
-from fashionclf.data import load_dataset, make_splits
+from fashionclf.data.fashion_mnist import load_dataset, make_splits
 from fashionclf.models import create_model, get_model_entry, list_models
-from fashionclf.loop import TrainStep, make_prepare, train_one_epoch
+from fashionclf.models.contract import predict_logits
+from fashionclf.training.config import parse_augment
+from fashionclf.training.loop import TrainStep, make_prepare, train_one_epoch
 
 
 def measure(name: str, size: int, in_chans: int, args, data, num_classes: int, cpu: torch.device) -> dict:

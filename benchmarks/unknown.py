@@ -4,7 +4,7 @@
 
 For a Fashion-MNIST checkpoint: the temperature is fitted on its own validation split (as
 training does), each score's threshold keeps 95% of validation images, and for the
-out-of-distribution sets of ``fashionclf.ood`` (digits, photo crops, noise; plus the
+out-of-distribution sets of ``fashionclf.evaluation.ood`` (digits, photo crops, noise; plus the
 held-out classes for a class-subset model) the AUROC against the test split and the share
 flagged are printed as a Markdown table, one row per model and score.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 
 def scores_of(name: str, logits: np.ndarray, t: float) -> np.ndarray:
-    from fashionclf import ood
+    from fashionclf.evaluation import ood
 
     return ood.softmax(logits, t).max(1) if name == "max softmax probability" else ood.energy_score(logits, t)
 
@@ -26,11 +26,11 @@ def scores_of(name: str, logits: np.ndarray, t: float) -> np.ndarray:
 def main() -> int:
     import torch
 
-    from fashionclf import ood
-    from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
-    from fashionclf.config import TrainConfig
-    from fashionclf.contract import predict_logits
-    from fashionclf.data import load_dataset, make_splits
+    from fashionclf.data.fashion_mnist import load_dataset, make_splits
+    from fashionclf.evaluation import ood
+    from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
+    from fashionclf.models.contract import predict_logits
+    from fashionclf.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from fashionclf.data import find_data
-from fashionclf.errors import DataError
 from helpers import make_dataset
+
+from fashionclf.data.fashion_mnist import find_data
+from fashionclf.errors import DataError
 
 # Read before any fixture clears it: where the real data lives, if the user said so.
 REAL_DATA_ENV = os.environ.get("FASHIONCLF_DATA")

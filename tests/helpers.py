@@ -56,8 +56,8 @@ def save_untrained_checkpoint(path: Path, model: str = "fast-cnn", classes: list
     """A checkpoint of a freshly initialised (seeded) registered model, as training writes it."""
     import torch
 
-    from fashionclf.checkpoint import make_checkpoint, save_checkpoint
-    from fashionclf.data import CLASSES
+    from fashionclf.data.fashion_mnist import CLASSES
+    from fashionclf.inference.checkpoint import make_checkpoint, save_checkpoint
     from fashionclf.models import create_model, get_model_entry
 
     torch.manual_seed(0)

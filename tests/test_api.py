@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import catalogue_photo, synthetic_images
 from PIL import Image
 
 import fashionclf
 from fashionclf.errors import UsageError
-from helpers import catalogue_photo, synthetic_images
 
 DOC = Path(__file__).parents[1] / "docs" / "api.md"
 

@@ -70,7 +70,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_module_imports_a_module_that_imports_it_back():
     edges = module_imports()
-    assert "fashionclf.models._registry" in edges and edges["fashionclf.checkpoint"]  # the walk sees the code
+    assert "fashionclf.models._registry" in edges and edges["fashionclf.inference.checkpoint"]  # the walk sees the code
     cycle = find_cycle(edges)
     assert cycle is None, " -> ".join(cycle)
 
@@ -90,16 +90,16 @@ def test_the_command_line_starts_without_torch():
 
 
 def test_fit_reads_as_a_recipe_on_one_screen():
-    from fashionclf.fit import _fit, fit
+    from fashionclf.training.fit import _fit, fit
 
     assert len(inspect.getsource(fit).splitlines()) <= 40 and len(inspect.getsource(_fit).splitlines()) <= 40 and len(inspect.getsource(_fit).splitlines()) <= 40
 
 
 def test_every_setting_has_help_and_a_flag():
     import argparse
-
-    from fashionclf.config import TrainConfig, add_flags, defaults
     from dataclasses import fields
+
+    from fashionclf.training.config import TrainConfig, add_flags, defaults
 
     parser = argparse.ArgumentParser()
     add_flags(parser)
@@ -113,8 +113,8 @@ def test_every_setting_has_help_and_a_flag():
 
 
 def test_project_errors_exit_2_but_bugs_are_not_hidden(monkeypatch, capsys):
-    from fashionclf import sources as data
     from fashionclf.cli import main
+    from fashionclf.data import sources as data
     from fashionclf.errors import DataError
 
     monkeypatch.setattr(data, "describe", lambda *a, **k: (_ for _ in ()).throw(DataError("no data here")))
@@ -128,10 +128,10 @@ def test_project_errors_exit_2_but_bugs_are_not_hidden(monkeypatch, capsys):
 @pytest.mark.parametrize("version, fragment", [(99, "upgrade fashionclf"), (0, "version that wrote it")])
 def test_a_checkpoint_of_another_format_version_is_refused_with_the_fix(tmp_path, version, fragment):
     import torch
-
-    from fashionclf.checkpoint import load_checkpoint
-    from fashionclf.errors import UsageError
     from helpers import save_untrained_checkpoint
+
+    from fashionclf.errors import UsageError
+    from fashionclf.inference.checkpoint import load_checkpoint
 
     path = save_untrained_checkpoint(tmp_path / "model.pt")
     ckpt = torch.load(path, weights_only=True)
@@ -145,8 +145,8 @@ def test_every_plot_draws_on_the_axes_it_is_given(tmp_path):
     import numpy as np
     from matplotlib.figure import Figure
 
-    from fashionclf import plots
-    from fashionclf.evaluate import EvalResult
+    from fashionclf.evaluation import plots
+    from fashionclf.evaluation.metrics import EvalResult
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), 40)
@@ -173,7 +173,7 @@ def test_an_evaluation_computes_its_confusion_matrix_once(tmp_path, monkeypatch)
     import numpy as np
     import sklearn.metrics
 
-    from fashionclf.evaluate import EvalResult, overfitting_check, write_evaluation
+    from fashionclf.evaluation.metrics import EvalResult, overfitting_check, write_evaluation
 
     calls = []
     real = sklearn.metrics.confusion_matrix

@@ -7,10 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import (
+    catalogue_photo,
+    dataset_like_image,
+    make_dataset,
+    png_header_only,
+    save_untrained_checkpoint,
+    synthetic_images,
+)
 from PIL import Image
-
-from helpers import (catalogue_photo, dataset_like_image, make_dataset, png_header_only, save_untrained_checkpoint,
-                     synthetic_images)
 
 
 def run(*args, env=None, cwd=None):
@@ -104,7 +109,7 @@ def test_predict_globs_min_confidence_and_bad_files_in_one_batch(tmp_path, capsy
     import io
 
     from fashionclf.cli import main
-    from fashionclf.data import CLASSES
+    from fashionclf.data.fashion_mnist import CLASSES
 
     save_untrained_checkpoint(tmp_path / "model.pt")
     shop = tmp_path / "shop" / "summer"
@@ -172,8 +177,9 @@ def test_counts_below_one_are_usage_errors(args, capsys):
 def test_predict_survives_every_hostile_file_and_loses_no_row(tmp_path, capsys):
     import csv
 
-    from fashionclf.cli import main
     from helpers import catalogue_photo, dataset_like_image, hostile_files, save_untrained_checkpoint
+
+    from fashionclf.cli import main
 
     model = save_untrained_checkpoint(tmp_path / "model.pt")
     folder = tmp_path / "in"
@@ -215,9 +221,10 @@ def test_predict_csv_survives_odd_file_names_and_neutralises_formulas(tmp_path):
 
 
 def test_predict_output_is_replaced_only_on_success_and_partial_rows_are_kept(tmp_path, monkeypatch, capsys):
-    from fashionclf import predict
-    from fashionclf.cli import main
     from helpers import png_bytes, save_untrained_checkpoint
+
+    from fashionclf.cli import main
+    from fashionclf.inference import predict
 
     model = save_untrained_checkpoint(tmp_path / "model.pt")
     for i in range(3):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import catalogue_photo, dataset_like_image, hostile_files, save_untrained_checkpoint
 
 from fashionclf.cli import main
-from helpers import catalogue_photo, dataset_like_image, hostile_files, save_untrained_checkpoint
 
 pytest.importorskip("distributed", reason="--dask needs the 'scale' extra (make test installs it)")
 pytestmark = pytest.mark.slow  # starts clusters of worker processes

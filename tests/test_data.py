@@ -6,11 +6,21 @@ from functools import partial
 
 import numpy as np
 import pytest
-
 from helpers import make_dataset, synthetic_images, write_idx
-from fashionclf import data
-from fashionclf.data import (CLASSES, FILES, DataError, find_data, load_dataset, parse_classes, read_bytes,
-                             select_classes, ImageSet, train_val_split)
+
+from fashionclf.data import fashion_mnist as data
+from fashionclf.data.fashion_mnist import (
+    CLASSES,
+    FILES,
+    DataError,
+    ImageSet,
+    find_data,
+    load_dataset,
+    parse_classes,
+    read_bytes,
+    select_classes,
+    train_val_split,
+)
 
 
 def test_load_gz_and_raw_give_the_same_arrays(tmp_path):

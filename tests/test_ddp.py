@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fashionclf.ddp import World, shard
+from fashionclf.training.ddp import World, shard
 
 
 def test_the_ranks_shards_cover_every_batch_exactly_once():
@@ -70,8 +70,9 @@ def test_kill_9_of_a_two_process_run_mid_epoch_then_resume_ends_as_an_uninterrup
     import signal
     import time
 
-    from fashionclf.checkpoint import load_checkpoint
     from helpers import make_dataset
+
+    from fashionclf.inference.checkpoint import load_checkpoint
 
     data = make_dataset(tmp_path / "idx", n_train=4000, n_test=200)
     args = ["--model", "fast-cnn", "--data", str(data), "--no-verify", "--epochs", "3", "--batch-size", "16",
@@ -92,7 +93,7 @@ def test_kill_9_of_a_two_process_run_mid_epoch_then_resume_ends_as_an_uninterrup
     assert proc.returncode == -signal.SIGKILL
     rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "history.csv"))]
     assert len(rows(part)) == 1  # killed after the first epoch, before the second ended
-    from fashionclf.rundir import RunBusy, claim
+    from fashionclf.training.rundir import RunBusy, claim
 
     for _ in range(1200):  # the orphaned ranks notice torchrun is gone, end, and let go of the folder
         try:
@@ -129,9 +130,9 @@ def _one_step(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from fashionclf import ddp
     from fashionclf.models import create_model
-    from fashionclf.loop import TrainStep, train_one_epoch
+    from fashionclf.training import ddp
+    from fashionclf.training.loop import TrainStep, train_one_epoch
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -153,7 +154,6 @@ def _one_step(rank: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_after_one_step_the_ranks_hold_identical_weights(tmp_path):
     import torch.multiprocessing as mp
-
     from helpers import free_port
 
     mp.spawn(_one_step, args=(free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fashionclf.data import IMAGE_MAGIC, LABEL_MAGIC, parse_idx
+from fashionclf.data.fashion_mnist import IMAGE_MAGIC, LABEL_MAGIC, parse_idx
+from fashionclf.data.photos import FORMATS, PhotoError, photo_to_28
 from fashionclf.errors import DataError
-from fashionclf.photos import FORMATS, PhotoError, photo_to_28
 
 settings.register_profile("test", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fuzz", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,11 +78,11 @@ def test_photo_conversion_on_truncated_and_mutated_images_of_every_format(fmt, d
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
+    from helpers import save_untrained_checkpoint
     from test_serve import app_server
 
-    from fashionclf.inference import load_classifier
-    from fashionclf.serve import create_app
-    from helpers import save_untrained_checkpoint
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import create_app
 
     model = save_untrained_checkpoint(tmp_path_factory.mktemp("fuzz") / "model.pt")
     with app_server(create_app(load_classifier(model, "torch"))) as url:

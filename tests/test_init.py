@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-
 from helpers import write_photo_folder
-from fashionclf.checkpoint import load_checkpoint
-from fashionclf.config import TrainConfig
+
 from fashionclf.errors import UsageError
+from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.models import create_model, head_of
-from fashionclf.fit import fit
+from fashionclf.training.config import TrainConfig
+from fashionclf.training.fit import fit
 
 QUIET = dict(log=lambda *_: None)
 

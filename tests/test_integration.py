@@ -37,9 +37,9 @@ def test_predict_on_exported_test_images(real_data_dir, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from fashionclf.data import load_dataset
-    from fashionclf.predict import predict_paths
-    from fashionclf.fit import TrainConfig, fit
+    from fashionclf.data.fashion_mnist import load_dataset
+    from fashionclf.inference.predict import predict_paths
+    from fashionclf.training.fit import TrainConfig, fit
 
     fit(TrainConfig(epochs=1, batch_size=128, data=[str(real_data_dir)], out=str(tmp_path / "r")),
         log=lambda *_: None)
@@ -63,10 +63,10 @@ def test_catalogue_photos_are_tagged_nearly_as_well_as_the_test_set(real_data_di
     import csv
 
     import numpy as np
-
-    from fashionclf.data import load_dataset
-    from fashionclf.inference import load_classifier
     from helpers import CATALOGUE_FORMATS, catalogue_photo
+
+    from fashionclf.data.fashion_mnist import load_dataset
+    from fashionclf.inference.classifier import load_classifier
 
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "fashionclf", "train", "--recipe", "fast", "--epochs", "2",

@@ -63,9 +63,9 @@ def test_onnx_export_matches_torch(name, tta):
     gives PyTorch's probabilities on uint8 images, for any batch size."""
     import numpy as np
 
-    from fashionclf.checkpoint import make_checkpoint
-    from fashionclf.export import onnx_bytes
-    from fashionclf.inference import PARITY_TOLERANCE, OnnxClassifier, TorchClassifier
+    from fashionclf.inference.checkpoint import make_checkpoint
+    from fashionclf.inference.classifier import PARITY_TOLERANCE, OnnxClassifier, TorchClassifier
+    from fashionclf.inference.export import onnx_bytes
 
     torch.manual_seed(0)
     entry = get_model_entry(name)
@@ -86,13 +86,12 @@ def test_a_checkpoint_is_exported_to_onnx_once_and_read_back_after(tmp_path, mon
     """The ONNX backend keeps the exported graph beside the checkpoint, keyed by its bytes:
     a second start reads it instead of exporting; a changed checkpoint is exported anew and
     the old graph removed; a folder that cannot be written to still serves."""
-    import os
 
     import numpy as np
-
-    from fashionclf import export
-    from fashionclf.inference import load_classifier
     from helpers import save_untrained_checkpoint
+
+    from fashionclf.inference import export
+    from fashionclf.inference.classifier import load_classifier
 
     path = save_untrained_checkpoint(tmp_path / "model.pt")
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
@@ -127,18 +126,18 @@ def test_the_whitened_first_layer_decorrelates_patches_and_refuses_layers_it_can
     """--stem-init whiten: the first convolution's responses to training patches come out
     uncorrelated with unit variance (the leading directions), the second half being the negatives."""
     import torch.nn.functional as F
-
-    from fashionclf.config import TrainConfig, resolve_config
-    from fashionclf.errors import UsageError
-    from fashionclf.whitening import first_conv, whiten_first_conv
     from helpers import synthetic_images
+
+    from fashionclf.errors import UsageError
+    from fashionclf.training.config import TrainConfig, resolve_config
+    from fashionclf.training.whitening import first_conv, whiten_first_conv
 
     images = torch.from_numpy(synthetic_images(np.arange(400) % 10, seed=0))
     prep = get_model_entry("strong-cnn").preprocessing
     model = create_model("strong-cnn", num_classes=10)
     assert whiten_first_conv(model, images, prep) == 8
     conv = first_conv(model)
-    from fashionclf.contract import preprocess
+    from fashionclf.models.contract import preprocess
 
     x = preprocess(images, prep).float()
     out = F.conv2d(x, conv.weight.detach().float()).permute(0, 2, 3, 1).reshape(-1, 16)  # no padding: whole patches

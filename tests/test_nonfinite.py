@@ -1,21 +1,19 @@
 """Non-finite numbers: a diverging run stops with a clear error, a checkpoint with NaN weights is
 refused, and a NaN output is that image's error, never the batch's."""
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
-
-from fashionclf.checkpoint import load_checkpoint, save_checkpoint
-from fashionclf.config import TrainConfig
-from fashionclf.errors import TrainingDiverged, UsageError
-from fashionclf.inference import NAN_ERROR, Classifier, load_classifier
-from fashionclf.predict import classify
-from fashionclf.fit import fit
 from helpers import dataset_like_image, png_bytes, save_untrained_checkpoint
+
+from fashionclf.errors import TrainingDiverged, UsageError
+from fashionclf.inference.checkpoint import load_checkpoint, save_checkpoint
+from fashionclf.inference.classifier import NAN_ERROR, Classifier, load_classifier
+from fashionclf.inference.predict import classify
+from fashionclf.training.config import TrainConfig
+from fashionclf.training.fit import fit
 
 
 def test_a_diverging_run_stops_with_the_step_and_a_hint_and_writes_no_nan(tiny_data, tmp_path):

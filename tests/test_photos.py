@@ -5,11 +5,10 @@ import io
 
 import numpy as np
 import pytest
+from helpers import CATALOGUE_FORMATS, catalogue_photo, dataset_like_image, hostile_files, png_bytes, png_header_only
 from PIL import Image
 
-from fashionclf.photos import MAX_PIXELS, PhotoError, photo_to_28
-from helpers import (CATALOGUE_FORMATS, catalogue_photo, dataset_like_image, hostile_files, png_bytes,
-                     png_header_only)
+from fashionclf.data.photos import MAX_PIXELS, PhotoError, photo_to_28
 
 
 def test_a_dataset_image_passes_through_unchanged():

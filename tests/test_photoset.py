@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_bytes, synthetic_images, write_photo_folder
 from PIL import Image
 
-from helpers import png_bytes, synthetic_images, write_photo_folder
-from fashionclf import photoset
+from fashionclf.data import photo_folders as photoset
+from fashionclf.data.photos import photo_converter, photo_to_28
+from fashionclf.data.sources import load_data, relabel
 from fashionclf.errors import DataError, UsageError
-from fashionclf.photos import photo_converter, photo_to_28
-from fashionclf.sources import load_data, relabel
 
 
 def _counts(dataset, split):
@@ -275,8 +275,8 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     import csv
     import json
 
-    from fashionclf.checkpoint import load_checkpoint, seen_photos
     from fashionclf.cli import main
+    from fashionclf.inference.checkpoint import load_checkpoint, seen_photos
 
     shop = tmp_path / "shop"
     write_photo_folder(shop, {"bags": 25, "shoes": 25})

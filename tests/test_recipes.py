@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from fashionclf.cli import main
-from fashionclf.checkpoint import load_checkpoint
-from fashionclf.config import TrainConfig, parse_duration, resolve_config, validate_config
 from fashionclf.errors import UsageError
-from fashionclf.recipes import RECIPES
-from fashionclf.loop import learning_rate
-from fashionclf.transforms import augment
-
+from fashionclf.inference.checkpoint import load_checkpoint
+from fashionclf.training.config import TrainConfig, parse_duration, resolve_config, validate_config
+from fashionclf.training.loop import learning_rate
+from fashionclf.training.recipes import RECIPES
+from fashionclf.training.transforms import augment
 
 WITH_MODEL = sorted(r for r in RECIPES if "model" in RECIPES[r])  # "shop" takes its model from --init
 
@@ -86,9 +85,8 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
     assert "parity on 50 test images" in report and ": ok" in report
     assert (out / "model.onnx").is_file()
 
-    from PIL import Image
-
     from helpers import synthetic_images
+    from PIL import Image
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -163,7 +161,7 @@ def test_bad_durations_are_usage_errors_with_examples(text):
 
 
 def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
-    from fashionclf.budget import BUDGET_MARGIN, epochs_that_fit
+    from fashionclf.training.budget import BUDGET_MARGIN, epochs_that_fit
 
     # 600 s: 10 s gone, 40 s of final evaluation, 20 s epochs -> (552 - 50) // 20 = 25
     assert BUDGET_MARGIN == 0.92 and epochs_that_fit(600, 10, 20, 40) == 25
@@ -175,7 +173,7 @@ def test_epochs_that_fit_leave_room_for_the_final_evaluation_and_a_margin():
 def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_data, tmp_path):
     """The steps timed for the budget leave the run alone: the same seed with the recorded
     --epochs gives the same weights; config.json, metrics.json and the log say what was planned."""
-    from fashionclf.fit import fit
+    from fashionclf.training.fit import fit
 
     base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
                 seed=3, ema=0.9, augment="flip,erase")
@@ -200,7 +198,7 @@ def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_da
 
 
 def test_a_cut_schedule_goes_on_from_where_it_was_straight_down_to_zero():
-    from fashionclf.loop import learning_rate
+    from fashionclf.training.loop import learning_rate
 
     planned = TrainConfig(lr=0.1, lr_schedule="onecycle", epochs=10, head_epochs=0)
     cut = dataclasses.replace(planned, epochs=7, schedule_cut="10@4")
@@ -228,7 +226,7 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
     for bit; a run on plan keeps its plan (the test above)."""
     import time
 
-    from fashionclf.fit import fit
+    from fashionclf.training.fit import fit
 
     base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
                 seed=4)
@@ -252,7 +250,7 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
 
 
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):
-    from fashionclf.fit import fit
+    from fashionclf.training.fit import fit
 
     config = TrainConfig(model="fast-cnn", precision="bf16", epochs=2, data=[str(tiny_data)], verify=False,
                          threads=1, device="cpu", out=str(tmp_path / "run"))

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from fashionclf.checkpoint import load_checkpoint
 from fashionclf.cli import main, typed_flags
 from fashionclf.errors import UsageError
-from fashionclf.rundir import RunBusy, claim, is_run
+from fashionclf.inference.checkpoint import load_checkpoint
+from fashionclf.training.rundir import RunBusy, claim, is_run
 
 
 def _train(tiny_data, *extra):

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pytest
-
-from fashionclf.data import CLASSES
 from helpers import catalogue_photo, dataset_like_image, free_port, png_header_only, save_untrained_checkpoint
+
+from fashionclf.data.fashion_mnist import CLASSES
 
 pytestmark = pytest.mark.slow  # starts servers and a browser
 
@@ -53,9 +53,8 @@ def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
 
 
 def noise_photo() -> bytes:
-    from PIL import Image
-
     from helpers import png_bytes
+    from PIL import Image
 
     return png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)))
 
@@ -64,9 +63,9 @@ def noise_photo() -> bytes:
 def model_path(tmp_path_factory):
     """An untrained fast-cnn whose unknown threshold lies halfway between the scores of the dress
     photo and of a noise image: the lower-scoring one is "unknown" (``UNKNOWN_FILE``)."""
-    from fashionclf.checkpoint import load_checkpoint, save_checkpoint
-    from fashionclf.inference import TorchClassifier
-    from fashionclf.photos import photo_to_28
+    from fashionclf.data.photos import photo_to_28
+    from fashionclf.inference.checkpoint import load_checkpoint, save_checkpoint
+    from fashionclf.inference.classifier import TorchClassifier
 
     path = save_untrained_checkpoint(tmp_path_factory.mktemp("serve") / "model.pt", metrics={"test_accuracy": 0.92})
     ckpt = load_checkpoint(path)
@@ -256,8 +255,8 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
     limits shown by GET /model are the ones enforced, per image and per request."""
     from fastapi import FastAPI
 
-    from fashionclf.inference import load_classifier
-    from fashionclf.serve import Limits, create_app
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import Limits, create_app
 
     app = create_app(load_classifier(model_path, "torch"), Limits(max_pixels=10_000))
     assert isinstance(app, FastAPI)
@@ -266,9 +265,8 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
         big = photo(7)  # catalogue photos are 168+ px a side: more than 10,000 pixels
         r = httpx.post(url + "/predict", files={"file": ("big.jpg", big, "image/jpeg")})
         assert r.status_code == 413 and "over the limit of 10,000" in r.json()[0]["error"]
-    from PIL import Image
-
     from helpers import png_bytes
+    from PIL import Image
 
     image = png_bytes(Image.fromarray(dataset_like_image()).resize((100, 100)))  # 10,000 pixels each
     with app_server(create_app(load_classifier(model_path, "torch"), Limits(max_request_pixels=25_000))) as url:
@@ -283,9 +281,9 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
     full, the next request is told to retry."""
     import threading
 
-    from fashionclf.checkpoint import load_checkpoint
-    from fashionclf.inference import TorchClassifier
-    from fashionclf.serve import Limits, create_app
+    from fashionclf.inference.checkpoint import load_checkpoint
+    from fashionclf.inference.classifier import TorchClassifier
+    from fashionclf.service.serve import Limits, create_app
 
     release, started = threading.Event(), threading.Event()
 
@@ -295,9 +293,8 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
             release.wait(60)
             return super().predict(images)
 
-    from PIL import Image
-
     from helpers import png_bytes
+    from PIL import Image
 
     large = png_bytes(Image.fromarray(dataset_like_image()).resize((1500, 1000)))  # 1.5 MP: decoded in the pool
     app = create_app(Held(load_checkpoint(model_path)), Limits(concurrency=1, max_queue=1))
@@ -350,8 +347,8 @@ def test_file_names_are_echoed_safely(server):
 def test_a_stalled_body_gets_408_and_frees_the_request(model_path):
     import socket
 
-    from fashionclf.inference import load_classifier
-    from fashionclf.serve import Limits, create_app
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import Limits, create_app
 
     app = create_app(load_classifier(model_path, "torch"), Limits(body_timeout=0.5))
     with app_server(app) as url:
@@ -384,8 +381,8 @@ def multipart_body(name: str, data: bytes) -> bytes:
 def test_slow_request_headers_get_408_and_free_the_connection(model_path, monkeypatch):
     import socket
 
-    from fashionclf.inference import load_classifier
-    from fashionclf.serve import HEADER_TIMEOUT_ENV, HeaderDeadline, Limits, create_app
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import HEADER_TIMEOUT_ENV, HeaderDeadline, Limits, create_app
 
     monkeypatch.setenv(HEADER_TIMEOUT_ENV, "0.5")
     app = create_app(load_classifier(model_path, "torch"), Limits())
@@ -485,8 +482,8 @@ def test_serving_beyond_loopback_needs_a_key_or_insecure(model_path, tmp_path):
 
 
 def test_prometheus_metrics_count_requests_files_and_latency(model_path):
-    from fashionclf.inference import load_classifier
-    from fashionclf.serve import create_app
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.service.serve import create_app
 
     with app_server(create_app(load_classifier(model_path, "torch"))) as url:
         httpx.get(url + "/health")

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
-
-from fashionclf.checkpoint import load_checkpoint, model_from_checkpoint
-from fashionclf.results import evaluate_checkpoint
-from fashionclf.predict import format_rows, predict_paths
-from fashionclf.fit import TrainConfig, fit
 from helpers import make_dataset, synthetic_images
+
+from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
+from fashionclf.inference.predict import format_rows, predict_paths
+from fashionclf.training.fit import TrainConfig, fit
+from fashionclf.training.results import evaluate_checkpoint
 
 RUN_FILES = ["model.pt", "last.pt", "config.json", "history.csv", "metrics.json", "curves.png",
              "confusion_matrix.png", "confusion_matrix.json", "mistakes.png", "report.html"]
@@ -118,8 +118,8 @@ def test_predict_rows_and_bad_input(trained_run, tmp_path):
 
 
 def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, tmp_path):
-    from fashionclf.config import config_warnings
-    from fashionclf.contract import GREY_28, predict_logits, preprocess
+    from fashionclf.models.contract import GREY_28, predict_logits, preprocess
+    from fashionclf.training.config import config_warnings
 
     lines = []
     fit(_config(tiny_data, tmp_path / "tta", epochs=1, tta="flip", augment="none"), log=lines.append)
@@ -211,7 +211,7 @@ def test_resume_with_more_epochs_continues_the_run(tiny_data, tmp_path):
 
 
 def test_evaluating_a_checkpoint_scores_the_training_split_only_when_asked(trained_run, tmp_path, monkeypatch):
-    import fashionclf.results as ev
+    import fashionclf.training.results as ev
 
     data_dir, out, metrics = trained_run
     scored = []

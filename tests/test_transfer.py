@@ -9,18 +9,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import make_dataset
 from PIL import Image
 
-from fashionclf.checkpoint import load_checkpoint
+from fashionclf.data.photos import photo_to_28
 from fashionclf.errors import UsageError
+from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.models import create_model
+from fashionclf.models.contract import preprocess
 from fashionclf.models.mobilenet import imagenet_weights
-from fashionclf.photos import photo_to_28
-from fashionclf.contract import preprocess
-from fashionclf.loop import make_prepare
-from fashionclf.fit import TrainConfig, fit
-from fashionclf.transforms import augment
-from helpers import make_dataset
+from fashionclf.training.fit import TrainConfig, fit
+from fashionclf.training.loop import make_prepare
+from fashionclf.training.transforms import augment
 
 QUIET = dict(log=lambda *_: None)
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: any download fails at once, as offline
@@ -208,11 +208,10 @@ def test_colour_model_learns_from_photos_in_colour_at_its_size(weights_file, tmp
     negation), training with augmentation works on them, and predict gives the same answer
     through both backends with the same conversion."""
     import csv
-    import io
 
     from fashionclf.cli import main
-    from fashionclf.photos import photo_to_rgb
-    from fashionclf.sources import load_data
+    from fashionclf.data.photos import photo_to_rgb
+    from fashionclf.data.sources import load_data
 
     rng = np.random.default_rng(0)
     shop = tmp_path / "shop"
@@ -260,7 +259,7 @@ def test_augment_keeps_colour_batches_and_fills_with_white():
 
 @pytest.mark.parametrize("colour", [False, True])
 def test_every_augmentation_together_is_seeded_and_keeps_the_batch(colour):
-    from fashionclf.transforms import AUGMENTATIONS
+    from fashionclf.training.transforms import AUGMENTATIONS
 
     images = torch.zeros(6, 28, 28, 3 if colour else 1, dtype=torch.uint8)
     images[:, 8:20, 10:18] = 180

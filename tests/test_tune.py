@@ -20,7 +20,7 @@ SPACE = {"lr": {"log": [1e-3, 1e-2]}, "epochs": {"int": [1, 3]}, "batch_size": {
 
 
 def test_search_spaces_are_checked_and_a_file_changes_them(tmp_path):
-    from fashionclf.tune import SPACES, load_space
+    from fashionclf.scale.tune import SPACES, load_space
 
     assert load_space("fast") == SPACES["fast"] and load_space(None) == SPACES["model"]
     path = tmp_path / "space.toml"
@@ -167,7 +167,7 @@ def test_two_workers_share_a_study_on_a_real_postgresql_server(postgres, tiny_da
     workers = [_worker(tiny_data, out, postgres, 4, space, study="pg") for _ in range(2)]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
-    from fashionclf.tune import open_storage
+    from fashionclf.scale.tune import open_storage
 
     study = optuna.load_study(study_name="pg", storage=open_storage(postgres, out))
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fashionclf import ood
-from fashionclf.checkpoint import load_checkpoint
-from fashionclf.config import TrainConfig
-from fashionclf.inference import OnnxClassifier, TorchClassifier, check_parity
-from fashionclf.fit import fit
+from fashionclf.evaluation import ood
+from fashionclf.inference.checkpoint import load_checkpoint
+from fashionclf.inference.classifier import OnnxClassifier, TorchClassifier, check_parity
+from fashionclf.training.config import TrainConfig
+from fashionclf.training.fit import fit
 
 
 def test_temperature_undoes_overconfidence_and_lowers_nll():
@@ -72,7 +72,7 @@ def test_training_stores_calibration_and_measures_near_and_far_unknowns(subset_r
 
 
 def test_both_backends_flag_the_same_unknowns(subset_run):
-    from fashionclf.export import onnx_bytes
+    from fashionclf.inference.export import onnx_bytes
 
     ckpt = load_checkpoint(subset_run / "model.pt")
     rng = np.random.default_rng(0)
@@ -86,8 +86,8 @@ def test_both_backends_flag_the_same_unknowns(subset_run):
     # the probabilities are the calibrated ones, softmax(logits / T); the score T * logsumexp(logits / T)
     t = ckpt["unknown"]["temperature"]
     with torch.no_grad():
-        from fashionclf.contract import predict_logits
-        from fashionclf.checkpoint import model_from_checkpoint
+        from fashionclf.inference.checkpoint import model_from_checkpoint
+        from fashionclf.models.contract import predict_logits
 
         z = predict_logits(model_from_checkpoint(ckpt), torch.from_numpy(images), ckpt["preprocessing"]).numpy()
     np.testing.assert_allclose(p1, ood.softmax(z, t), atol=1e-5)

@@ -1,15 +1,13 @@
 """Model files are input: a checkpoint's metadata and an ONNX file's contents are checked before
 anything is built, downloaded or read from them."""
 
-import json
 
 import pytest
-import torch
-
-from fashionclf.checkpoint import load_checkpoint, save_checkpoint
-from fashionclf.errors import UsageError
-from fashionclf.inference import load_classifier
 from helpers import save_untrained_checkpoint
+
+from fashionclf.errors import UsageError
+from fashionclf.inference.checkpoint import load_checkpoint, save_checkpoint
+from fashionclf.inference.classifier import load_classifier
 
 
 @pytest.fixture
@@ -41,7 +39,7 @@ def test_checkpoint_metadata_is_checked_before_anything_is_built(ckpt_path, chan
 def _onnx_with(tmp_path, tamper) -> bytes:
     import onnx
 
-    from fashionclf.export import onnx_bytes
+    from fashionclf.inference.export import onnx_bytes
 
     proto = onnx.load_from_string(onnx_bytes(load_checkpoint(save_untrained_checkpoint(tmp_path / "m.pt"))))
     tamper(proto)

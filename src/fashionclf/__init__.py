@@ -12,7 +12,7 @@ Its names are loaded on first use, so ``import fashionclf`` (and the command lin
 free of torch until a function is called.
 """
 
-from ._version import __version__
+from fashionclf._version import __version__
 
 API = ("train", "load", "load_dataset", "plot_sample_grid", "TrainedRun", "Model", "Predictions")
 __all__ = ["__version__", *API]
@@ -20,7 +20,7 @@ __all__ = ["__version__", *API]
 
 def __getattr__(name: str):
     if name in API:
-        from . import api
+        from fashionclf import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'fashionclf' has no attribute {name!r}")

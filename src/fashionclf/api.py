@@ -5,7 +5,7 @@ as objects that draw inline and show a summary table in Jupyter.
 ``plot_*``); ``load(path)`` returns a ``Model`` with ``predict`` (paths, Pillow images or
 arrays) and ``evaluate`` (a split of its data, or other labelled photos); ``load_dataset`` and
 ``plot_sample_grid`` look at the data first. Every setting is a field of
-``fashionclf.config.TrainConfig`` (``fashionclf train --help`` lists them with their why).
+``fashionclf.training.config.TrainConfig`` (``fashionclf train --help`` lists them with their why).
 
 Plots draw on the ``ax`` given, or on a new pyplot figure, which Jupyter shows inline.
 """
@@ -24,10 +24,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .config import TrainConfig
-from .errors import UsageError
-from .photos import PhotoError
-from .results import Evaluation
+from fashionclf.data.photos import PhotoError
+from fashionclf.errors import UsageError
+from fashionclf.training.config import TrainConfig
+from fashionclf.training.results import Evaluation
 
 DEFAULT_OUT = "runs/train"  # a new run goes to the first free folder of runs/train, runs/train-2, ...
 
@@ -40,8 +40,8 @@ def train(*, out: str | os.PathLike | None = None, exist_ok: bool = False, resum
     ``epochs=3``, ``data="shop/"`` or a list of paths, ...). ``out``: the run folder (default:
     the first free one of runs/train, runs/train-2, ...); a folder that holds a run is refused
     unless ``exist_ok``. ``resume``: continue that run folder instead. ``log=None`` trains quietly."""
-    from .fit import fit
-    from .rundir import is_run
+    from fashionclf.training.fit import fit
+    from fashionclf.training.rundir import is_run
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"]
     unknown = sorted(set(settings) - set(names))
@@ -99,7 +99,7 @@ class TrainedRun:
         return self.model.evaluate("test", verify=self.config.get("verify", True))
 
     def plot_curves(self, metric: str = "acc", ax=None):
-        from .plots import plot_curves
+        from fashionclf.evaluation.plots import plot_curves
 
         return plot_curves(self.history, metric, ax=_axes(ax, (6, 4)))
 
@@ -124,8 +124,8 @@ class Model:
     """A trained model (model.pt, its run folder, or model.onnx) ready to tag photos."""
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", device: str = "cpu"):
-        from .checkpoint import checkpoint_file
-        from .inference import load_classifier
+        from fashionclf.inference.checkpoint import checkpoint_file
+        from fashionclf.inference.classifier import load_classifier
 
         self.path = checkpoint_file(path)
         self.classifier = load_classifier(self.path, backend, device)
@@ -141,7 +141,7 @@ class Model:
         read gets its row with the error; the others are tagged."""
         from PIL import Image
 
-        from .contract import top_k as top
+        from fashionclf.models.contract import top_k as top
 
         stack = isinstance(inputs, np.ndarray) and (inputs.ndim == 4 or inputs.ndim == 3 and inputs.shape[-1] != 3)
         single = isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) and not stack
@@ -171,7 +171,7 @@ class Model:
         the model did not train or validate on), as ``fashionclf evaluate`` does; the report goes
         to ``out`` (default: MODEL_FOLDER/eval-SPLIT). ``verify=False`` accepts a modified
         copy of Fashion-MNIST (no SHA-256 check)."""
-        from .results import evaluate_checkpoint
+        from fashionclf.training.results import evaluate_checkpoint
 
         if self.path.suffix.lower() == ".onnx":
             raise UsageError(f"{self.path}: evaluate needs the model.pt (its data and splits are recorded there)")
@@ -213,14 +213,14 @@ def load_dataset(data: str | os.PathLike | Iterable | None = None, classes: str 
                  verify: bool = True):
     """Fashion-MNIST (found or fetched, verified) or a shop's labelled photos, as a ``Dataset``
     (``.train``/``.test`` images and labels, ``.classes``)."""
-    from .sources import load_data
+    from fashionclf.data.sources import load_data
 
     return load_data(data, classes, verify, log=print)
 
 
 def plot_sample_grid(dataset, rows: int = 4, cols: int = 8, seed: int = 0, ax=None):
     """A labelled grid of random training images of ``dataset`` (``load_dataset``)."""
-    from .plots import plot_sample_grid as draw
+    from fashionclf.evaluation.plots import plot_sample_grid as draw
 
     return draw(dataset.train.images, dataset.train.labels, dataset.classes, rows, cols, seed,
                 ax=_axes(ax, (cols * 1.3, rows * 1.5)))

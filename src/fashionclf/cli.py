@@ -14,10 +14,18 @@ import dataclasses
 import os
 import sys
 
-from ._version import __version__
-from .config import BACKENDS, SERVE_BACKEND, SPLITS, TTA_CHOICES, add_flags, config_from_args, over_saved
-from .errors import FashionclfError
-from .recipes import RECIPES
+from fashionclf._version import __version__
+from fashionclf.errors import FashionclfError
+from fashionclf.training.config import (
+    BACKENDS,
+    SERVE_BACKEND,
+    SPLITS,
+    TTA_CHOICES,
+    add_flags,
+    config_from_args,
+    over_saved,
+)
+from fashionclf.training.recipes import RECIPES
 
 DATA_FLAGS = ["data", "verify", "test_fraction"]
 
@@ -45,7 +53,7 @@ def seconds(text: str) -> float:
 
 
 def cmd_data(args) -> int:
-    from .sources import PHOTO_VERIFICATION, describe
+    from fashionclf.data.sources import PHOTO_VERIFICATION, describe
 
     info = describe(args.data, args.classes, args.verify, args.val_fraction, args.test_fraction, args.seed, args.grid,
                     log=print)
@@ -62,7 +70,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import count_parameters, create_model, get_model_entry, list_models
+    from fashionclf.models import count_parameters, create_model, get_model_entry, list_models
 
     for name in list_models():
         entry = get_model_entry(name)
@@ -73,7 +81,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .recipes import RECIPES, SUMMARIES
+    from fashionclf.training.recipes import RECIPES, SUMMARIES
 
     for name, table in RECIPES.items():
         print(f"{name}: {SUMMARIES.get(name, '')}")
@@ -82,14 +90,14 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .fit import fit
-    from .rundir import check_new
+    from fashionclf.training.fit import fit
+    from fashionclf.training.rundir import check_new
 
     config = config_from_args(args)
     if args.config:  # a saved config (config.json, tune's best.json); flags typed beside it win
         config = over_saved(args.config, config, typed_flags(args.argv, "train"))
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it for this machine
-        from .ddp import launch
+        from fashionclf.training.ddp import launch
 
         if not args.resume:  # refused here in one line, before torchrun starts (rank 0 checks again and locks)
             check_new(config.out, args.exist_ok)
@@ -112,7 +120,7 @@ def typed_flags(argv: list[str], command: str) -> set[str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .results import evaluate_checkpoint
+    from fashionclf.training.results import evaluate_checkpoint
 
     s = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.data, args.verify, args.device, args.tta,
                             score_train=args.with_train).summary
@@ -130,7 +138,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import tag_files, tag_to_file
+    from fashionclf.inference.predict import tag_files, tag_to_file
 
     kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
                   min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review,
@@ -156,8 +164,8 @@ def cmd_predict(args) -> int:
 def cmd_tune(args) -> int:
     from pathlib import Path
 
-    from .config import parse_duration
-    from .tune import TuneSettings, load_space, run_worker, summarise, tune
+    from fashionclf.scale.tune import TuneSettings, load_space, run_worker, summarise, tune
+    from fashionclf.training.config import parse_duration
 
     if args.evaluate_best:  # no trial: the summary, on the machine that holds the winner's folder
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -174,11 +182,11 @@ def cmd_tune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx
-    from .inference import check_parity
+    from fashionclf.inference.classifier import check_parity
+    from fashionclf.inference.export import export_onnx
 
     if args.int8:
-        from .quantize import export_int8
+        from fashionclf.inference.quantize import export_int8
 
         r = export_int8(args.checkpoint, args.output, args.data, args.calibration_images, args.verify)
         print(f"wrote {r['output']} ({r['bytes'] / 1e6:.2f} MB against {r['fp32_bytes'] / 1e6:.2f} MB in fp32; "
@@ -198,7 +206,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from fashionclf.service.serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
           args.timeout_keep_alive, args.docs, args.api_key_file, args.insecure, args.header_timeout)

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .errors import UsageError
+from fashionclf.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:

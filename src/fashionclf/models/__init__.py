@@ -5,9 +5,17 @@ which registers them. Adding a model: a new module here with a ``@register_model
 and its name in the import line below.
 """
 
-from . import bncnn, cnn, mobilenet  # noqa: F401  (registers the models)
-from ._registry import (ModelEntry, body_of, count_parameters, create_model, get_model_entry, head_of, list_models,
-                        register_model)
+from fashionclf.models import bncnn, cnn, mobilenet  # noqa: F401  (registers the models)
+from fashionclf.models._registry import (
+                        ModelEntry,
+                        body_of,
+                        count_parameters,
+                        create_model,
+                        get_model_entry,
+                        head_of,
+                        list_models,
+                        register_model,
+)
 
 __all__ = ["ModelEntry", "body_of", "count_parameters", "create_model", "get_model_entry", "head_of", "list_models",
            "register_model"]

@@ -3,8 +3,8 @@
 
 A builder takes ``num_classes`` and ``in_chans`` and returns an ``nn.Module`` that maps
 ``(N, in_chans, H, W)`` float images to ``(N, num_classes)`` logits. Its entry also carries
-the model's input contract (``preprocessing``, see ``fashionclf.contract``), its training
-defaults (a function of the ``--weights`` choice, merged over ``fashionclf.config``'s
+the model's input contract (``preprocessing``, see ``fashionclf.models.contract``), its training
+defaults (a function of the ``--weights`` choice, merged over ``fashionclf.training.config``'s
 defaults), and the pretrained weights it can start from. Models registered with
 ``phases=True`` can be trained in two phases (head first, then fine-tuning): they expose
 ``base`` (images -> feature vectors), ``head`` (features -> logits) and ``blocks`` (the
@@ -20,8 +20,8 @@ from typing import Callable
 
 from torch import nn
 
-from ..contract import GREY_28
-from ..errors import UsageError
+from fashionclf.errors import UsageError
+from fashionclf.models.contract import GREY_28
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The BatchNorm CNNs of the speed recipes (``fashionclf.recipes``): ``fast-cnn`` and ``strong-cnn``.
+"""The BatchNorm CNNs of the speed recipes (``fashionclf.training.recipes``): ``fast-cnn`` and ``strong-cnn``.
 
 Both follow what speed-training work (airbench, hlb-CIFAR10) found to pay on small images:
 BatchNorm after every convolution and channels-last weights (measured on 2 cores in bf16:
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import register_model
+from fashionclf.models._registry import register_model
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:

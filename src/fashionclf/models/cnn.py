@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._registry import register_model
+from fashionclf.models._registry import register_model
 
 
 def keras_init(model: nn.Module) -> nn.Module:

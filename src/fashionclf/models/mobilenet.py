@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..fileio import safe_torch_load
-from ._registry import register_model
+from fashionclf.errors import UsageError
+from fashionclf.fileio import safe_torch_load
+from fashionclf.models._registry import register_model
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -132,7 +132,7 @@ def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none"
     return model
 
 
-# Training defaults (merged over fashionclf.config's defaults; a recipe or any flag overrides them).
+# Training defaults (merged over fashionclf.training.config's defaults; a recipe or any flag overrides them).
 MOBILENET_DEFAULTS = {
     # From random weights there is no base worth freezing: one phase trains everything, with
     # BatchNorm learning its statistics (docs/transfer.md: the measurements behind these choices).

@@ -1,0 +1,223 @@
+"""What ``--data PATH`` points at, turned into a ``Dataset``: the one entry point for
+train, evaluate and ``fashionclf data``.
+
+A path is, in this order: a folder holding the four Fashion-MNIST IDX files
+(``fashionclf.data.fashion_mnist``); a ``.csv`` manifest; a folder of class folders or of
+``train|val|test`` split folders (``fashionclf.data.photo_folders``). No path means Fashion-MNIST,
+searched in the usual places. Several photo sources combine (the review loop trains on a
+labelled folder plus the reviewed one); classes are the union of their names, sorted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fashionclf.data.fashion_mnist import Dataset, ImageSet, class_counts, holds_fashion_mnist, make_splits
+from fashionclf.data.fashion_mnist import load_dataset as load_fashion_mnist
+from fashionclf.data.photo_folders import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
+from fashionclf.data.photo_folders import convert as convert_photos
+from fashionclf.errors import DataError, UsageError
+
+PHOTO_VERIFICATION = "photos (no published checksums)"
+
+
+def as_list(sources) -> list[str]:
+    if sources is None:
+        return []
+    return [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
+
+
+def kind_of(path: str) -> str:
+    """"idx", "csv" or "folder"; a path that is none of those is a usage error saying what would work."""
+    p = Path(path)
+    if p.is_dir():
+        return "idx" if holds_fashion_mnist(p) else "folder"
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return "csv"
+    if not p.exists():
+        raise DataError(f"--data {path}: no such file or folder; expected a folder of class folders, "
+                        "a CSV manifest (path,label[,split]) or a folder with the Fashion-MNIST IDX files "
+                        "(leave --data out to use Debian's dataset-fashion-mnist or the download)")
+    raise DataError(f"--data {path}: a file that is not a .csv manifest; pass a folder of class folders, "
+                    "a CSV manifest (path,label[,split]) or a folder with the Fashion-MNIST IDX files")
+
+
+def is_fashion_mnist(sources) -> bool:
+    paths = as_list(sources)
+    return not paths or [kind_of(p) for p in paths] == ["idx"]
+
+
+def load_data(sources=None, classes: str | list | None = None, verify: bool = True, val_fraction: float = 0.1,
+              test_fraction: float = 0.2, seed: int = 0, download: bool = True,
+              log: Callable[[str], None] | None = None, preprocessing: dict | None = None) -> Dataset:
+    """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``.
+    Photos are converted for a model of ``preprocessing`` (``photos.photo_converter``)."""
+    paths = as_list(sources)
+    kinds = [kind_of(p) for p in paths]
+    if not paths or kinds == ["idx"]:
+        return load_fashion_mnist(paths[0] if paths else None, classes, verify=verify, download=download)
+    if "idx" in kinds:
+        raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
+                         "pass either one IDX folder or photo sources (folders, CSV manifests)")
+    return load_photos(paths, kinds, classes, val_fraction, test_fraction, seed, log or (lambda _: None),
+                       preprocessing)
+
+
+@dataclass
+class Photos:
+    """Every labelled photo of some sources, converted, restricted to the chosen classes."""
+
+    paths: list[str]  # the sources
+    entries: list[Entry]
+    images: np.ndarray
+    labels: np.ndarray  # indices into ``classes``
+    hashes: list[str]  # SHA-256 of each photo's file
+    classes: list[str]
+    skipped: list[dict]
+    ignored: list[str]
+    cached: int
+
+
+def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: dict | None = None) -> Photos:
+    """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
+    entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
+    for path, kind in zip(paths, kinds):
+        p = Path(path)
+        if kind == "csv":
+            found, ign = read_manifest(p), []
+        else:
+            found, ign = scan_folder(p)
+        if not found:
+            raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
+                            f"{p}/train/<class>/..., or a CSV manifest")
+        converted = convert_photos(found, p, preprocessing)
+        entries += converted.entries
+        images.append(converted.images)
+        hashes += converted.hashes
+        skipped += converted.skipped
+        ignored += ign
+        cached += converted.from_cache
+    names = sorted({e.label for e in entries} | {s["label"] for s in skipped})
+    wanted = select_names(names, classes)
+    for name in wanted:
+        if not any(e.label == name for e in entries):
+            bad = sum(s["label"] == name for s in skipped)
+            raise DataError(f"class {name!r}: all {bad} of its photos are unreadable (first: "
+                            f"{next(s for s in skipped if s['label'] == name)['error']}); fix or remove them")
+    keep = [i for i, e in enumerate(entries) if e.label in wanted]
+    entries = [entries[i] for i in keep]
+    return Photos(paths, entries, np.concatenate(images)[keep], np.array([wanted.index(e.label) for e in entries],
+                  dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached)
+
+
+def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
+                seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
+    """Photos to train on: split as the shop gave them, the rest carved (``carve_splits``)."""
+    photos = gather_photos(paths, kinds, classes, preprocessing)
+    splits = carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
+                                   val_fraction, test_fraction, seed)
+    for needed in ("train", "test"):
+        if needed not in splits:
+            raise UsageError(f"no {needed} photos: give a {needed} split or a --test-fraction above 0")
+    return photo_dataset(photos, splits, log)
+
+
+def load_photos_to_score(sources, seen: dict[str, set[str]], preprocessing: dict | None = None,
+                         log: Callable[[str], None] | None = None) -> Dataset:
+    """Every labelled photo of ``sources`` for a model to be scored on, whatever split folder or
+    manifest column holds it: the photos it trained on or validated on (their SHA-256 in
+    ``seen["train"]`` / ``seen["val"]``, as its checkpoint records them) become the train and
+    val splits, every other photo the test split."""
+    paths = as_list(sources)
+    photos = gather_photos(paths, [kind_of(p) for p in paths], None, preprocessing)
+    splits = np.array(["train" if h in seen["train"] else "val" if h in seen["val"] else "test"
+                       for h in photos.hashes], dtype=str)
+    return photo_dataset(photos, splits, log or (lambda _: None))
+
+
+def photo_dataset(photos: Photos, splits: np.ndarray, log: Callable[[str], None]) -> Dataset:
+    """``photos`` as a Dataset split by ``splits`` (one split name per photo), their problems logged."""
+    sets = {s: ImageSet(photos.images[splits == s], photos.labels[splits == s]) for s in SPLIT_NAMES}
+    problems = {"skipped": photos.skipped, "ignored": photos.ignored,
+                **find_duplicates(photos.entries, photos.hashes, splits)}
+    log_problems(len(photos.entries), len(photos.classes), photos.paths, photos.cached, problems, log)
+    hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in SPLIT_NAMES}
+    return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=photos.classes,
+                   class_indices=list(range(len(photos.classes))), source="; ".join(photos.paths),
+                   verification=PHOTO_VERIFICATION, problems=problems, hashes=hashes)
+
+
+def select_names(names: list[str], classes: str | list | None) -> list[str]:
+    """``names`` or the subset ``classes`` (comma-separated or a list, in that order)."""
+    if classes in (None, "", "all"):
+        chosen = names
+    else:
+        chosen = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise UsageError(f"class {unknown[0]!r} is not in the data; its classes are: {', '.join(names)}")
+    if len(chosen) < 2:
+        raise DataError(f"a classifier needs at least 2 classes, the data has {len(chosen)}: {', '.join(chosen)}; "
+                        "expected one folder (or CSV label) per class")
+    return chosen
+
+
+def log_problems(count: int, k: int, paths: list[str], cached: int, problems: dict, log: Callable[[str], None]) -> None:
+    log(f"photos: {count:,} in {k} classes from {', '.join(paths)} ({cached:,} conversions from the cache)")
+    if problems["skipped"]:
+        first = problems["skipped"][0]
+        log(f"warning: {len(problems['skipped'])} unreadable file(s) skipped (listed in metrics.json), "
+            f"e.g. {first['path']}: {first['error']}")
+    if problems["ignored"]:
+        log(f"note: {len(problems['ignored'])} file(s) without an image suffix ignored, e.g. {problems['ignored'][0]}")
+    for key, what in (("label_noise", "under two labels (label noise)"), ("leakage", "in two splits (leakage)")):
+        if problems[key]:
+            example = ", ".join(f"{i['path']} [{i['label']}, {i['split']}]" for i in problems[key][0])
+            log(f"warning: {len(problems[key])} identical photo group(s) {what}, e.g. {example}")
+
+
+def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
+    """``dataset`` with its labels renumbered to ``classes`` (a model's class order); a class the
+    model does not know is a usage error."""
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
+        raise UsageError(f"the data has class(es) {', '.join(map(repr, unknown))} that the model does not know; "
+                         f"its classes are: {', '.join(classes)}")
+    mapping = np.array([classes.index(c) for c in dataset.classes], dtype=np.int64)
+
+    def re(s: ImageSet | None) -> ImageSet | None:
+        return None if s is None else ImageSet(s.images, mapping[s.labels])
+
+    return Dataset(re(dataset.train), re(dataset.test), list(classes), list(range(len(classes))), dataset.source,
+                   dataset.verification, dataset.files, re(dataset.val), dataset.problems, dataset.hashes)
+
+
+def describe(sources=None, classes: str | None = None, verify: bool = True, val_fraction: float = 0.1,
+             test_fraction: float = 0.2, seed: int = 0, grid: str | os.PathLike | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Where the data was found, its verification, per-class counts per split (the same table
+    for Fashion-MNIST and for photos), problems found; optionally a labelled grid of sample
+    training images saved to ``grid``."""
+    dataset = load_data(sources, classes, verify, val_fraction, test_fraction, seed, log=log)
+    splits = make_splits(dataset, val_fraction, seed)
+    k = len(dataset.classes)
+    info = {
+        "source": str(dataset.source),
+        "files": dataset.files,
+        "verification": dataset.verification,
+        "classes": dataset.classes,
+        "counts": {s: class_counts(splits.of(s)[1].numpy(), k) for s in ("train", "val", "test")},
+        "problems": {key: len(v) for key, v in dataset.problems.items()},
+    }
+    if grid is not None:
+        from fashionclf.evaluation.plots import plot_sample_grid, save
+
+        fig = plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
+        save(fig, grid)
+        info["grid"] = str(grid)
+    return info

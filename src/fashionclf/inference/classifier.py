@@ -1,0 +1,211 @@
+"""One interface over the two inference backends: a ``Classifier`` maps uint8 ``(N, 28, 28)``
+images to ``(N, k)`` class probabilities, through PyTorch or ONNX Runtime.
+
+``load_classifier(path, backend)``: ``path`` is a checkpoint (model.pt or its run directory)
+or an ONNX file written by ``fashionclf export``; ``backend`` is ``torch``, ``onnx`` or
+``auto`` (the file's own kind). A checkpoint asked for with ``backend="onnx"`` is exported in
+memory first. Both backends compute ``fashionclf.models.contract.InferenceNet`` with its softmax;
+``check_parity`` measures how closely they agree.
+
+Adding a backend: a ``Classifier`` subclass here and its name in ``config.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashionclf.errors import DataError, UsageError
+from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint, model_info
+from fashionclf.models.contract import ServingNet, eval_batch, source_shape, temperature_of
+from fashionclf.training.config import BACKENDS
+
+NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
+PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
+
+
+class Classifier:
+    """What predict and serve need: class names, the input contract, probabilities and the
+    in-distribution score with its threshold (``fashionclf.evaluation.ood``)."""
+
+    backend: str
+    classes: list[str]
+    info: dict  # model name, preprocessing, accuracy, unknown (score, temperature, threshold) where known
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, k) probabilities and (N,) in-distribution scores (None from an ONNX file without them)."""
+        raise NotImplementedError
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+    @property
+    def to_input(self):
+        """The photo conversion of this model's input contract (``photos.photo_converter``)."""
+        from fashionclf.data.photos import photo_converter
+
+        return photo_converter(self.preprocessing)[0]
+
+    @property
+    def threshold(self) -> float | None:
+        """Scores below this are "unknown"; None for a model without a calibrated threshold."""
+        return (self.info.get("unknown") or {}).get("threshold")
+
+    @staticmethod
+    def finite(probabilities: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+        """Per image: True where the output is usable (no NaN or infinity); the rest are that
+        image's error (``NAN_ERROR``), never the batch's."""
+        ok = np.isfinite(probabilities).all(1)
+        return ok if scores is None else ok & np.isfinite(scores)
+
+    def unknown(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """True where the item is of none of the classes; None when the model cannot tell."""
+        return None if scores is None or self.threshold is None else scores < self.threshold
+
+
+class TorchClassifier(Classifier):
+    backend = "torch"
+
+    def __init__(self, ckpt: dict, device: str = "cpu"):
+        self.device = device
+        self.classes = list(ckpt["classes"])
+        self.preprocessing = dict(ckpt["preprocessing"])
+        self.info = model_info(ckpt)
+        self.net = ServingNet(model_from_checkpoint(ckpt), self.preprocessing, temperature_of(ckpt)).to(device).eval()
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(images) == 0:
+            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        n = eval_batch(self.preprocessing)
+        out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
+        return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
+
+
+MAX_ONNX_BYTES = 512 * 1024 * 1024
+MAX_ONNX_NODES = 20_000
+ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}  # the standard operator sets; no custom-op libraries
+
+
+def check_onnx(proto, size: int) -> None:
+    """Refuse what a model file can do beyond computing: tensors stored outside the file (a path
+    that ONNX Runtime would read, traversal included), operators from custom domains, and
+    graphs far larger than any fashionclf export. Load only model files you trust."""
+    from onnx import TensorProto
+
+    def refuse(why: str):
+        raise UsageError(f"refusing this ONNX file: {why}; export the checkpoint with 'fashionclf export MODEL.pt'")
+
+    if size > MAX_ONNX_BYTES or len(proto.graph.node) > MAX_ONNX_NODES:
+        refuse(f"{size:,} bytes and {len(proto.graph.node):,} nodes, over {MAX_ONNX_BYTES:,} / {MAX_ONNX_NODES:,}")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            refuse(f"tensor {tensor.name!r} keeps its data in an external file")
+    for node in _all_nodes([proto.graph, *proto.functions]):
+        if node.domain not in ONNX_DOMAINS:
+            refuse(f"operator {node.op_type!r} from the custom domain {node.domain!r}")
+        for attr in node.attribute:
+            if attr.t.data_location == TensorProto.EXTERNAL or attr.t.external_data:
+                refuse(f"a constant of {node.op_type!r} keeps its data in an external file")
+
+
+def _all_nodes(graphs):
+    """Every node of ``graphs`` (graphs or functions), subgraphs of If/Loop/Scan included."""
+    for graph in graphs:
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                yield from _all_nodes([attr.g] if attr.HasField("g") else [])
+                yield from _all_nodes(attr.graphs)
+
+
+class OnnxClassifier(Classifier):
+    backend = "onnx"
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError("the onnx backend needs onnxruntime: pip install onnxruntime "
+                             "(or use --backend torch)") from None
+        import onnx
+
+        from fashionclf.inference.export import METADATA_KEY
+
+        proto = onnx.load_from_string(model_bytes)
+        check_onnx(proto, len(model_bytes))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_KEY not in meta:
+            raise UsageError("this ONNX file was not written by 'fashionclf export' (no fashionclf metadata); "
+                             "export the checkpoint with 'fashionclf export MODEL.pt'")
+        self.info = json.loads(meta[METADATA_KEY])
+        self.classes = self.info["classes"]
+        self.preprocessing = self.info["preprocessing"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(images) == 0:
+            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)  # files exported before scores: none
+
+
+def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
+                    threads: int | None = None) -> Classifier:
+    """``threads``: ONNX Runtime's intra-op threads (default: torch's thread count)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise UsageError(f"{path} is an ONNX file; the torch backend needs the model.pt it was exported from")
+        if not path.is_file():
+            raise UsageError(f"ONNX model {path} not found; write one with 'fashionclf export MODEL.pt'")
+        return OnnxClassifier(path.read_bytes(), threads)
+    if backend == "onnx":
+        from fashionclf.inference.export import cached_onnx_bytes
+
+        return OnnxClassifier(cached_onnx_bytes(path), threads)
+    ckpt = load_checkpoint(path)
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchClassifier(ckpt, device)
+
+
+def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tuple[np.ndarray, str]:
+    """Test images for a parity check (``data``: as ``--data``, default Fashion-MNIST); seeded
+    random images if the data is not at hand."""
+    from fashionclf.data.sources import load_data
+
+    try:
+        images = load_data(data, verify=False, download=False).test.images[:count]
+        return images, f"{len(images)} test images"
+    except DataError:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), f"{count} random images (no data found)"
+
+
+def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
+    """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
+    largest probability difference and how often the top class agrees."""
+    if ckpt["preprocessing"].get("source") == "rgb":  # photos in colour: random colour images
+        shape = source_shape(ckpt["preprocessing"])
+        images, what = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8), f"{count} random images"
+    else:
+        images, what = parity_images(count, data)
+    p_torch, s_torch = TorchClassifier(ckpt).predict(images)
+    p_onnx, s_onnx = OnnxClassifier(model_bytes).predict(images)
+    max_diff = float(np.abs(p_torch - p_onnx).max())
+    score_diff = float(np.abs(s_torch - s_onnx).max() / max(1.0, np.abs(s_torch).max()))
+    ok = max_diff <= PARITY_TOLERANCE and score_diff <= PARITY_TOLERANCE
+    return {"checked_on": what, "max_abs_diff": max_diff, "max_score_rel_diff": score_diff,
+            "argmax_agreement": float((p_torch.argmax(1) == p_onnx.argmax(1)).mean()),
+            "parity": "ok" if ok else "failed", "tolerance": PARITY_TOLERANCE}

@@ -1,0 +1,91 @@
+"""ONNX conversion: a checkpoint's whole inference function as one ONNX graph.
+
+The graph is ``fashionclf.models.contract.ServingNet``: it takes what predict reads, uint8 images
+``images: (N, 28, 28)``, and returns ``probabilities: (N, k)`` (calibrated) and ``score: (N,)``
+(below the threshold in the metadata's ``unknown``: an item of none of the classes), with the
+checkpoint's preprocessing, the model and its test-time augmentation inside, so an ONNX
+Runtime client needs no fashionclf code. The checkpoint's facts (classes,
+preprocessing, model name, test accuracy) travel in the file's metadata under "fashionclf".
+``fashionclf.inference.classifier.check_parity`` compares the graph with PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from fashionclf._version import __version__
+from fashionclf.errors import UsageError
+from fashionclf.fileio import write_bytes_atomic
+from fashionclf.inference.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, model_info
+from fashionclf.models.contract import ServingNet, source_shape, temperature_of
+
+OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
+METADATA_KEY = "fashionclf"
+
+
+def onnx_bytes(ckpt: dict) -> bytes:
+    """The checkpoint's ``ServingNet`` as ONNX bytes, with fashionclf metadata."""
+    import onnx
+
+    net = ServingNet(model_from_checkpoint(ckpt), ckpt["preprocessing"], temperature_of(ckpt)).eval()
+    example = torch.zeros(2, *source_shape(ckpt["preprocessing"]), dtype=torch.uint8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's concern
+        torch.onnx.export(net, (example,), buf, input_names=["images"], output_names=["probabilities", "score"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "score": {0: "batch"}},
+                          opset_version=OPSET, dynamo=True, verbose=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(model_info(ckpt))
+    proto.producer_name = "fashionclf"
+    return proto.SerializeToString()
+
+
+def cached_onnx_bytes(checkpoint: str | os.PathLike) -> bytes:
+    """The checkpoint's ONNX graph, exported once and then read from a file beside it,
+    ``.<name>.<key>.onnx``, the key being a hash of the checkpoint's bytes, the fashionclf
+    version and the opset (a changed checkpoint or fashionclf exports anew; older cache files
+    of the same checkpoint name are removed). Exporting takes seconds to minutes, reading
+    milliseconds: this is what lets ``serve`` and ``predict --backend onnx`` start at once.
+    A folder that cannot be written to only means exporting every time."""
+    path = checkpoint_file(checkpoint)
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return onnx_bytes(load_checkpoint(path))  # load_checkpoint says what is wrong, in one line
+    key = hashlib.sha256(raw + f"fashionclf {__version__} opset {OPSET}".encode()).hexdigest()[:16]
+    cache = path.parent / f".{path.stem}.{key}.onnx"
+    if cache.is_file():
+        return cache.read_bytes()
+    data = onnx_bytes(load_checkpoint(path))
+    try:
+        write_bytes_atomic(cache, data)
+        for stale in path.parent.glob(f".{path.stem}.*.onnx"):
+            if stale != cache:
+                stale.unlink(missing_ok=True)
+    except (OSError, UsageError):
+        pass
+    return data
+
+
+def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:
+    """Export ``checkpoint`` to ``output`` (default: ``model.onnx`` beside it), written
+    atomically; return what was written, with the checkpoint and the bytes."""
+    ckpt = load_checkpoint(checkpoint)
+    start = time.perf_counter()
+    data = onnx_bytes(ckpt)
+    seconds = time.perf_counter() - start
+    src = Path(checkpoint)
+    output = Path(output) if output else (src if src.is_dir() else src.parent) / "model.onnx"
+    write_bytes_atomic(output, data)
+    return {"output": str(output), "bytes": len(data), "export_seconds": seconds, "opset": OPSET,
+            "checkpoint": ckpt, "onnx": data}

@@ -1,0 +1,290 @@
+"""Batch tagging: photos in, one row per input out; an error in one row never stops the batch.
+
+Inputs are files, directories (searched recursively for image suffixes) and glob patterns
+(``photos/**/*.jpg``). Each image goes through the model's photo conversion
+(``fashionclf.data.photos.photo_converter``: ``photo_to_28`` for the grey models, so shop photos and
+the dataset's own 28x28 images both work), batches go through a ``Classifier``
+(PyTorch or ONNX Runtime) and rows are written as soon as their batch is done: memory stays
+bounded by the batch size, whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO
+
+from tqdm import tqdm
+
+from fashionclf.data.photos import IMAGE_SUFFIXES
+from fashionclf.errors import UsageError
+from fashionclf.fileio import fsync_dir
+from fashionclf.inference.classifier import Classifier, load_classifier
+from fashionclf.inference.tagging import Prediction, classify
+
+
+def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
+    """Files as given; directories walked recursively (sorted) to every entry with an image
+    suffix; glob patterns expanded (``**`` included). Every path gets its row, links included:
+    two products may share one photo through a link, and each is a row of the catalogue; only
+    the very same path reached twice (``photos/`` and ``photos/a.jpg`` both given) gives one.
+    Walks never follow links to directories (a ``loop -> .`` link would repeat every file, two
+    would explode). Names that do not exist, directories named like images, dangling links and
+    FIFOs are kept, so that their rows say what is wrong."""
+    seen: set[str] = set()
+    for path in _expand(inputs):
+        key = os.path.normpath(path)
+        if key not in seen:
+            seen.add(key)
+            yield path
+
+
+def _expand(inputs: Iterable[str]) -> Iterator[Path]:
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            yield from _walk(p)
+        elif not p.exists() and not p.is_symlink() and glob.has_magic(item):
+            base, pattern = _split_pattern(p)
+            matches = sorted(base.glob(pattern)) if pattern else []  # pathlib: links to directories not followed
+            if not matches:
+                yield p  # reported as "no such file"
+            for q in matches:
+                if q.is_dir() and not q.is_symlink():
+                    yield from _walk(q)
+                else:
+                    yield q
+        else:
+            yield p
+
+
+def _walk(directory: Path) -> list[Path]:
+    return sorted(q for q in directory.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _split_pattern(pattern: Path) -> tuple[Path, str]:
+    """``photos/2026/**/*.jpg`` -> (``photos/2026``, ``**/*.jpg``): the fixed start and the rest."""
+    parts = pattern.parts
+    i = next(k for k, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:i]) if i else Path("."), "/".join(parts[i:])
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def display_path(path: str) -> str:
+    """A path as text that any output can carry: bytes that are not UTF-8 (kept by Python as
+    lone surrogates) are shown as ``\\xNN`` instead of crashing the writer."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: one that starts like a formula (``= + - @``,
+    tab, carriage return) gets a leading apostrophe (OWASP "CSV injection")."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+class RowWriter:
+    """CSV ``path,label,confidence,error`` (+ ``label_K,confidence_K`` for ``--top-k``, +
+    ``low_confidence`` with ``--min-confidence``) + ``unknown``, or a JSON list, written row by row.
+    ``unknown`` is true for an item of none of the model's classes (its label is still the
+    most likely class), empty where the model has no calibrated threshold.
+
+    Every CSV field is quoted (a ``\\r`` or newline in a file name stays inside its row) and
+    text cells that would start a spreadsheet formula get a leading apostrophe; paths whose
+    bytes are not UTF-8 are written with ``\\xNN`` escapes."""
+
+    def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False):
+        self.out, self.fmt, self.top_k, self.flag_low = out, fmt, top_k, flag_low
+        self.count = 0
+        if fmt == "csv":
+            self.csv = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            header = ["path", "label", "confidence", "error"]
+            for k in range(2, top_k + 1):
+                header += [f"label_{k}", f"confidence_{k}"]
+            self.csv.writerow(header + (["low_confidence"] if flag_low else []) + ["unknown"])
+        else:
+            out.write("[")
+
+    def write(self, r: Prediction) -> None:
+        if self.fmt == "json":
+            item = {"path": display_path(r.path), "label": r.label or None, "confidence": r.confidence, "unknown": r.unknown,
+                    "error": r.error or None,
+                    "top": [{"label": lab, "confidence": c} for lab, c in r.top]}
+            if self.flag_low:
+                item["low_confidence"] = r.low_confidence
+            self.out.write(("," if self.count else "") + "\n  " + json.dumps(item))
+        else:
+            line = [csv_cell(display_path(r.path)), csv_cell(r.label), "" if r.confidence is None else f"{r.confidence:.6f}",
+                    csv_cell(r.error)]
+            for k in range(1, self.top_k):
+                line += [csv_cell(r.top[k][0]), f"{r.top[k][1]:.6f}"] if k < len(r.top) else ["", ""]
+            if self.flag_low:
+                line.append("" if r.error else str(r.low_confidence).lower())
+            line.append("" if r.unknown is None else str(r.unknown).lower())
+            self.csv.writerow(line)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+
+
+REVIEW_CSV = "review.csv"
+REVIEW_FIELDS = ["source", "copy", "label", "confidence", "unknown", "low_confidence"]
+
+
+def folder_name(label: str) -> str:
+    """A class name as a folder name: path separators become "_", and a leading "." or "_"
+    (folders the data loader ignores) is dropped."""
+    name = label.replace("/", "_").replace(os.sep, "_").replace("\0", "_").lstrip("._")
+    return name or "_unnamed"
+
+
+class ReviewFolder:
+    """``--review DIR``: every photo that is unknown or below ``--min-confidence`` is hard-linked
+    (copied across file systems) into ``DIR/<predicted label>/`` and listed in ``DIR/review.csv``.
+    A person moves the misplaced ones to the right folder (or to ``DIR/_unknown``, which
+    training ignores); ``fashionclf train --data LABELLED --data DIR`` then learns from both."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.root / REVIEW_CSV, "a", newline="", encoding="utf-8")
+        self.csv = csv.writer(self.file, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        if self.file.tell() == 0:
+            self.csv.writerow(REVIEW_FIELDS)
+        self.count = 0
+
+    def add(self, row: Prediction) -> None:
+        source = Path(row.path)
+        folder = self.root / folder_name(row.label)
+        folder.mkdir(exist_ok=True)
+        target = folder / source.name
+        n = 1
+        while target.exists():  # another photo of the same name: keep both
+            if target.is_file() and os.path.samefile(target, source):
+                break
+            target = folder / f"{source.stem}-{n}{source.suffix}"
+            n += 1
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copy2(source, target)
+        self.csv.writerow([csv_cell(display_path(str(source))), csv_cell(display_path(str(target))),
+                           csv_cell(row.label), f"{row.confidence:.6f}",
+                           "" if row.unknown is None else str(row.unknown).lower(), str(row.low_confidence).lower()])
+        self.count += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k: int) -> Classifier:
+    classifier = load_classifier(checkpoint, backend, device)
+    if not 1 <= top_k <= len(classifier.classes):
+        raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)} (the number of classes), "
+                         f"got {top_k}")
+    return classifier
+
+
+def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
+              top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
+              backend: str = "auto", device: str = "cpu", progress: bool | None = None,
+              review: str | os.PathLike | None = None, dask: str | None = None) -> dict:
+    """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence,
+    unknown, review). ``review``: a folder for the photos a person should check (``ReviewFolder``).
+    ``dask``: tag on a Dask cluster (``fashionclf.scale.cluster``; ONNX Runtime unless ``backend`` says
+    otherwise), with the same rows in the same order."""
+    if dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
+        backend = "onnx"  # one graph per worker process, exported once and kept beside the checkpoint
+    classifier = load_checked(checkpoint, backend, device, top_k)  # checked here, before any worker starts
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
+    paths = iter_inputs(inputs)
+    first = next(paths, None)
+    if first is None:
+        raise UsageError(f"no image files found in {', '.join(inputs)}")
+    writer = RowWriter(out, fmt, top_k, flag_low=min_confidence is not None)
+    counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
+    reviewer = ReviewFolder(review) if review is not None else None
+    bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
+    if dask:
+        from fashionclf.scale.cluster import dask_classify
+
+        rows = dask_classify(dask, checkpoint, backend, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+    else:
+        rows = classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+    for row in rows:
+        writer.write(row)
+        counts["rows"] += 1
+        counts["failed"] += bool(row.error)
+        counts["low_confidence"] += row.low_confidence
+        counts["unknown"] += bool(row.unknown)
+        if reviewer is not None and not row.error and (row.unknown or row.low_confidence):
+            reviewer.add(row)
+        bar.update()
+    bar.close()
+    writer.close()
+    if reviewer is not None:
+        reviewer.close()
+        counts["review"] = reviewer.count
+    return counts
+
+
+def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs: list[str], **kwargs) -> dict:
+    """``tag_files`` into ``output``, which is replaced only when every row is written: rows go
+    to a temporary file beside it, renamed over it at the end. A run that fails or is
+    interrupted leaves ``output`` as it was and its rows so far in ``output.partial`` (said on
+    stderr); one that fails before any row leaves nothing."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            counts = tag_files(checkpoint, inputs, f, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+        return counts
+    except BaseException:
+        if tmp.exists() and tmp.stat().st_size:
+            partial = output.with_name(output.name + ".partial")
+            os.replace(tmp, partial)
+            print(f"fashionclf: the rows written before the failure are in {partial}; {output} is unchanged",
+                  file=sys.stderr)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _chain(first: Path, rest: Iterator[Path]) -> Iterator[Path]:
+    yield first
+    yield from rest
+
+
+def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = 256,
+                  device: str = "cpu", backend: str = "auto") -> list[Prediction]:
+    """All rows as a list (for a library caller with a modest number of files)."""
+    classifier = load_checked(checkpoint, backend, device, top_k)
+    rows = list(classify(classifier, iter_inputs(inputs), top_k, batch_size))
+    if not rows:
+        raise UsageError(f"no image files found in {', '.join(inputs)}")
+    return rows
+
+
+def format_rows(rows: list[Prediction], fmt: str = "csv", top_k: int = 1) -> str:
+    buf = io.StringIO()
+    writer = RowWriter(buf, fmt, top_k)
+    for r in rows:
+        writer.write(r)
+    writer.close()
+    return buf.getvalue()

@@ -1,0 +1,148 @@
+"""``--time-budget``: a few timed steps fix the number of epochs before training
+(``plan_epochs``), and a run that falls behind its plan is re-planned shorter after an epoch
+(``replan_epochs``); config.json records the epochs and cuts, which repeat the run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import torch
+
+from fashionclf.evaluation.metrics import evaluate
+from fashionclf.training.config import parse_duration
+from fashionclf.training.ddp import broadcast_int
+from fashionclf.training.loop import make_ema, make_optimizer, phase_of, train_one_epoch
+from fashionclf.training.run import Run, save_last, start_phase, write_config
+
+# ---------------------------------------------------------------- a time budget
+
+BUDGET_WARMUP_STEPS = 3  # not timed: the first steps build the CPU kernels and warm the caches
+BUDGET_TIMED_STEPS = 10  # about 1-2 s of a strong-recipe run; the mean of 10 steps varies by a few %
+# Plan to end at 92% of the budget: over a whole run, steps took up to 7% longer than the
+# timed ones (2-core AMD EPYC Zen 4, strong recipe: 45 ms against 42 ms), and the process's
+# start-up (imports) comes before the budget's clock starts.
+BUDGET_MARGIN = 0.92
+# The final evaluation: train, val and test images, plus up to ~5,000 non-garment and held-out
+# images for the unknown threshold; then plots, report and checkpoint saves, measured at
+# 3-4 s on 2 cores (AMD EPYC Zen 4), so 5 s.
+FINISH_EXTRA_IMAGES = 5000
+FINISH_FIXED_SECONDS = 5.0
+
+
+def time_steps(run: Run) -> dict:
+    """Seconds per optimizer step of the main phase and per evaluated image, measured on copies
+    of the model and optimizer with their own random generator, so the run itself (weights,
+    batch order, augmentation draws) is exactly as if it had been started with ``--epochs``."""
+    config = run.config
+    model = copy.deepcopy(run.model)
+    trial = dataclasses.replace(run, model=model, optimizer=make_optimizer(config, model),
+                                ema=make_ema(model, config.ema) if config.ema else None,
+                                generator=torch.Generator().manual_seed(config.seed + 1), log=lambda _: None)
+    rng = torch.get_rng_state()
+    try:
+        phase = start_phase(trial, phase_of(config, config.head_epochs + 1)[0])
+        step = dataclasses.replace(phase.step, lr_at=lambda _: 0.0)  # the same arithmetic, weights left alone
+        bs = config.batch_size
+
+        def steps(n: int) -> tuple[int, float]:
+            n = min(n * bs, len(phase.inputs))
+            t0 = time.perf_counter()
+            train_one_epoch(step, phase.inputs[:n], phase.labels[:n], bs, trial.generator, "timing")
+            return math.ceil(n / bs), time.perf_counter() - t0
+
+        steps(BUDGET_WARMUP_STEPS)
+        count, seconds = steps(BUDGET_TIMED_STEPS)
+        images = run.data.val_x if len(run.data.val_x) else run.data.train_x
+        images, classes = images[:1024], run.dataset.classes
+        labels = torch.zeros(len(images), dtype=torch.long)
+        evaluate(trial.evaluated, images[:128], labels[:128], classes, run.preprocessing, "val", run.device)
+        t0 = time.perf_counter()
+        evaluate(trial.evaluated, images, labels, classes, run.preprocessing, "val", run.device)
+        return {"step_seconds": seconds / count, "image_seconds": (time.perf_counter() - t0) / len(images)}
+    finally:
+        torch.set_rng_state(rng)
+
+
+# A re-planned run aims here: 3% of the budget for what the last epochs' times do not foresee.
+REPLAN_MARGIN = 0.97
+
+
+def epochs_that_fit(budget: float, spent: float, epoch: float, final: float, head_epochs: int = 0) -> int:
+    """Main-phase epochs that end, with ``head_epochs`` before them (counted at a main epoch's
+    cost, an upper bound) and the final evaluation after, by ``BUDGET_MARGIN`` of ``budget``
+    seconds, ``spent`` of which are gone; at least 1."""
+    return max(1, int((BUDGET_MARGIN * budget - spent - final) // epoch) - head_epochs)
+
+
+def plan_epochs(run: Run) -> None:
+    """``--time-budget``: time a few steps, fix ``run.config.epochs`` (so the one-cycle schedule
+    spans exactly the steps that will run), record it in config.json and the plan in ``run.budget``."""
+    config, data = run.config, run.data
+    budget = parse_duration(config.time_budget)
+    speed = time_steps(run)
+    steps = math.ceil(len(data.train_y) / config.batch_size)
+    epoch = speed["step_seconds"] * steps + speed["image_seconds"] * len(data.val_y)
+    final = speed["image_seconds"] * (len(data.train_y) + len(data.val_y) + len(data.test_y) + FINISH_EXTRA_IMAGES) \
+        + FINISH_FIXED_SECONDS
+    spent = time.perf_counter() - run.started
+    epochs = broadcast_int(epochs_that_fit(budget, spent, epoch, final, config.head_epochs), run.world)
+    planned = spent + (config.head_epochs + epochs) * epoch + final
+    # From here on the run is an ordinary run of that many epochs: config.json (and a resumed
+    # run, or --config) say epochs, and metrics.json's "time_budget" says how they were chosen.
+    run.config = dataclasses.replace(config, epochs=epochs, time_budget=None)
+    if run.world.main:
+        write_config(run)
+    run.epoch_ends = [time.perf_counter()]
+    run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed,
+                  "steps_per_epoch": steps, "epoch_seconds": epoch, "final_seconds": final, "epochs": epochs,
+                  "planned_seconds": planned}
+    run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
+            f"{steps} steps + {speed['image_seconds'] * len(data.val_y):.1f} s validation = {epoch:.1f} s per "
+            f"epoch; final evaluation ~{final:.0f} s; {config.head_epochs + epochs} epochs, planned to end at "
+            f"{planned:.0f} s (repeat with --epochs {epochs})"
+            + (f"; warning: even 1 epoch needs about {planned:.0f} s" if planned > budget else ""))
+
+
+def replan_epochs(run: Run, epoch: int) -> None:
+    """``--time-budget``, after each epoch: when the run has fallen so far behind its plan (the
+    machine got slower: other work on it, a noisy neighbour) that it would end late, fewer main
+    epochs, with the learning rate
+    going from where it is straight down to 0 at the new last epoch (``schedule_cut``, which
+    config.json records so the run can be repeated). Never more epochs: a run ahead of its plan
+    keeps the plan, so its result does not depend on the machine's mood."""
+    config, plan = run.config, run.budget
+    phase, i, n = phase_of(config, epoch)
+    keep, per_epoch, projected = n, plan["epoch_seconds"], 0.0
+    run.epoch_ends.append(time.perf_counter())
+    if phase != "head" and i < n:
+        # The pace now: wall clock between the last two epoch ends (checkpoints included). The
+        # faster of the last two epochs was tried: under a lasting slowdown (another process on
+        # one of 2 cores: epochs 42 -> 121 s, AVX2, fp32) it reacted an epoch late and cut the
+        # schedule off instead of bringing it down to 0.
+        per_epoch = max(run.epoch_ends[-1] - run.epoch_ends[-2], plan["epoch_seconds"])
+        final = plan["final_seconds"] * per_epoch / plan["epoch_seconds"]
+        elapsed = time.perf_counter() - run.started
+        projected = elapsed + (n - i) * per_epoch + final
+        if projected > plan["budget_seconds"]:
+            room = REPLAN_MARGIN * plan["budget_seconds"] - elapsed - final
+            keep = i + max(0, min(n - i - 1, int(room // per_epoch)))
+    keep = broadcast_int(keep, run.world)  # rank 0's clock decides for every rank
+    if keep == n:
+        return
+    cut = f"{n}@{i}"
+    run.config = dataclasses.replace(config, epochs=keep,
+                                     schedule_cut=f"{config.schedule_cut},{cut}" if config.schedule_cut else cut)
+    plan.setdefault("replanned", []).append({"after_epoch": epoch, "epochs_from": n, "epochs_to": keep,
+                                             "epoch_seconds": per_epoch, "projected_seconds": projected})
+    if run.world.main:  # a run resumed from here goes on with the new plan
+        write_config(run)
+        save_last(run, epoch)
+    run.log(f"time budget: at this pace ({per_epoch:.1f} s an epoch, {plan['epoch_seconds']:.1f} s planned) the run "
+            f"would end at {projected:.0f} s of {plan['budget_seconds']:.0f}: {config.head_epochs + n} -> "
+            f"{config.head_epochs + keep} epochs, the learning rate going straight to 0 by the last (repeat with "
+            f"--epochs {keep} --schedule-cut {run.config.schedule_cut})")
+
+

@@ -1,0 +1,273 @@
+"""The results of a run's model, one sequence for both of their moments: training's final
+evaluation (``finish_run``: the best epoch on train, val and test, calibration and the unknown
+threshold, metrics.json, plots, report.html) and ``fashionclf evaluate`` later
+(``evaluate_checkpoint``: any split of the run's data, or of other data, scored again).
+The numbers themselves are computed by ``fashionclf.evaluation.metrics``."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fashionclf._version import __version__
+from fashionclf.data.fashion_mnist import CLASSES, Dataset, class_counts, load_dataset
+from fashionclf.data.sources import PHOTO_VERIFICATION
+from fashionclf.device import cpu_info
+from fashionclf.evaluation.metrics import EvalResult, evaluate, overfitting_check, write_evaluation
+from fashionclf.evaluation.ood import calibrate, energy_score, far_ood_images, ood_report, reliability, softmax
+from fashionclf.fileio import write_json
+from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fashionclf.models import count_parameters
+from fashionclf.models.contract import predict_logits
+from fashionclf.training.run import Run
+
+
+def finish_run(run: Run) -> dict:
+    """Evaluate the best model on train (in eval mode), val and test; write metrics, plots, report."""
+    config, data, dataset = run.config, run.data, run.dataset
+    best_ckpt = load_checkpoint(run.out / "model.pt")
+    model = model_from_checkpoint(best_ckpt).to(run.device)
+    results = {split: evaluate(model, *data.of(split), dataset.classes, best_ckpt["preprocessing"], split, run.device)
+               for split in ("train", "val", "test")}
+    accuracies = {split: r.accuracy for split, r in results.items()}
+    overfit = overfitting_check(accuracies)
+    unknown = calibrate_run(run, model, best_ckpt["preprocessing"], results)
+    metrics = run_metrics(run, model, results, overfit)
+    metrics["unknown"] = unknown
+    metrics["run_seconds"] = time.perf_counter() - run.started  # this process: data, training, evaluation
+    if run.budget is not None:
+        metrics["time_budget"] = run.budget
+    save_checkpoint(dict(best_ckpt, metrics=metrics, unknown=unknown), run.out / "model.pt")
+    write_json(metrics, run.out / "metrics.json")
+    info = {"model": config.model, "parameters": metrics["parameters"], "classes": ", ".join(dataset.classes),
+            **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "classes")},
+            "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
+            "data": f"{dataset.source} ({dataset.verification})"}
+    test = results["test"]
+    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history, dataset.problems,
+                     unknown)
+    run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
+            f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
+            + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
+    elapsed = time.perf_counter() - run.started
+    run.log(f"run took {elapsed:.0f} s" + (f" of its {run.budget['budget_seconds']:.0f} s budget"
+                                           if run.budget is not None else ""))
+    return metrics
+
+
+def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict[str, EvalResult]) -> dict | None:
+    """Fit the temperature and the unknown threshold on the validation split (``fashionclf.evaluation.ood``)
+    and measure them: ECE, and AUROC and the flagged share for images that are not garments
+    (far) and, for a Fashion-MNIST class subset, the held-out classes' test images (near)."""
+    val, test = results["val"], results["test"]
+    if len(val.y_true) == 0:
+        run.log("no validation split, so no calibration and no unknown threshold (--val-fraction above 0 gives both)")
+        return None
+    unknown = calibrate(val.logits, val.y_true)
+    t = unknown["temperature"]
+    unknown["reliability"] = {"before": reliability(softmax(val.logits), val.y_true),
+                              "after": reliability(softmax(val.logits, t), val.y_true)}
+
+    def scores(images: np.ndarray) -> np.ndarray:
+        return energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
+
+    far_images = far_ood_images(run.config.seed, preprocessing)
+    sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
+    near = held_out_classes(run.dataset)
+    if near is not None:
+        sets["near: held-out Fashion-MNIST classes"] = scores(near)
+    unknown["ood"] = ood_report(unknown, energy_score(test.logits, t), sets)
+    far = [v for k, v in unknown["ood"].items() if k.startswith("far")]
+    run.log(f"calibration: temperature {t:.3f}, validation ECE {unknown['val_ece_before']:.3f} -> "
+            f"{unknown['val_ece_after']:.3f}; unknown below score {unknown['threshold']:.3f}: "
+            f"{unknown['ood']['in_distribution_flagged']:.1%} of test images, "
+            f"{statistics.fmean(v['flagged'] for v in far):.1%} of non-garment images "
+            f"(AUROC {statistics.fmean(v['auroc'] for v in far):.3f})")
+    return unknown
+
+
+def held_out_classes(dataset: Dataset) -> np.ndarray | None:
+    """Fashion-MNIST's test images of the classes a subset run left out (near out-of-distribution)."""
+    if dataset.verification == PHOTO_VERIFICATION or len(dataset.class_indices) == len(CLASSES):
+        return None
+    full = load_dataset(dataset.source, None, verify=False).test
+    return full.images[~np.isin(full.labels, dataset.class_indices)]
+
+
+def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], overfit: dict) -> dict:
+    """metrics.json: accuracy and loss per split, per-class figures on test, timing, data, versions."""
+    config, data, k = run.config, run.data, len(run.dataset.classes)
+    test = results["test"]
+    return {
+        "model": config.model,
+        "parameters": count_parameters(model),
+        "weights": config.weights,
+        "image_size": config.image_size,
+        "classes": run.dataset.classes,
+        **{f"{split}_accuracy": r.accuracy for split, r in results.items()},
+        **{f"{split}_loss": r.loss for split, r in results.items()},
+        "best_epoch": run.best["epoch"],
+        "total_epochs": run.total_epochs,  # head phase + main phase (config.json's "epochs" is the main phase)
+        "phases": dict(collections.Counter(h["phase"] for h in run.history)),  # epochs per phase, in order
+        "per_class": test.per_class,
+        "confusion_matrix": test.confusion.tolist(),
+        "overfitting": overfit,
+        # Wall time of the training loop including per-epoch validation (and, in phase 1, the
+        # one-off feature extraction); no data loading, no final evaluation.
+        "train_seconds": sum(h["seconds"] for h in run.history),
+        "median_epoch_seconds": statistics.median(h["seconds"] for h in run.history),
+        "seed": config.seed,
+        "device": str(run.device),
+        "world_size": run.world.size,  # processes that trained it (torchrun), and their backend
+        "backend": run.world.backend,
+        "cpu": cpu_info()["label"],  # the figures above depend on it: the same run is 2-3x slower on some CPUs
+        "threads": torch.get_num_threads(),
+        "data": {"source": str(run.dataset.source), "verification": run.dataset.verification,
+                 **{f"{split}_counts": class_counts(data.of(split)[1].numpy(), k) for split in ("train", "val", "test")},
+                 **({"problems": run.dataset.problems} if run.dataset.problems else {})},
+        "versions": {"fashionclf": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+    }
+
+
+def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verify: bool = True,
+                          log: Callable[[str], None] | None = print):
+    """The data a checkpoint was trained on (or ``data``), converted for its input and
+    labelled in its class order. Fashion-MNIST is split as the run split it (seed, fraction);
+    photos are all scored: the ones the model trained or validated on (by SHA-256, as its
+    checkpoint records them) form the train and val splits, every other photo the test split,
+    whatever folder or manifest column holds it."""
+    from fashionclf.data.sources import as_list, is_fashion_mnist, load_data, load_photos_to_score, relabel
+    from fashionclf.inference.checkpoint import seen_photos
+    from fashionclf.training.config import TrainConfig
+
+    config = TrainConfig.from_dict(ckpt["config"])
+    sources = as_list(data) or config.data
+    if is_fashion_mnist(sources):
+        dataset = load_data(sources, ckpt["class_indices"], verify, config.val_fraction, config.test_fraction,
+                            config.seed, log=log, preprocessing=ckpt["preprocessing"])
+        return relabel(dataset, ckpt["classes"])
+    seen = seen_photos(ckpt)
+    if seen is None:
+        seen = {"train": set(), "val": set()}
+        if config.data and not _is_idx_folder(config.data) and log:
+            log("warning: this model.pt does not record which photos it trained on (it was written by an earlier "
+                "fashionclf): every photo is scored as test, those it trained on included; retrain to record them")
+    return relabel(load_photos_to_score(sources, seen, ckpt["preprocessing"], log), ckpt["classes"])
+
+
+def _is_idx_folder(paths: list[str]) -> bool:
+    """Whether a run's --data was a Fashion-MNIST folder (False when it cannot be told any more)."""
+    from fashionclf.data.fashion_mnist import holds_fashion_mnist
+
+    return len(paths) == 1 and Path(paths[0]).is_dir() and holds_fashion_mnist(Path(paths[0]))
+
+
+@dataclass
+class Evaluation:
+    """A model scored on one split (``evaluate_checkpoint``): the predictions (``result``), the
+    images they were made on, and ``summary``, what metrics.json holds (accuracy side by side,
+    per-class figures, what was left out, the files written)."""
+
+    result: EvalResult
+    images: np.ndarray  # uint8, as the model's input contract takes them
+    summary: dict
+
+    @property
+    def accuracy(self) -> float:
+        return self.result.accuracy
+
+    def plot_confusion_matrix(self, normalize: bool = True, ax=None):
+        from fashionclf.evaluation.plots import plot_confusion_matrix
+
+        return plot_confusion_matrix(self.result, normalize, ax=ax)
+
+    def plot_mistakes(self, limit: int = 24, ax=None):
+        from fashionclf.evaluation.plots import plot_mistakes
+
+        return plot_mistakes(self.result, self.images, limit, ax=ax)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out: str | os.PathLike | None = None,
+                        data: list[str] | str | None = None, verify: bool = True, device: str = "auto",
+                        tta: str | None = None, score_train: bool = False) -> dict:
+    """Evaluate a saved model on ``split``, with val and test accuracy side by side, and write
+    the evaluation artefacts to ``out`` (default: ``<checkpoint dir>/eval-<split>``).
+
+    The validation split is rebuilt from the checkpoint's own seed and fraction, so it is the
+    very split the model was selected on. The training split (54,000 images) is scored only
+    when asked (``score_train``) or when it is ``split``; otherwise the train accuracy that
+    training recorded is shown, if the test-time augmentation is unchanged. ``tta`` ("none"
+    or "flip") overrides the test-time augmentation the checkpoint was trained with."""
+    from fashionclf.data.fashion_mnist import make_splits
+    from fashionclf.device import resolve_device
+    from fashionclf.errors import UsageError
+    from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
+    from fashionclf.training.config import SPLITS, TTA_CHOICES, TrainConfig
+
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if tta not in (None, *TTA_CHOICES):
+        raise UsageError(f"unknown --tta {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+    ckpt = load_checkpoint(checkpoint)
+    preprocessing = dict(ckpt["preprocessing"], **({"tta": tta} if tta else {}))
+    config = TrainConfig.from_dict(ckpt["config"])
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    dataset = dataset_of_checkpoint(ckpt, data, verify)
+    data = make_splits(dataset, config.val_fraction, config.seed)
+    left_out = photos_left_out(dataset, split)
+    scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
+    results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}
+    accuracies = {name: results[name].accuracy for name in ("train", "val", "test")
+                  if name in results and len(results[name].y_true)}
+    recorded = (ckpt.get("metrics") or {}).get("train_accuracy")
+    train_note = ""
+    if "train" not in accuracies and recorded is not None and preprocessing == ckpt["preprocessing"]:
+        accuracies = {"train": recorded, **accuracies}
+        train_note = "train accuracy as recorded at the end of training (--with-train scores it again)"
+    overfit = overfitting_check(accuracies)
+    result = results[split]
+    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    out = Path(out) if out else run_dir / f"eval-{split}"
+    info = {"checkpoint": str(checkpoint), "model": ckpt["model"]["name"], "classes": ", ".join(ckpt["classes"]),
+            **{k: v for k, v in ckpt["config"].items() if k not in ("model", "classes", "out")},
+            "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})",
+            **({"note": train_note} if train_note else {})}
+    images = data.of(split)[0].numpy()
+    paths = write_evaluation(result, images, out, accuracies, overfit, info, problems=dataset.problems)
+    summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
+                   accuracies=accuracies, overfitting=overfit, files=paths,
+                   **({"left_out": left_out} if left_out else {}),
+                   **({"data_problems": dataset.problems} if dataset.problems else {}))
+    write_json(summary, out / "metrics.json")
+    summary["files"]["metrics_json"] = str(out / "metrics.json")
+    return Evaluation(result, images, summary)
+
+
+def photos_left_out(dataset, split: str) -> dict | None:
+    """Photo data scored by a model (``dataset_of_checkpoint``): how many photos were left out
+    of the test split because the model trained or validated on them; a split with no photo
+    is a usage error that says why."""
+    from fashionclf.errors import UsageError
+
+    if not dataset.hashes:
+        return None  # Fashion-MNIST: its own splits
+    counts = {s: len(getattr(dataset, s).labels) for s in ("train", "val", "test")}
+    if not counts[split]:
+        why = (f"every photo of {dataset.source} is one the model trained on ({counts['train']}) or validated on "
+               f"({counts['val']}); score it on photos it has not seen" if split == "test" else
+               f"none of the photos of {dataset.source} is one the model was "
+               f"{'trained' if split == 'train' else 'validated'} on (--split test scores the others)")
+        raise UsageError(f"--split {split}: nothing to score: {why}")
+    return {"trained_on": counts["train"], "validated_on": counts["val"]} if split == "test" else None

@@ -1,0 +1,308 @@
+"""A training run: ``Run`` (what is fixed for it, and the state last.pt saves), ``start_run``
+(settings resolved, data loaded, model built, or all of it restored for ``--resume``), its
+phases (head on a frozen body, then fine-tuning) and what each epoch writes (model.pt of the
+best epoch, last.pt, history.csv, config.json)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fashionclf.data.fashion_mnist import Dataset, Splits, make_splits
+from fashionclf.data.sources import is_fashion_mnist, load_data
+from fashionclf.device import autocast_dtype, cpu_info, resolve_device
+from fashionclf.errors import UsageError
+from fashionclf.evaluation.metrics import EvalResult, evaluate, result_from_logits
+from fashionclf.fileio import write_bytes_atomic, write_json
+from fashionclf.inference.checkpoint import load_body, load_checkpoint, make_checkpoint, record_seen, save_checkpoint
+from fashionclf.models import body_of, count_parameters, create_model, get_model_entry, head_of
+from fashionclf.models.contract import eval_batch, preprocess
+from fashionclf.training.config import TrainConfig, config_warnings, parse_augment, resolve_config
+from fashionclf.training.ddp import World, check_batch
+from fashionclf.training.ddp import from_env as world_from_env
+from fashionclf.training.ddp import start as start_ranks
+from fashionclf.training.ddp import wrap as wrap_ranks
+from fashionclf.training.loop import TrainStep, learning_rate, make_ema, make_optimizer, make_prepare, train_one_epoch
+
+HISTORY_FIELDS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+# ---------------------------------------------------------------- the run and its phases
+
+
+@dataclass
+class Run:
+    """A training run: what is fixed for it, and the state that last.pt saves and restores."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    dataset: Dataset
+    data: Splits
+    preprocessing: dict
+    model_kwargs: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: torch.optim.swa_utils.AveragedModel | None
+    generator: torch.Generator
+    log: Callable[[str], None]
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
+    start_epoch: int = 1
+    started: float = field(default_factory=time.perf_counter)  # this process's start of the run
+    budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
+    epoch_ends: list[float] = field(default_factory=list)  # budgeted: training's start, then each epoch's end
+    world: World = World()  # torchrun's ranks; rank 0 alone writes files
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is validated and kept as model.pt: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.head_epochs + self.config.epochs
+
+    def checkpoint(self, weights_of: nn.Module, **extra) -> dict:
+        seen = {"photos_seen": record_seen(self.dataset.hashes)} if self.dataset.hashes else {}
+        return make_checkpoint(weights_of, self.config.model, self.model_kwargs, self.dataset.classes,
+                               self.dataset.class_indices, self.preprocessing, dataclasses.asdict(self.config),
+                               **seen, **extra)
+
+
+def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None]) -> Run:
+    """Resolve the settings, load the data, build the model, optimizer and weight average;
+    with ``resume``, restore them and every random state from the run's last.pt (its saved
+    settings are used, except ``epochs``, which may be raised to train longer)."""
+    state = None
+    if resume is not None:
+        state = load_checkpoint(Path(resume) / "last.pt")
+        saved = TrainConfig.from_dict(state["config"])
+        config = dataclasses.replace(saved, epochs=max(config.epochs or 0, saved.epochs), out=str(resume))
+    init = load_checkpoint(config.init) if config.init and state is None else None
+    if init is not None:
+        config = config_from_init(config, init)
+    config = resolve_config(config)
+    world, device = start_ranks(world_from_env(), resolve_device(config.device))
+    if not world.main:
+        log = _quiet
+    check_batch(config.batch_size, world)
+    if config.threads or world.local_size > 1:  # processes of one machine share its cores
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
+    entry = get_model_entry(config.model)
+    preprocessing, model_kwargs = input_contract(config, state or init)
+    dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
+                        config.seed, log=log, preprocessing=preprocessing)
+    torch.manual_seed(config.seed)
+    weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
+    model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
+    if init is not None:
+        log(f"--init {config.init}: {load_body(model, init)} tensors of the body kept from {init['model']['name']} "
+            f"({len(init['classes'])} classes), a new head for {len(dataset.classes)} classes")
+    model = model.to(device)
+    run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
+              preprocessing, model_kwargs, model, make_optimizer(config, model),
+              make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
+    run.world = world
+    for warning in config_warnings(config):
+        log(f"warning: {warning}")
+    if config.stem_init == "whiten" and state is None:
+        from fashionclf.training.whitening import whiten_first_conv
+
+        pairs = whiten_first_conv(run.model, run.data.train_x, preprocessing, config.model)
+        log(f"--stem-init whiten: the first convolution starts as {pairs} whitened patch directions and their negatives")
+    if state is not None:
+        run.model.load_state_dict(state["state_dict"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        run.history, run.best, run.start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
+        run.budget = state.get("budget")
+        log(f"resuming {run.out} at epoch {run.start_epoch} of {run.total_epochs}")
+    if world.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        for stale in run.out.glob(".*.tmp"):  # left by a process killed mid-write (fileio.write_atomic's names)
+            stale.unlink(missing_ok=True)
+        write_config(run)
+    data = run.data
+    where = f"{device} ({cpu_info()['label']})" if device.type == "cpu" else str(device)
+    log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
+        f"{config.image_size}x{config.image_size} input, {len(dataset.classes)} classes, "
+        f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {where}, "
+        f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
+        + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
+    return run
+
+
+def _quiet(*_) -> None:
+    """The log of ranks other than 0: one voice per run."""
+
+
+def write_config(run: Run) -> None:
+    """config.json: every setting used, and the number of processes that trained."""
+    write_json({**dataclasses.asdict(run.config), "world_size": run.world.size, "backend": run.world.backend},
+               run.out / "config.json")
+
+
+def input_contract(config: TrainConfig, ckpt: dict | None) -> tuple[dict, dict]:
+    """The run's preprocessing and model arguments: a checkpoint's (``--init``, or last.pt when
+    resuming), else the model's defaults at ``config.image_size``; colour models learn from
+    photos in colour at their size (``"source": "rgb"``)."""
+    if ckpt is not None:
+        return dict(ckpt["preprocessing"], tta=config.tta), dict(ckpt["model"]["kwargs"])
+    preprocessing = dict(get_model_entry(config.model).preprocessing, image_size=config.image_size, tta=config.tta)
+    if preprocessing["channels"] == 3 and not is_fashion_mnist(config.data):
+        preprocessing["source"] = "rgb"
+    return preprocessing, {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
+
+
+def config_from_init(config: TrainConfig, init: dict) -> TrainConfig:
+    """``--init``: the model and input size are the checkpoint's; naming others is a usage error."""
+    name, size = init["model"]["name"], init["preprocessing"]["image_size"]
+    if config.model not in (None, name) or config.image_size not in (None, size):
+        raise UsageError(f"--init {config.init} is a {name} at {size}x{size}; leave out --model/--image-size "
+                         f"or give those ({config.model or name}, {config.image_size or size} given)")
+    return dataclasses.replace(config, model=name, image_size=size, weights="none")
+
+
+def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[nn.Module]:
+    """Set which parameters train in ``phase``; return the modules that stay in inference mode
+    while training (their BatchNorm running statistics are left untouched). Models without
+    phases (``validate_config`` refuses phase settings for them) train every parameter."""
+    partial = phase == "head" or config.unfreeze != "all"
+    model.requires_grad_(not partial)
+    if phase == "head":
+        head_of(model).requires_grad_(True)
+        return body_of(model)
+    frozen = []
+    if config.unfreeze != "all":
+        model.head.requires_grad_(True)
+        blocks = model.blocks
+        n = min(int(config.unfreeze), len(blocks))
+        for block in blocks[len(blocks) - n:]:
+            block.requires_grad_(True)
+        frozen = blocks[: len(blocks) - n]
+    if config.bn_policy == "frozen":
+        frozen += [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return frozen
+
+
+@torch.no_grad()
+def extract_features(base: nn.Module, images: torch.Tensor, preprocessing: dict, device: torch.device,
+                     desc: str) -> torch.Tensor:
+    """The frozen base's output for every image, computed once (phase 1 without augmentation)."""
+    base.eval()
+    out = []
+    n = eval_batch(preprocessing)
+    for start in tqdm(range(0, len(images), n), desc=desc, unit="batch", leave=False, disable=None):
+        out.append(base(preprocess(images[start : start + n].to(device), preprocessing)))
+    return torch.cat(out) if out else torch.empty(0, 0, device=device)
+
+
+@dataclass
+class Phase:
+    """A training phase: its step settings, its training inputs, and how it validates."""
+
+    name: str
+    step: TrainStep
+    inputs: torch.Tensor  # uint8 images, or the frozen base's cached features, on the device
+    labels: torch.Tensor  # on the device
+    validate: Callable[[], EvalResult]
+
+
+def start_phase(run: Run, name: str) -> Phase:
+    """Freeze what the phase leaves alone; in a head phase without augmentation, train the
+    head on the frozen base's features, computed once."""
+    config, data, model = run.config, run.data, run.model
+    labels = data.train_y.to(run.device)
+    eval_modules = configure_phase(model, name, config)
+    run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
+    augmentations = parse_augment(config.augment)
+    step = TrainStep(wrap_ranks(model, run.world, run.device), run.optimizer,
+                     make_prepare(run.preprocessing, augmentations, run.generator),
+                     run.device, eval_modules, config.label_smoothing,
+                     (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
+                     autocast=autocast_dtype(config.precision, run.device), world=run.world)
+    if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
+        train = extract_features(model.base, data.train_x.to(run.device), run.preprocessing, run.device, "features")
+        val = extract_features(model.base, data.val_x, run.preprocessing, run.device, "features val")
+
+        def validate_head() -> EvalResult:
+            with torch.no_grad():
+                logits = run.evaluated.head.eval()(val).float().cpu()
+            return result_from_logits(logits, data.val_y, run.dataset.classes, "val")
+
+        return Phase(name, dataclasses.replace(step, model=wrap_ranks(model.head, run.world, run.device),
+                                               prepare=lambda f: f, eval_modules=[]),
+                     train, labels, validate_head)
+    return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(
+        run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.preprocessing, "val", run.device))
+
+
+def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
+    """Train one epoch at the schedule's learning rate, then validate."""
+    config = run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(config, epoch)
+    lr_at = (lambda f: learning_rate(config, epoch, f)) if config.lr_schedule == "onecycle" else None
+    stats = train_one_epoch(dataclasses.replace(phase.step, lr_at=lr_at), phase.inputs, phase.labels,
+                            config.batch_size, run.generator, f"epoch {epoch}/{run.total_epochs} {phase.name}")
+    return stats, phase.validate()
+
+
+def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, seconds: float) -> None:
+    """Record the epoch; write model.pt when validation improved: higher accuracy, or the same
+    accuracy at a lower loss (a small validation split of easy classes reaches 100% early, and
+    the first epoch to get there is rarely the best); without a validation split, every epoch
+    (the latest is kept). last.pt always; log one line."""
+    row = {"epoch": epoch, "phase": phase, "train_loss": stats["loss"], "train_acc": stats["acc"],
+           "val_loss": val.loss, "val_acc": val.accuracy, "lr": stats["lr"], "seconds": seconds}
+    run.history.append(row)
+    no_val = len(run.data.val_y) == 0
+    best_acc, best_loss = run.best["val_acc"], run.best.get("val_loss", math.inf)
+    improved = no_val or val.accuracy > best_acc or (val.accuracy == best_acc and val.loss < best_loss)
+    if improved:
+        run.best = {"val_acc": float("nan") if no_val else val.accuracy, "val_loss": val.loss, "epoch": epoch}
+    if not run.world.main:  # every rank keeps the same record; rank 0 alone writes it
+        return
+    write_history(run.history, run.out / "history.csv")
+    if improved:
+        save_checkpoint(run.checkpoint(run.evaluated, epoch=epoch), run.out / "model.pt")
+    save_last(run, epoch)
+    run.log(f"epoch {epoch:>3}/{run.total_epochs} {phase:<8} train loss {stats['loss']:.4f} acc {stats['acc']:.4f}"
+            f"  val loss {val.loss:.4f} acc {val.accuracy:.4f}  mean lr {stats['lr']:.2e}  {seconds:.1f}s"
+            + ("  *best" if improved else ""))
+
+
+def save_last(run: Run, epoch: int) -> None:
+    """last.pt: the weights, optimizer and random states and the record after ``epoch``."""
+    save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
+                                   generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
+                                   history=run.history, best=run.best, budget=run.budget,
+                                   **({"ema": run.ema.state_dict()} if run.ema is not None else {})),
+                    run.out / "last.pt")
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """history.csv: one row per epoch; ``lr`` is the mean learning rate over the epoch's steps.
+    Written atomically, as every file of a run directory."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
