@@ -75,6 +75,32 @@ def test_no_module_imports_a_module_that_imports_it_back():
     assert cycle is None, " -> ".join(cycle)
 
 
+# What each subpackage may import, as its __init__ docstring says (the shared modules at the
+# top, errors, fileio, device and _version, are open to all).
+ALLOWED = {
+    "data": {"evaluation"},  # plots: the sample grid of `fashionclf data --grid`
+    "models": set(),
+    "evaluation": {"data", "models"},
+    "training": {"data", "models", "evaluation", "inference"},
+    "inference": {"data", "models", "evaluation", "training", "scale"},
+    "service": {"data", "models", "inference", "training"},
+    "scale": {"training", "inference"},
+}
+SHARED = {"fashionclf.errors", "fashionclf.fileio", "fashionclf.device", "fashionclf._version"}
+
+
+def test_subpackages_import_only_what_they_say():
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 or module in (f"fashionclf.{p}" for p in ALLOWED) else None
+
+    assert set(ALLOWED) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    wrong = [f"{a} -> {b}" for a, targets in module_imports().items() for b in targets
+             if package(a) and b not in SHARED and package(b) != package(a)
+             and package(b) not in ALLOWED[package(a)]]
+    assert not wrong, wrong
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
