@@ -12,7 +12,6 @@ import time
 import torch
 
 from fashionclf.evaluation.metrics import evaluate
-from fashionclf.training.config import parse_duration
 from fashionclf.training.ddp import broadcast_int
 from fashionclf.training.loop import make_ema, make_optimizer, phase_of, train_one_epoch
 from fashionclf.training.run import Run, save_last, start_phase, write_config
@@ -81,7 +80,7 @@ def plan_epochs(run: Run) -> None:
     """``--time-budget``: time a few steps, fix ``run.config.epochs`` (so the one-cycle schedule
     spans exactly the steps that will run), record it in config.json and the plan in ``run.budget``."""
     config, data = run.config, run.data
-    budget = parse_duration(config.time_budget)
+    budget = config.budget_seconds
     speed = time_steps(run)
     steps = math.ceil(len(data.train_y) / config.batch_size)
     epoch = speed["step_seconds"] * steps + speed["image_seconds"] * len(data.val_y)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fashionclf.errors import TrainingDiverged
 from fashionclf.models.contract import preprocess
-from fashionclf.training.config import TrainConfig, parse_schedule_cut
+from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
 from fashionclf.training.transforms import augment
 
@@ -42,7 +42,7 @@ def learning_rate(config: TrainConfig, epoch: int, fraction: float = 0.0,
     restarts with each phase. ``cosine`` changes once per epoch, ``onecycle`` every step."""
     phase, i, n = phase_of(config, epoch)
     peak = config.head_lr if phase == "head" else config.lr
-    cuts = parse_schedule_cut(config.schedule_cut) if cuts is None else cuts
+    cuts = config.cuts if cuts is None else cuts
     if phase != "head" and cuts and config.lr_schedule != "constant":
         # A time budget shortened the run after epoch k: the planned schedule up to there, then
         # from the rate it had reached straight down to 0 at the new last epoch (no jump).

@@ -28,7 +28,7 @@ from fashionclf.fileio import write_bytes_atomic, write_json
 from fashionclf.inference.checkpoint import load_body, load_checkpoint, make_checkpoint, record_seen, save_checkpoint
 from fashionclf.models import body_of, count_parameters, create_model, get_model_entry, head_of
 from fashionclf.models.contract import eval_batch, preprocess
-from fashionclf.training.config import TrainConfig, config_warnings, parse_augment, resolve_config
+from fashionclf.training.config import TrainConfig, config_warnings, resolve_config
 from fashionclf.training.ddp import World, check_batch
 from fashionclf.training.ddp import from_env as world_from_env
 from fashionclf.training.ddp import start as start_ranks
@@ -229,7 +229,7 @@ def start_phase(run: Run, name: str) -> Phase:
     labels = data.train_y.to(run.device)
     eval_modules = configure_phase(model, name, config)
     run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
-    augmentations = parse_augment(config.augment)
+    augmentations = config.augmentations
     step = TrainStep(wrap_ranks(model, run.world, run.device), run.optimizer,
                      make_prepare(run.preprocessing, augmentations, run.generator),
                      run.device, eval_modules, config.label_smoothing,
