@@ -39,9 +39,10 @@ test: $(STAMP)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || bash scripts/apt-install.sh postgresql || echo "warning: no PostgreSQL; its tune test will be skipped"
 	$(PY) -m pytest -q
 
-# The tests not marked slow (no training beyond a few steps, no server or browser): about 1.5 minutes on 2 cores.
+# The tests not marked slow (no training beyond a few steps, no server or browser), two at a
+# time: about 1.5 minutes on 2 cores.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2
 
 # The fuzz tests with many more examples than `make test` gives them (minutes, not seconds).
 fuzz: $(STAMP)

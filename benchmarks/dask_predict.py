@@ -27,7 +27,7 @@ def main() -> int:
 
     from fashionclf.data.fashion_mnist import load_dataset
     from fashionclf.device import cpu_info
-    from fashionclf.inference.predict import tag_files
+    from fashionclf.inference.predict import TagSettings, tag_files
     from fashionclf.scale.cluster import CHUNK
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +45,8 @@ def main() -> int:
         times = {}
         for name, dask in (("one process", None), (f"dask local:{args.workers}", f"local:{args.workers}")):
             t0 = time.perf_counter()
-            counts = tag_files(args.model, [str(folder)], io.StringIO(), backend="onnx", progress=False, dask=dask)
+            counts = tag_files(args.model, [str(folder)], io.StringIO(),
+                               TagSettings(backend="onnx", progress=False, dask=dask))
             times[name] = time.perf_counter() - t0
             assert counts["rows"] == args.files and counts["failed"] == 0, counts
     chunks = -(-args.files // CHUNK)

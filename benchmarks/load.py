@@ -163,7 +163,7 @@ def start_server(model: str, port: int, backend: str, workers: int) -> subproces
 
 
 def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
-    from fashionclf.inference.predict import tag_files
+    from fashionclf.inference.predict import TagSettings, tag_files
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,7 +177,7 @@ def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
         export_onnx(model, onnx_file)
         for backend, path in (("onnx", onnx_file), ("torch", model)):
             t = time.perf_counter()
-            counts = tag_files(path, [str(folder)], io.StringIO(), backend=backend, progress=False)
+            counts = tag_files(path, [str(folder)], io.StringIO(), TagSettings(backend=backend, progress=False))
             seconds = time.perf_counter() - t
             rows.append({"backend": backend, "files": counts["rows"], "failed": counts["failed"],
                          "seconds": seconds, "images_per_s": counts["rows"] / seconds})

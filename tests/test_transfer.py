@@ -203,6 +203,7 @@ def _colour_photo(colour, rng, size=96) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # trains mobilenet_v2 on photos for several epochs
 def test_colour_model_learns_from_photos_in_colour_at_its_size(weights_file, tmp_path):
     """mobilenet_v2 on a photo folder: photos become 32x32x3 colour input (no grey, no
     negation), training with augmentation works on them, and predict gives the same answer

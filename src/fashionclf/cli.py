@@ -18,6 +18,7 @@ from fashionclf._version import __version__
 from fashionclf.errors import FashionclfError
 from fashionclf.training.config import (
     BACKENDS,
+    PREDICT_BATCH_SIZE,
     SERVE_BACKEND,
     SPLITS,
     TTA_CHOICES,
@@ -138,15 +139,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from fashionclf.inference.predict import tag_files, tag_to_file
+    from fashionclf.inference.predict import TagSettings, tag_files, tag_to_file
 
-    kwargs = dict(fmt=args.format, top_k=args.top_k, batch_size=args.batch_size,
-                  min_confidence=args.min_confidence, backend=args.backend, device=args.device, review=args.review,
-                  dask=args.dask)
+    settings = TagSettings(args.format, args.top_k, args.batch_size, args.min_confidence, args.backend, args.device,
+                           review=args.review, dask=args.dask)
     if args.output:
-        counts = tag_to_file(args.output, args.checkpoint, args.inputs, **kwargs)
+        counts = tag_to_file(args.output, args.checkpoint, args.inputs, settings)
     else:
-        counts = tag_files(args.checkpoint, args.inputs, sys.stdout, **kwargs)
+        counts = tag_files(args.checkpoint, args.inputs, sys.stdout, settings)
     if counts["low_confidence"]:
         print(f"{counts['low_confidence']} of {counts['rows']} rows below --min-confidence "
               f"{args.min_confidence} (low_confidence=true)", file=sys.stderr)
@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tag on a Dask cluster: local:N (N worker processes here) or a scheduler address "
                         "(tcp://host:8786; the workers must see the files); same rows, same order "
                         "(pip install 'fashionclf[scale]')")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH_SIZE,
+                   help=f"images per inference call (default: {PREDICT_BATCH_SIZE})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
@@ -27,6 +28,7 @@ from fashionclf.errors import UsageError
 from fashionclf.fileio import fsync_dir
 from fashionclf.inference.classifier import Classifier, load_classifier
 from fashionclf.inference.tagging import Prediction, classify
+from fashionclf.training.config import PREDICT_BATCH_SIZE
 
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -195,14 +197,30 @@ def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k
     return classifier
 
 
-def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout, fmt: str = "csv",
-              top_k: int = 1, batch_size: int = 256, min_confidence: float | None = None,
-              backend: str = "auto", device: str = "cpu", progress: bool | None = None,
-              review: str | os.PathLike | None = None, dask: str | None = None) -> dict:
+@dataclass
+class TagSettings:
+    """How ``fashionclf predict`` tags (its flags, parsed once)."""
+
+    fmt: str = "csv"  # or "json"
+    top_k: int = 1
+    batch_size: int = PREDICT_BATCH_SIZE
+    min_confidence: float | None = None  # given: a low_confidence column, true below it
+    backend: str = "auto"  # the file's own kind; or torch, onnx
+    device: str = "cpu"
+    progress: bool | None = None  # None: a bar on a terminal only
+    review: str | os.PathLike | None = None  # a folder for the photos a person should check
+    dask: str | None = None  # a Dask scheduler address, or local:N
+
+
+def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout,
+              settings: TagSettings = TagSettings()) -> dict:
     """Tag every input and write its row to ``out``; return counts (rows, failed, low_confidence,
-    unknown, review). ``review``: a folder for the photos a person should check (``ReviewFolder``).
-    ``dask``: tag on a Dask cluster (``fashionclf.scale.cluster``; ONNX Runtime unless ``backend`` says
-    otherwise), with the same rows in the same order."""
+    unknown, review). ``settings.review``: a folder for the photos a person should check
+    (``ReviewFolder``). ``settings.dask``: tag on a Dask cluster (``fashionclf.scale.cluster``;
+    ONNX Runtime unless ``backend`` says otherwise), with the same rows in the same order."""
+    fmt, top_k, batch_size, min_confidence = settings.fmt, settings.top_k, settings.batch_size, settings.min_confidence
+    backend, device, progress, review, dask = (settings.backend, settings.device, settings.progress, settings.review,
+                                               settings.dask)
     if dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
         backend = "onnx"  # one graph per worker process, exported once and kept beside the checkpoint
     classifier = load_checked(checkpoint, backend, device, top_k)  # checked here, before any worker starts
@@ -239,7 +257,8 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     return counts
 
 
-def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs: list[str], **kwargs) -> dict:
+def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs: list[str],
+                settings: TagSettings = TagSettings()) -> dict:
     """``tag_files`` into ``output``, which is replaced only when every row is written: rows go
     to a temporary file beside it, renamed over it at the end. A run that fails or is
     interrupted leaves ``output`` as it was and its rows so far in ``output.partial`` (said on
@@ -249,7 +268,7 @@ def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            counts = tag_files(checkpoint, inputs, f, **kwargs)
+            counts = tag_files(checkpoint, inputs, f, settings)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, output)
@@ -271,7 +290,7 @@ def _chain(first: Path, rest: Iterator[Path]) -> Iterator[Path]:
     yield from rest
 
 
-def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = 256,
+def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int = 1, batch_size: int = PREDICT_BATCH_SIZE,
                   device: str = "cpu", backend: str = "auto") -> list[Prediction]:
     """All rows as a list (for a library caller with a modest number of files)."""
     classifier = load_checked(checkpoint, backend, device, top_k)

@@ -12,6 +12,7 @@ import numpy as np
 from fashionclf.data.photos import PhotoError
 from fashionclf.inference.classifier import NAN_ERROR, Classifier
 from fashionclf.models.contract import top_k as top_k_labels
+from fashionclf.training.config import PREDICT_BATCH_SIZE
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Prediction:
     unknown: bool | None = None  # None: the model has no calibrated threshold (or the row failed)
 
 
-def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = 256,
+def classify(classifier: Classifier, paths: Iterable[Path], top_k: int = 1, batch_size: int = PREDICT_BATCH_SIZE,
              min_confidence: float = 0.0) -> Iterator[Prediction]:
     """Rows for ``paths`` in order, produced a batch at a time."""
     classes, to_input = classifier.classes, classifier.to_input

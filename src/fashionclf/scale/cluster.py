@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from fashionclf.errors import UsageError
+from fashionclf.training.config import PREDICT_BATCH_SIZE
 
 CHUNK = 256  # paths per task: ~0.3 s of work on one core, so Dask's per-task cost (~ms) stays small
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: enough to keep it busy, few rows held on the client
@@ -73,7 +74,7 @@ def tag_chunk(checkpoint: str, backend: str, paths: list[str], top_k: int, batch
 
 
 def dask_classify(address: str, checkpoint: str | os.PathLike, backend: str, paths: Iterable[Path], top_k: int = 1,
-                  batch_size: int = 256, min_confidence: float = 0.0) -> Iterator:
+                  batch_size: int = PREDICT_BATCH_SIZE, min_confidence: float = 0.0) -> Iterator:
     """Rows for ``paths`` in order, computed on the cluster at ``address``."""
     with connect(address) as client:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
