@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py
 def largest_photo() -> bytes:
     from PIL import Image
 
-    from fashionclf.service.serve import Limits
+    from fashionclf.service.uploads import Limits
 
     side = int(Limits().max_pixels ** 0.5)
     img = Image.new("RGB", (side, side), (255, 255, 255))

@@ -43,7 +43,9 @@ def main() -> int:
     from fashionclf.data.photos import decode, open_image
     from fashionclf.device import cpu_info
     from fashionclf.inference.classifier import load_classifier
-    from fashionclf.service.serve import Limits, create_app, public, tag_uploads
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+    from fashionclf.service.uploads import Limits, public, tag_uploads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -57,7 +59,7 @@ def main() -> int:
     headers = [(k.strip().lower().encode(), v.strip().encode()) for k, v in
                (line.split(":", 1) for line in head.decode().split("\r\n")[1:])]
     classifier = load_classifier(args.model, args.backend, threads=2)
-    app = create_app(classifier, Limits(), allowed_hosts=["127.0.0.1"])
+    app = create_app(ServeSettings(args.model, backend=args.backend), Limits(), classifier=classifier)
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
              "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {}}

@@ -81,11 +81,11 @@ def server_url(tmp_path_factory):
     from helpers import save_untrained_checkpoint
     from test_serve import app_server
 
-    from fashionclf.inference.classifier import load_classifier
     from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
 
     model = save_untrained_checkpoint(tmp_path_factory.mktemp("fuzz") / "model.pt")
-    with app_server(create_app(load_classifier(model, "torch"))) as url:
+    with app_server(create_app(ServeSettings(str(model), backend="torch"))) as url:
         yield url
 
 

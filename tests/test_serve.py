@@ -255,10 +255,11 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
     limits shown by GET /model are the ones enforced, per image and per request."""
     from fastapi import FastAPI
 
-    from fashionclf.inference.classifier import load_classifier
-    from fashionclf.service.serve import Limits, create_app
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+    from fashionclf.service.uploads import Limits
 
-    app = create_app(load_classifier(model_path, "torch"), Limits(max_pixels=10_000))
+    app = create_app(ServeSettings(str(model_path), backend="torch"), Limits(max_pixels=10_000))
     assert isinstance(app, FastAPI)
     with app_server(app) as url:
         assert httpx.get(url + "/model").json()["limits"]["max_pixels"] == 10_000
@@ -269,7 +270,8 @@ def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path)
     from PIL import Image
 
     image = png_bytes(Image.fromarray(dataset_like_image()).resize((100, 100)))  # 10,000 pixels each
-    with app_server(create_app(load_classifier(model_path, "torch"), Limits(max_request_pixels=25_000))) as url:
+    app = create_app(ServeSettings(str(model_path), backend="torch"), Limits(max_request_pixels=25_000))
+    with app_server(app) as url:
         r = httpx.post(url + "/predict", files=[("file", (f"{i}.png", image, "image/png")) for i in range(3)])
         first, second, third = r.json()
         assert r.status_code == 200 and first["label"] and second["label"]
@@ -283,7 +285,9 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
 
     from fashionclf.inference.checkpoint import load_checkpoint
     from fashionclf.inference.classifier import TorchClassifier
-    from fashionclf.service.serve import Limits, create_app
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+    from fashionclf.service.uploads import Limits
 
     release, started = threading.Event(), threading.Event()
 
@@ -297,7 +301,8 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
     from PIL import Image
 
     large = png_bytes(Image.fromarray(dataset_like_image()).resize((1500, 1000)))  # 1.5 MP: decoded in the pool
-    app = create_app(Held(load_checkpoint(model_path)), Limits(concurrency=1, max_queue=1))
+    app = create_app(ServeSettings(str(model_path)), Limits(concurrency=1, max_queue=1),
+                     classifier=Held(load_checkpoint(model_path)))
     with app_server(app) as url:
         answer = {}
         worker = threading.Thread(target=lambda: answer.update(r=httpx.post(
@@ -347,10 +352,11 @@ def test_file_names_are_echoed_safely(server):
 def test_a_stalled_body_gets_408_and_frees_the_request(model_path):
     import socket
 
-    from fashionclf.inference.classifier import load_classifier
-    from fashionclf.service.serve import Limits, create_app
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+    from fashionclf.service.uploads import Limits
 
-    app = create_app(load_classifier(model_path, "torch"), Limits(body_timeout=0.5))
+    app = create_app(ServeSettings(str(model_path), backend="torch"), Limits(body_timeout=0.5))
     with app_server(app) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
@@ -381,11 +387,13 @@ def multipart_body(name: str, data: bytes) -> bytes:
 def test_slow_request_headers_get_408_and_free_the_connection(model_path, monkeypatch):
     import socket
 
-    from fashionclf.inference.classifier import load_classifier
-    from fashionclf.service.serve import HEADER_TIMEOUT_ENV, HeaderDeadline, Limits, create_app
+    from fashionclf.service.protocol import HeaderDeadline
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+    from fashionclf.service.uploads import Limits
 
-    monkeypatch.setenv(HEADER_TIMEOUT_ENV, "0.5")
-    app = create_app(load_classifier(model_path, "torch"), Limits())
+    monkeypatch.setattr(HeaderDeadline, "timeout", 0.5)
+    app = create_app(ServeSettings(str(model_path), backend="torch"), Limits())
     with app_server(app, http=HeaderDeadline) as url:
         address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
         with socket.create_connection(address, timeout=30) as conn:  # headers never finished
@@ -482,10 +490,10 @@ def test_serving_beyond_loopback_needs_a_key_or_insecure(model_path, tmp_path):
 
 
 def test_prometheus_metrics_count_requests_files_and_latency(model_path):
-    from fashionclf.inference.classifier import load_classifier
     from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
 
-    with app_server(create_app(load_classifier(model_path, "torch"))) as url:
+    with app_server(create_app(ServeSettings(str(model_path), backend="torch"))) as url:
         httpx.get(url + "/health")
         files = [("file", ("a.jpg", photo(1), "image/jpeg")), ("file", ("b.txt", b"not an image", "text/plain"))]
         assert httpx.post(url + "/predict", files=files).status_code == 200

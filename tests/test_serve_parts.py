@@ -6,13 +6,14 @@ import io
 
 import numpy as np
 import pytest
+from helpers import catalogue_photo, png_bytes, save_untrained_checkpoint, synthetic_images
 from PIL import Image
 
 from fashionclf.errors import UsageError
 from fashionclf.inference.classifier import load_classifier
-from fashionclf.service.serve import (Limits, authorised, content_security_policy, header_pixels, public,
-                                      read_api_key, safe_name, tag_uploads)
-from helpers import catalogue_photo, png_bytes, save_untrained_checkpoint, synthetic_images
+from fashionclf.service.protocol import authorised, content_security_policy
+from fashionclf.service.settings import read_api_key
+from fashionclf.service.uploads import Limits, header_pixels, public, safe_name, tag_uploads
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,18 @@ def test_names_echoed_back_are_safe_and_the_page_runs_only_its_own_code():
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
     assert policy.count("'sha256-") == 2 and "unsafe-inline" not in policy
     assert content_security_policy(page.replace("go()", "evil()")) != policy  # the hash pins the script
+
+
+def test_the_api_description_says_what_every_endpoint_answers(classifier, tmp_path):
+    from fashionclf.service.serve import create_app
+    from fashionclf.service.settings import ServeSettings
+
+    spec = create_app(ServeSettings("unused.pt", docs=True), classifier=classifier).openapi()
+    predict = spec["paths"]["/predict"]["post"]["responses"]
+    assert predict["200"]["content"]["application/json"]["schema"]["items"]["$ref"].endswith("/FileResult")
+    assert {"401", "408", "413", "415", "422", "503"} <= set(predict)
+    result = spec["components"]["schemas"]["FileResult"]["properties"]
+    assert {"filename", "label", "confidence", "unknown", "probabilities", "error", "preview"} == set(result)
+    assert spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
+        .endswith("/ModelInfo")
+    assert "/health" in spec["paths"] and "/" not in spec["paths"]

@@ -16,10 +16,10 @@ import sys
 
 from fashionclf._version import __version__
 from fashionclf.errors import FashionclfError
+from fashionclf.service.settings import ServeSettings
 from fashionclf.training.config import (
     BACKENDS,
     PREDICT_BATCH_SIZE,
-    SERVE_BACKEND,
     SPLITS,
     TTA_CHOICES,
     add_flags,
@@ -207,9 +207,11 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
     from fashionclf.service.serve import serve
+    from fashionclf.service.settings import read_api_key
 
-    serve(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log, args.limit_concurrency,
-          args.timeout_keep_alive, args.docs, args.api_key_file, args.insecure, args.header_timeout)
+    serve(ServeSettings(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log,
+                        args.limit_concurrency, args.timeout_keep_alive, args.header_timeout, args.docs,
+                        read_api_key(args.api_key_file), args.insecure))
     return 0
 
 
@@ -285,18 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")
     p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx")
-    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "auto"], default=SERVE_BACKEND,
-                   help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {SERVE_BACKEND})")
-    p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with its own model copy")
+    d = ServeSettings  # every default of serve, written once there
+    p.add_argument("--host", default=d.host, help=f"default: {d.host} (this machine only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "auto"], default=d.backend,
+                   help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {d.backend})")
+    p.add_argument("--workers", type=positive_int, default=d.workers,
+                   help="server processes, each with its own model copy")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
-    p.add_argument("--limit-concurrency", type=positive_int, default=256, metavar="N",
-                   help="connections and requests at once per worker process; beyond, 503 (default: 256)")
-    p.add_argument("--timeout-keep-alive", type=seconds, default=5.0, metavar="S",
-                   help="seconds an idle keep-alive connection stays open (default: 5)")
-    p.add_argument("--header-timeout", type=seconds, default=10.0, metavar="S",
-                   help="seconds a client has to send a request's headers; then 408 (default: 10)")
+    p.add_argument("--limit-concurrency", type=positive_int, default=d.limit_concurrency, metavar="N",
+                   help=f"connections and requests at once per worker process; beyond, 503 "
+                        f"(default: {d.limit_concurrency})")
+    p.add_argument("--timeout-keep-alive", type=seconds, default=d.timeout_keep_alive, metavar="S",
+                   help=f"seconds an idle keep-alive connection stays open (default: {d.timeout_keep_alive:g})")
+    p.add_argument("--header-timeout", type=seconds, default=d.header_timeout, metavar="S",
+                   help=f"seconds a client has to send a request's headers; then 408 "
+                        f"(default: {d.header_timeout:g})")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="require 'Authorization: Bearer KEY' on /predict, /model and /metrics, KEY being the file's first "

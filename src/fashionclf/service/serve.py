@@ -26,305 +26,73 @@ Endpoints:
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import functools
-import hashlib
-import hmac
-import io
-import json
-import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
-from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when installed, else h11
 
-from fashionclf.data.photos import FORMATS, MAX_PIXELS, PhotoError, open_image, per_file
 from fashionclf.errors import UsageError
-from fashionclf.inference.classifier import NAN_ERROR, Classifier, load_classifier
-from fashionclf.models.contract import top_k
-from fashionclf.training.config import SERVE_BACKEND
+from fashionclf.inference.classifier import Classifier, load_classifier
+from fashionclf.service.protocol import (
+    TOO_LARGE,
+    TOO_SLOW,
+    BodyLimit,
+    Guard,
+    HeaderDeadline,
+    content_security_policy,
+    too_large_message,
+)
+from fashionclf.service.settings import API_KEY_ENV, LOOPBACK, ServeSettings
+from fashionclf.service.uploads import Limits, header_pixels, public, tag_uploads
 
-STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_request_bytes: int = 20 * 1024 * 1024  # a few large JPEGs; bigger uploads get 413 unread
-    max_files: int = 32  # per request; larger batches belong to `fashionclf predict`
-    # Per image, checked from its header before decoding: half predict's limit, since a server
-    # decodes for several clients at once (25 MP: a 6,000 x 4,000 photo still passes).
-    max_pixels: int = MAX_PIXELS // 2
-    max_request_pixels: int = 100_000_000  # all images of one request together; the rest get 413
-    concurrency: int = 2  # requests decoding and classifying at once (threads), one per core
-    max_queue: int = 64  # requests admitted (working or waiting); beyond: 503 with Retry-After
-    body_timeout: float = 30.0  # seconds a client may pause while sending a body; then 408
-    # Requests whose images total at most this many pixels (from their headers) are answered on
-    # the event loop (~1 ms: a thread hand-off cost 20% of the requests/s on a 2-core AMD EPYC
-    # Zen 4); larger ones
-    # decode in the worker threads, so they never hold up /health or other clients.
-    inline_pixels: int = 1_000_000
+# ---------------------------------------------------------------- what the endpoints answer
 
 
-HEADER_TIMEOUT_ENV = "FASHIONCLF_HEADER_TIMEOUT"
-HEADER_TIMEOUT = 10.0  # seconds for a request's headers; browsers and clients send them at once
+class FileResult(BaseModel):
+    """One uploaded file's answer: its label, or its error."""
+
+    filename: str | None
+    label: str | None
+    confidence: float | None
+    unknown: bool | None  # true: of none of the classes; null: the model has no threshold
+    probabilities: dict[str, float] | None
+    error: str | None
+    preview: str | None = None  # with ?preview=true: the image the model saw, a PNG data URL
 
 
-class HeaderDeadline(AutoHTTPProtocol):
-    """uvicorn's HTTP protocol with a deadline on request headers: when a request's headers are
-    not complete ``$FASHIONCLF_HEADER_TIMEOUT`` seconds (default 10) after the connection opened
-    or the previous answer went out, the client gets 408 and the connection is closed. uvicorn
-    has no such limit, so each slow-header client would hold a connection slot for ever."""
+class Detail(BaseModel):
+    """An error that concerns the whole request."""
 
-    _timer = None
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._waiting_for = self.cycle  # a new cycle appears once the next request's headers are in
-        self._timer = self.loop.call_later(float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT)), self._late)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._timer is not None and self.cycle is not self._waiting_for:
-            self._timer.cancel()
-            self._timer = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()
-
-    def connection_lost(self, exc) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        super().connection_lost(exc)
-
-    def _late(self) -> None:
-        self._timer = None
-        idle = self.cycle is None or self.cycle.response_complete
-        if self.cycle is self._waiting_for and idle and not self.transport.is_closing():
-            body = b'{"detail":"the request headers took too long; send them at once"}'
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
-            self.transport.close()
+    detail: str
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``limit`` bytes, judged from
-    Content-Length when given and by counting otherwise, before the form parser sees it; 408
-    when the client sends no part of the body for ``timeout`` seconds (a slow client must not
-    hold a worker forever)."""
-
-    def __init__(self, app, limit: int, timeout: float = 30.0):
-        self.app, self.limit, self.timeout = app, limit, timeout
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._too_large(send)
-        seen = 0
-
-        async def counted():
-            # Without Content-Length (chunked upload): stop reading at the limit; the form
-            # parser then sees a disconnect and /predict answers 413 from the flag.
-            nonlocal seen
-            try:
-                with anyio.fail_after(self.timeout):
-                    message = await receive()
-            except TimeoutError:
-                scope[TOO_SLOW] = True
-                return {"type": "http.disconnect"}
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    scope[TOO_LARGE] = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        await self.app(scope, counted, send)
-
-    async def _too_large(self, send):
-        body = json.dumps({"detail": too_large_message(self.limit)}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+class Health(BaseModel):
+    status: str
 
 
-TOO_LARGE = "fashionclf.body_too_large"
-TOO_SLOW = "fashionclf.body_too_slow"
+class ModelInfo(BaseModel):
+    model: str
+    classes: list[str]
+    preprocessing: dict
+    test_accuracy: float | None
+    unknown: dict | None
+    input: dict
+    backend: str
+    limits: dict
 
 
-def too_large_message(limit: int) -> str:
-    return f"request body over the limit of {limit:,} bytes; send fewer or smaller files"
-
-
-MAX_NAME = 255  # characters of a file name echoed back
-
-
-def safe_name(name: str | None) -> str | None:
-    """A client's file name as it is echoed back: control characters (CR, LF, ...) become "?",
-    text that is not valid Unicode is replaced, at most ``MAX_NAME`` characters."""
-    if name is None:
-        return None
-    name = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)
-    return name.encode("utf-8", "replace").decode("utf-8")[:MAX_NAME]
-
-
-def preview_png(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from an image's header (nothing decoded); 0 when it has none."""
-    try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            return img.size[0] * img.size[1]
-    except Exception:  # not an image: tag_uploads reports it
-        return 0
-
-
-@per_file
-def convert_upload(classifier: Classifier, data: bytes, limits: Limits, budget: list[int]) -> np.ndarray:
-    """One upload -> model input; its pixels are taken from the request's ``budget``. Every
-    failure is a ``PhotoError`` of this file (``photos.per_file``)."""
-    img = open_image(data, limits.max_pixels)
-    pixels = img.size[0] * img.size[1]
-    if pixels > budget[0]:
-        raise PhotoError(f"the request's images together are over the limit of {limits.max_request_pixels:,} "
-                         "pixels; send fewer or smaller photos per request", "too_large")
-    budget[0] -= pixels
-    return classifier.to_input(img)
-
-
-def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]], limits: Limits,
-                preview: bool = False) -> tuple[list[dict], int]:
-    """The CPU work of one request (decoding, converting, classifying), run in a worker thread:
-    one result per upload, in order, and the response status."""
-    classes = classifier.classes
-    results, images, ok, statuses = [], [], [], []
-    budget = [limits.max_request_pixels]
-    for name, data in uploads:
-        item = {"filename": safe_name(name), "label": None, "confidence": None, "unknown": None,
-                "probabilities": None, "error": None}
-        try:
-            image = convert_upload(classifier, data, limits, budget)
-            images.append(image)
-            ok.append(item)
-            if preview:
-                item["preview"] = preview_png(image)
-        except PhotoError as exc:
-            item["error"] = str(exc)
-            item["kind"] = exc.kind
-            statuses.append(STATUS_OF.get(exc.kind, 422))
-        results.append(item)
-    if images:
-        probs, scores = classifier.predict(np.stack(images))
-        unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
-        for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
-            if not finite[i]:
-                item["error"], item["kind"] = NAN_ERROR, "not_a_number"
-                statuses.append(422)
-                continue
-            item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
-                        probabilities={c: float(v) for c, v in zip(classes, p)})
-    status = 200 if any(item["error"] is None for item in results) else statuses[0]
-    return results, status
-
-
-def public(results: list[dict]) -> list[dict]:
-    """Results as answered: without the internal error kind (the status code carries it)."""
-    return [{k: v for k, v in item.items() if k != "kind"} for item in results]
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-ENDPOINTS = ("/", "/health", "/model", "/predict", "/metrics")
-API_KEY_ENV = "FASHIONCLF_API_KEY"
-
-
-def authorised(header: bytes, key: str) -> bool:
-    scheme, _, given = header.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), key.encode())
-
-
-class Guard:
-    """ASGI middleware (plain ASGI: Starlette's ``BaseHTTPMiddleware`` cost 25-45% of the requests/s on a
-    2-core AMD EPYC Zen 4):
-    the API key on the guarded endpoints, ``X-Content-Type-Options: nosniff`` on every answer,
-    and the request metrics."""
-
-    GUARDED = ("/predict", "/model", "/metrics")
-
-    def __init__(self, app, api_key: str | None, metrics: "Metrics"):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, path, status = time.perf_counter(), scope["path"], [500]
-
-        async def marked(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-content-type-options", b"nosniff")]}
-            await send(message)
-
-        if (self.api_key is not None and path in self.GUARDED
-                and not authorised(dict(scope["headers"]).get(b"authorization", b""), self.api_key)):
-            body = json.dumps({"detail": "missing or wrong API key: send the header 'Authorization: Bearer KEY'"})
-            await marked({"type": "http.response.start", "status": 401,
-                          "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                      (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body.encode()})
-        else:
-            await self.app(scope, receive, marked)
-        endpoint = path if path in ENDPOINTS else "other"
-        self.metrics.requests.labels(endpoint, str(status[0])).inc()
-        self.metrics.seconds.labels(endpoint).observe(time.perf_counter() - start)
-
-
-def read_api_key(path: str | os.PathLike | None) -> str | None:
-    """The API key from ``path`` (first line) or, without one, from $FASHIONCLF_API_KEY."""
-    if path is None:
-        return os.environ.get(API_KEY_ENV) or None
-    try:
-        key = Path(path).read_text(encoding="utf-8").strip().splitlines()[0].strip()
-    except (OSError, UnicodeDecodeError, IndexError) as exc:
-        raise UsageError(f"--api-key-file {path}: cannot read a key from it ({exc}); put the key on its first line") from None
-    if len(key) < 16:
-        raise UsageError(f"--api-key-file {path}: the key is {len(key)} characters; use at least 16 "
-                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    return key
-
-
-def content_security_policy(page: str) -> str:
-    """A policy that lets the page run only its own inline script and style (by hash), load
-    images from itself, data: and blob: URLs, and talk only to this server."""
-    def digest(tag: str) -> str:
-        body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
-        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
-
-    return (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
-            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'none'")
+PREDICT_ANSWERS = {413: {"model": list[FileResult] | Detail, "description": "too large (every file, or the body)"},
+                   415: {"model": list[FileResult] | Detail, "description": "not multipart, or no file an image"},
+                   422: {"model": list[FileResult] | Detail, "description": "every file unreadable, or a bad form"},
+                   408: {"model": Detail, "description": "the body stalled"},
+                   401: {"model": Detail, "description": "missing or wrong API key"},
+                   503: {"model": Detail, "description": "busy: retry after the Retry-After header's seconds"}}
 
 
 class Metrics:
@@ -350,61 +118,81 @@ class Metrics:
             self.files.labels(outcome).inc()
 
 
-def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = False,
-               allowed_hosts: list[str] | None = None, api_key: str | None = None) -> FastAPI:
-    """The service's FastAPI app for ``classifier``, with ``limits`` enforced (the body limit
-    as ASGI middleware, before the form parser reads anything). Decoding and classifying run
-    in at most ``limits.concurrency`` worker threads, off the event loop, so /health and other
-    clients stay served while a large photo decodes; at most ``limits.max_queue`` requests are
-    admitted at once, the next get 503 with Retry-After (memory stays bounded).
 
-    ``docs``: serve /docs and /openapi.json (off by default: less to attack). ``allowed_hosts``:
-    the Host headers answered (the others get 400), e.g. the loopback names for a server bound
-    to loopback, so that a web page elsewhere cannot reach it through DNS rebinding.
-    ``api_key``: when given, /predict, /model and /metrics require ``Authorization: Bearer KEY``
-    (compared in constant time; 401 otherwise); /health and the page stay open."""
+
+def create_app(settings: ServeSettings, limits: Limits | None = None, classifier: Classifier | None = None) -> FastAPI:
+    """The service's FastAPI app: its lifespan loads ``settings.model`` (unless ``classifier``
+    is given), ``limits`` are enforced (the body limit as ASGI middleware, before the form parser
+    reads anything), the state lives on ``app.state``. Decoding and classifying run in at most
+    ``limits.concurrency`` worker threads, off the event loop, so /health and other clients stay
+    served while a large photo decodes; at most ``limits.max_queue`` requests are admitted at
+    once, the next get 503 with Retry-After (memory stays bounded).
+
+    ``settings.docs``: serve /docs and /openapi.json. A loopback ``settings.host`` answers only
+    loopback Host headers (others get 400), so that a web page elsewhere cannot reach it through
+    DNS rebinding. ``settings.api_key``: /predict, /model and /metrics require ``Authorization:
+    Bearer KEY`` (constant-time; 401 otherwise); /health and the page stay open."""
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    app = FastAPI(title="fashionclf", description="Tag clothing photos with Fashion-MNIST classes.",
-                  docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
-    limiter = anyio.CapacityLimiter(limits.concurrency)
-    admitted = [0]
-    metrics = Metrics()
+    limits = limits or Limits(concurrency=settings.threads)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if app.state.classifier is None:
+            app.state.classifier = load_classifier(settings.model, settings.backend, threads=settings.threads)
+        yield
+
+    app = FastAPI(title="fashionclf", description="Tag clothing photos with a fashionclf model.", lifespan=lifespan,
+                  docs_url="/docs" if settings.docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.docs else None)
     page = (Path(__file__).parent / "web" / "index.html").read_text()
+    app.state.classifier, app.state.limits, app.state.admitted = classifier, limits, 0
+    app.state.limiter, app.state.metrics = anyio.CapacityLimiter(limits.concurrency), Metrics()
+    add_routes(app, page, content_security_policy(page))
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
+    app.add_middleware(Guard, api_key=settings.api_key, metrics=app.state.metrics)
+    if settings.loopback:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK, "[::1]"])
+    return app
 
-    csp = content_security_policy(page)
 
-    @app.get("/", response_class=HTMLResponse)
+def add_routes(app: FastAPI, page: str, csp: str) -> None:
+    state = app.state
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": csp})
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        metrics.admitted.set(admitted[0])
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        state.metrics.admitted.set(state.admitted)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/model")
+    @app.get("/model", response_model=ModelInfo)
     async def model() -> dict:
-        return {**classifier.info, "backend": classifier.backend, "limits": asdict(limits)}
+        return {**state.classifier.info, "backend": state.classifier.backend, "limits": asdict(state.limits)}
 
-    @app.post("/predict")
+    # The answers are built as JSON directly (no second validation of what tag_uploads made:
+    # that cost requests/s); the response models above describe them in /openapi.json.
+    @app.post("/predict", response_model=list[FileResult], responses=PREDICT_ANSWERS)
     async def predict(request: Request, preview: bool = False):
-        if admitted[0] >= limits.max_queue:
-            return JSONResponse({"detail": f"busy: {admitted[0]} requests in progress; retry in a second"}, 503,
+        if state.admitted >= state.limits.max_queue:
+            return JSONResponse({"detail": f"busy: {state.admitted} requests in progress; retry in a second"}, 503,
                                 headers={"Retry-After": "1"})
-        admitted[0] += 1
+        state.admitted += 1
         try:
             return await answer(request, preview)
         finally:
-            admitted[0] -= 1
+            state.admitted -= 1
 
     async def answer(request: Request, preview: bool) -> JSONResponse:
+        limits, classifier = state.limits, state.classifier
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
@@ -433,50 +221,31 @@ def create_app(classifier: Classifier, limits: Limits = Limits(), docs: bool = F
             results, status = tag_uploads(classifier, uploads, limits, preview)
         else:
             results, status = await anyio.to_thread.run_sync(
-                functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=limiter)
-        metrics.count_files(results)
+                functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=state.limiter)
+        state.metrics.count_files(results)
         return JSONResponse(public(results), status)
 
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
-    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    return app
+
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --factory``, in each server process: the settings from the one JSON
+    value ``serve`` put in the environment; each process loads its own model copy."""
+    settings = ServeSettings.from_env()
+    HeaderDeadline.timeout = settings.header_timeout
+    return create_app(settings)
 
 
-def app_from_env():
-    """The app for ``uvicorn --factory`` (used by ``--workers N``): model and backend from
-    FASHIONCLF_MODEL and FASHIONCLF_BACKEND; each worker process loads its own copy."""
-    workers = int(os.environ.get("FASHIONCLF_WORKERS", "1"))
-    cores = max(1, (os.cpu_count() or 1) // workers)
-    classifier = load_classifier(os.environ["FASHIONCLF_MODEL"], os.environ.get("FASHIONCLF_BACKEND", SERVE_BACKEND),
-                                 threads=cores)
-    host = os.environ.get("FASHIONCLF_HOST", "127.0.0.1")
-    return create_app(classifier, Limits(concurrency=cores), docs=os.environ.get("FASHIONCLF_DOCS") == "1",
-                      allowed_hosts=list(LOOPBACK) + ["[::1]"] if host in LOOPBACK else None,
-                      api_key=os.environ.get(API_KEY_ENV) or None)
-
-
-def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, backend: str = SERVE_BACKEND,
-          workers: int = 1, access_log: bool = False, limit_concurrency: int = 256,
-          timeout_keep_alive: float = 5.0, docs: bool = False, api_key_file: str | None = None,
-          insecure: bool = False, header_timeout: float = HEADER_TIMEOUT) -> None:
-    """Run the service. ``limit_concurrency``: connections and requests at once per worker
-    process before uvicorn answers 503 (slow or idle clients cannot pile up without bound);
-    ``timeout_keep_alive``: seconds an idle keep-alive connection is kept open;
-    ``header_timeout``: seconds a client has to send a request's headers (then 408)."""
+def serve(settings: ServeSettings) -> None:
+    """Run the service (uvicorn, ``settings.workers`` processes). ``limit_concurrency``:
+    connections and requests at once per process before uvicorn answers 503 (slow or idle
+    clients cannot pile up without bound)."""
     import uvicorn
 
-    load_classifier(model, backend)  # fail here, with one line, on a bad model or backend
-    key = read_api_key(api_key_file)
-    if host not in LOOPBACK and key is None and not insecure:
-        raise UsageError(f"--host {host} opens the service to the network without an API key: give --api-key-file "
-                         f"PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
-    if key is not None:
-        os.environ[API_KEY_ENV] = key  # for the worker processes
-    os.environ.update(FASHIONCLF_MODEL=str(model), FASHIONCLF_BACKEND=backend, FASHIONCLF_WORKERS=str(workers),
-                      FASHIONCLF_HOST=host, FASHIONCLF_DOCS="1" if docs else "0",
-                      **{HEADER_TIMEOUT_ENV: str(header_timeout)})
-    uvicorn.run("fashionclf.service.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                access_log=access_log, log_level="info", limit_concurrency=limit_concurrency,
-                timeout_keep_alive=timeout_keep_alive, http=HeaderDeadline)
+    load_classifier(settings.model, settings.backend)  # fail here, with one line, on a bad model or backend
+    if not settings.loopback and settings.api_key is None and not settings.insecure:
+        raise UsageError(f"--host {settings.host} opens the service to the network without an API key: give "
+                         f"--api-key-file PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
+    settings.to_env()
+    uvicorn.run("fashionclf.service.serve:app_from_env", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, access_log=settings.access_log, log_level="info",
+                limit_concurrency=settings.limit_concurrency, timeout_keep_alive=settings.timeout_keep_alive,
+                http=HeaderDeadline)
