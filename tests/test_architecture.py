@@ -199,7 +199,7 @@ def test_an_evaluation_computes_its_confusion_matrix_once(tmp_path, monkeypatch)
     import numpy as np
     import sklearn.metrics
 
-    from fashionclf.evaluation.metrics import EvalResult, overfitting_check, write_evaluation
+    from fashionclf.evaluation.metrics import EvalResult, write_evaluation
 
     calls = []
     real = sklearn.metrics.confusion_matrix
@@ -209,7 +209,7 @@ def test_an_evaluation_computes_its_confusion_matrix_once(tmp_path, monkeypatch)
     result = EvalResult("test", ["a", "b", "c"], rng.integers(0, 3, 30), probs.argmax(1), probs, 1.0)
     accuracies = {"train": 0.9, "val": 0.5, "test": result.accuracy}
     write_evaluation(result, rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), tmp_path, accuracies,
-                     overfitting_check(accuracies), {"model": "x"})
+                     {"model": "x"})
     result.summary()
     assert len(calls) == 1
     assert (tmp_path / "report.html").is_file()

@@ -15,6 +15,7 @@ from PIL import Image
 from fashionclf.data import photo_folders as photoset
 from fashionclf.data.photos import photo_converter, photo_to_28
 from fashionclf.data.sources import load_data, relabel
+from fashionclf.data.split import SplitSettings
 from fashionclf.errors import DataError, UsageError
 
 
@@ -37,7 +38,7 @@ def test_class_folders_with_unicode_names_nested_folders_hidden_and_other_files(
     shutil.copy(written["tops"][0], root / "_unknown" / "watch.png")  # not a class
     (root / "README.png").write_bytes(b"a file at the top level belongs to no class")
 
-    ds = load_data(str(root), val_fraction=0.1, test_fraction=0.2, seed=0)
+    ds = load_data(str(root), split=SplitSettings(val_fraction=0.1, test_fraction=0.2, seed=0))
     assert ds.classes == ["Schuhe ß", "sacs à main", "tops"]
     totals = [a + b + c for a, b, c in zip(_counts(ds, "train"), _counts(ds, "val"), _counts(ds, "test"))]
     assert totals == [10, 20, 21]
@@ -56,7 +57,7 @@ def test_split_folders_are_honoured(tmp_path):
     root = tmp_path / "shop"
     for split, n in (("train", 12), ("val", 3), ("test", 5)):
         write_photo_folder(root, {"bags": n, "shoes": n}, seed={"train": 1, "val": 2, "test": 3}[split], split=split)
-    ds = load_data(str(root), seed=5)
+    ds = load_data(str(root), split=SplitSettings(seed=5))
     assert _counts(ds, "train") == [12, 12] and _counts(ds, "val") == [3, 3] and _counts(ds, "test") == [5, 5]
     expected = np.stack([photo_to_28(p) for p in sorted((root / "test" / "bags").iterdir())])
     np.testing.assert_array_equal(ds.test.images[ds.test.labels == 0], expected)
@@ -66,7 +67,7 @@ def test_split_folders_without_val_carve_it_from_train(tmp_path):
     root = tmp_path / "shop"
     write_photo_folder(root, {"bags": 10, "shoes": 10}, seed=1, split="train")
     write_photo_folder(root, {"bags": 4, "shoes": 4}, seed=2, split="test")
-    ds = load_data(str(root), val_fraction=0.2)
+    ds = load_data(str(root), split=SplitSettings(val_fraction=0.2))
     assert _counts(ds, "train") == [8, 8] and _counts(ds, "val") == [2, 2] and _counts(ds, "test") == [4, 4]
 
 
@@ -81,7 +82,7 @@ def test_csv_manifest_relative_paths_optional_header_and_splits(tmp_path):
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         w.writerows(rows)
-    ds = load_data(str(manifest), val_fraction=0.2)
+    ds = load_data(str(manifest), split=SplitSettings(val_fraction=0.2))
     assert ds.classes == ["bags, leather", "tops"]
     assert _counts(ds, "test") == [2, 2] and _counts(ds, "val") == [1, 1] and _counts(ds, "train") == [3, 3]
     headerless = tmp_path / "plain.csv"
@@ -105,7 +106,7 @@ def test_dirty_dataset_skips_and_reports_but_trains_on(tmp_path):
     (root / "train" / "bags" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (root / "train" / "bags" / "empty.png").write_bytes(b"")
     shutil.copy(written["bags"][0], root / "test" / "bags" / "leaked.png")  # a training photo in test
-    ds = load_data(str(root), val_fraction=0.2)
+    ds = load_data(str(root), split=SplitSettings(val_fraction=0.2))
     assert sorted(os.path.basename(s["path"]) for s in ds.problems["skipped"]) == ["broken.jpg", "empty.png"]
     assert all(s["error"] for s in ds.problems["skipped"])
     leak = ds.problems["leakage"]
@@ -135,12 +136,12 @@ def test_carved_splits_are_seeded_keep_duplicates_together_and_ignore_other_clas
     written = write_photo_folder(root, {"bags": 30, "shoes": 30, "hats": 30})
     for i in range(5):  # five copies of one bag: one group, one split
         shutil.copy(written["bags"][0], root / "bags" / f"copy{i}.png")
-    a = load_data(str(root), seed=3)
-    b = load_data(str(root), seed=3)
+    a = load_data(str(root), split=SplitSettings(seed=3))
+    b = load_data(str(root), split=SplitSettings(seed=3))
     np.testing.assert_array_equal(a.test.images, b.test.images)
     assert a.problems["leakage"] == []
-    assert not np.array_equal(load_data(str(root), seed=4).test.images, a.test.images)
-    subset = load_data(str(root), classes="bags,shoes", seed=3)  # dropping a class leaves the others' splits alone
+    assert not np.array_equal(load_data(str(root), split=SplitSettings(seed=4)).test.images, a.test.images)
+    subset = load_data(str(root), classes="bags,shoes", split=SplitSettings(seed=3))  # the others keep their splits
     np.testing.assert_array_equal(subset.test.images[subset.test.labels == 0], a.test.images[a.test.labels == 0])
 
 
@@ -253,7 +254,7 @@ def test_review_loop_predict_review_move_and_retrain_on_both_folders(tmp_path, c
     if len(listed) > 1:
         (review / "_unknown").mkdir()
         second.rename(review / "_unknown" / second.name)
-    ds = load_data([str(labelled), str(review)], val_fraction=0.1, test_fraction=0.2)
+    ds = load_data([str(labelled), str(review)], split=SplitSettings(val_fraction=0.1, test_fraction=0.2))
     assert ds.classes == ["bags", "shoes", "tops"]
     total = sum(len(getattr(ds, s).labels) for s in ("train", "val", "test"))
     assert total == 60 + len(listed) - (len(listed) > 1)

@@ -56,7 +56,7 @@ def seconds(text: str) -> float:
 def cmd_data(args) -> int:
     from fashionclf.data.sources import PHOTO_VERIFICATION, describe
 
-    info = describe(args.data, args.classes, args.verify, args.val_fraction, args.test_fraction, args.seed, args.grid,
+    info = describe(args.data, args.classes, args.verify, config_from_args(args).split, args.grid,
                     log=print)
     check = info["verification"]
     print(f"data: {info['source']} ({check if check == PHOTO_VERIFICATION else 'SHA-256 ' + check})")

@@ -21,6 +21,7 @@ from fashionclf.data.fashion_mnist import Dataset, ImageSet, class_counts, holds
 from fashionclf.data.fashion_mnist import load_dataset as load_fashion_mnist
 from fashionclf.data.photo_folders import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
 from fashionclf.data.photo_folders import convert as convert_photos
+from fashionclf.data.split import SplitSettings
 from fashionclf.errors import DataError, UsageError
 
 PHOTO_VERIFICATION = "photos (no published checksums)"
@@ -52,11 +53,12 @@ def is_fashion_mnist(sources) -> bool:
     return not paths or [kind_of(p) for p in paths] == ["idx"]
 
 
-def load_data(sources=None, classes: str | list | None = None, verify: bool = True, val_fraction: float = 0.1,
-              test_fraction: float = 0.2, seed: int = 0, download: bool = True,
+def load_data(sources=None, classes: str | list | None = None, verify: bool = True,
+              split: SplitSettings = SplitSettings(), download: bool = True,
               log: Callable[[str], None] | None = None, preprocessing: dict | None = None) -> Dataset:
     """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``.
-    Photos are converted for a model of ``preprocessing`` (``photos.photo_converter``)."""
+    Photos are converted for a model of ``preprocessing`` (``photos.photo_converter``) and
+    split as ``split`` says where they have no splits of their own."""
     paths = as_list(sources)
     kinds = [kind_of(p) for p in paths]
     if not paths or kinds == ["idx"]:
@@ -64,8 +66,7 @@ def load_data(sources=None, classes: str | list | None = None, verify: bool = Tr
     if "idx" in kinds:
         raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
                          "pass either one IDX folder or photo sources (folders, CSV manifests)")
-    return load_photos(paths, kinds, classes, val_fraction, test_fraction, seed, log or (lambda _: None),
-                       preprocessing)
+    return load_photos(paths, kinds, classes, split, log or (lambda _: None), preprocessing)
 
 
 @dataclass
@@ -115,12 +116,12 @@ def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: di
                   dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached)
 
 
-def load_photos(paths: list[str], kinds: list[str], classes, val_fraction: float, test_fraction: float,
-                seed: int, log: Callable[[str], None], preprocessing: dict | None = None) -> Dataset:
+def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSettings, log: Callable[[str], None],
+                preprocessing: dict | None = None) -> Dataset:
     """Photos to train on: split as the shop gave them, the rest carved (``carve_splits``)."""
     photos = gather_photos(paths, kinds, classes, preprocessing)
     splits = carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
-                                   val_fraction, test_fraction, seed)
+                          split.val_fraction, split.test_fraction, split.seed)
     for needed in ("train", "test"):
         if needed not in splits:
             raise UsageError(f"no {needed} photos: give a {needed} split or a --test-fraction above 0")
@@ -197,14 +198,13 @@ def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
                    dataset.verification, dataset.files, re(dataset.val), dataset.problems, dataset.hashes)
 
 
-def describe(sources=None, classes: str | None = None, verify: bool = True, val_fraction: float = 0.1,
-             test_fraction: float = 0.2, seed: int = 0, grid: str | os.PathLike | None = None,
-             log: Callable[[str], None] | None = None) -> dict:
+def describe(sources=None, classes: str | None = None, verify: bool = True, split: SplitSettings = SplitSettings(),
+             grid: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Where the data was found, its verification, per-class counts per split (the same table
     for Fashion-MNIST and for photos), problems found; optionally a labelled grid of sample
     training images saved to ``grid``."""
-    dataset = load_data(sources, classes, verify, val_fraction, test_fraction, seed, log=log)
-    splits = make_splits(dataset, val_fraction, seed)
+    dataset = load_data(sources, classes, verify, split, log=log)
+    splits = make_splits(dataset, split.val_fraction, split.seed)
     k = len(dataset.classes)
     info = {
         "source": str(dataset.source),
@@ -217,7 +217,7 @@ def describe(sources=None, classes: str | None = None, verify: bool = True, val_
     if grid is not None:
         from fashionclf.evaluation.plots import plot_sample_grid, save
 
-        fig = plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=seed).figure
+        fig = plot_sample_grid(dataset.train.images, dataset.train.labels, dataset.classes, seed=split.seed).figure
         save(fig, grid)
         info["grid"] = str(grid)
     return info

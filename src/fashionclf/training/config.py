@@ -19,6 +19,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field, fields
 
+from fashionclf.data.split import SplitSettings
 from fashionclf.errors import UsageError
 from fashionclf.training.recipes import RECIPES
 from fashionclf.training.transforms import AUGMENTATIONS
@@ -38,16 +39,14 @@ STEM_INITS = ("random", "whiten")
 
 
 def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
-            flags: tuple[str, ...] = (), layered: bool = True, negative_flag: str | None = None,
-            repeatable: bool = False):
+            flags: tuple[str, ...] = (), layered: bool = True):
     """A ``TrainConfig`` field. ``layered`` settings default to ``None`` in the dataclass
     (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
-    them; the others take ``default`` directly. ``flags``: extra command-line spellings;
-    ``negative_flag``: a boolean setting that a flag switches off (``--no-verify``);
-    ``repeatable``: a list setting, one item per use of its flag (``--data A --data B``)."""
+    them; the others take ``default`` directly. ``flags``: extra command-line spellings.
+    A boolean setting (on by default) gets a flag that switches it off (``--no-verify``); a list
+    setting one that is repeated, an item per use (``--data A --data B``)."""
     meta = {"default": default, "help": help, "why": why, "type": kind or (str if default is None else type(default)),
-            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered,
-            "negative_flag": negative_flag, "repeatable": repeatable}
+            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered}
     return field(default=None if layered else default, metadata=meta)
 
 
@@ -122,23 +121,21 @@ class TrainConfig:
                                     "bit-for-bit repeatable everywhere; the recipes say auto",
                                     choices=PRECISIONS)
     cache_features: bool = setting(True, "phase 1 without augmentation: compute the frozen base's features "
-                                   "once instead of every epoch", layered=False,
-                                   negative_flag="--no-cache-features")
-    seed: int = setting(0, "fixes the train/val split, initial weights, batch order and augmentation draws",
+                                   "once instead of every epoch", layered=False)
+    seed: int = setting(SplitSettings.seed, "fixes the train/val split, initial weights, batch order and augmentation draws",
                         layered=False)
-    val_fraction: float = setting(0.1, "share of the training set held out for validation (stratified); "
+    val_fraction: float = setting(SplitSettings.val_fraction, "share of the training set held out for validation (stratified); "
                                   "0: none, the last epoch is kept",
                                   "as reference 2; the test set is never used to choose", layered=False)
     data: list[str] | None = setting(None, "training data, repeatable: a folder of class folders (PATH/<class>/*.jpg), "
                                      "of train|val|test split folders, a CSV manifest (path,label[,split]), or a "
                                      "folder with the four Fashion-MNIST IDX files (default: Fashion-MNIST, searched "
                                      "in the usual places, see 'fashionclf data')", kind=str, layered=False,
-                                     flags=("--data-dir",), repeatable=True)
-    test_fraction: float = setting(0.2, "photo data without its own test split: share of each class held out for "
+                                     flags=("--data-dir",))
+    test_fraction: float = setting(SplitSettings.test_fraction, "photo data without its own test split: share of each class held out for "
                                    "testing (stratified, seeded)",
                                    "a few hundred photos per class leave 20% enough to measure on", layered=False)
-    verify: bool = setting(True, "check the SHA-256 of the decompressed data", layered=False,
-                           negative_flag="--no-verify")
+    verify: bool = setting(True, "check the SHA-256 of the decompressed data", layered=False)
     threads: int | None = setting(None, "CPU threads (default: all cores)", kind=int, minimum=1, layered=False)
     device: str = setting("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N", layered=False)
     out: str = setting("runs/default", "run directory", layered=False)
@@ -159,6 +156,10 @@ class TrainConfig:
     def cuts(self) -> list[tuple[int, int]]:
         """``schedule_cut`` as (epochs planned, epoch after which they were cut) pairs."""
         return parse_schedule_cut(self.schedule_cut)
+
+    @property
+    def split(self) -> SplitSettings:
+        return SplitSettings(self.val_fraction, self.test_fraction, self.seed)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -186,8 +187,9 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
         if names is not None and f.name not in names:
             continue
         m = f.metadata
-        if m["negative_flag"]:
-            parser.add_argument(m["negative_flag"], dest=f.name, action="store_false", help=m["help"] + " (skip it)")
+        if m["type"] is bool:  # on by default: its flag switches it off
+            parser.add_argument("--no-" + flag_of(f.name)[2:], dest=f.name, action="store_false",
+                                help=m["help"] + " (skip it)")
             continue
         default = m["default"]
         if m["layered"]:
@@ -197,7 +199,7 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
             shown = "none" if default is None else default
         why = f"; {m['why']}" if m["why"] else ""
         kwargs = dict(dest=f.name, type=m["type"], help=f"{m['help']} (default: {shown}{why})".replace("%", "%%"))
-        if m["repeatable"]:
+        if str(f.type).startswith("list"):  # repeated: one item per use
             kwargs["action"] = "append"
         if m["choices"]:
             kwargs["choices"] = m["choices"]

@@ -55,7 +55,7 @@ def finish_run(run: Run) -> dict:
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    write_evaluation(test, dataset.test.images, run.out, accuracies, overfit, info, run.history, dataset.problems,
+    write_evaluation(test, dataset.test.images, run.out, accuracies, info, run.history, dataset.problems,
                      unknown)
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
@@ -154,8 +154,8 @@ def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verif
     config = TrainConfig.from_dict(ckpt["config"])
     sources = as_list(data) or config.data
     if is_fashion_mnist(sources):
-        dataset = load_data(sources, ckpt["class_indices"], verify, config.val_fraction, config.test_fraction,
-                            config.seed, log=log, preprocessing=ckpt["preprocessing"])
+        dataset = load_data(sources, ckpt["class_indices"], verify, config.split, log=log,
+                            preprocessing=ckpt["preprocessing"])
         return relabel(dataset, ckpt["classes"])
     seen = seen_photos(ckpt)
     if seen is None:
@@ -245,7 +245,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
             "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})",
             **({"note": train_note} if train_note else {})}
     images = data.of(split)[0].numpy()
-    paths = write_evaluation(result, images, out, accuracies, overfit, info, problems=dataset.problems)
+    paths = write_evaluation(result, images, out, accuracies, info, problems=dataset.problems)
     summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
                    accuracies=accuracies, overfitting=overfit, files=paths,
                    **({"left_out": left_out} if left_out else {}),

@@ -101,8 +101,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
     preprocessing, model_kwargs = input_contract(config, state or init)
-    dataset = load_data(config.data, config.classes, config.verify, config.val_fraction, config.test_fraction,
-                        config.seed, log=log, preprocessing=preprocessing)
+    dataset = load_data(config.data, config.classes, config.verify, config.split, log=log,
+                        preprocessing=preprocessing)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
