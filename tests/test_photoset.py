@@ -319,3 +319,26 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(new), "--split", "val"]) == 2  # none of these was validated on
     assert "nothing to score" in capsys.readouterr().err
+
+
+def test_a_model_started_from_another_records_the_photos_its_body_learned_from(tmp_path, capsys):
+    """--init keeps a body that learned from other photos: evaluate leaves those out too."""
+    import json
+
+    from fashionclf.cli import main
+    from fashionclf.inference.checkpoint import load_checkpoint, seen_photos
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_photo_folder(first, {"bags": 15, "shoes": 15}, seed=1)
+    write_photo_folder(second, {"bags": 15, "shoes": 15}, seed=2)
+    base = ["--model", "fast-cnn", "--epochs", "1", "--threads", "1"]
+    assert main(["train", "--data", str(first), *base, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--data", str(second), "--init", str(tmp_path / "a" / "model.pt"), "--epochs", "1",
+                 "--threads", "1", "--out", str(tmp_path / "b")]) == 0
+    a, b = (seen_photos(load_checkpoint(tmp_path / run / "model.pt")) for run in ("a", "b"))
+    assert a["train"] <= b["train"] and a["val"] <= b["val"] and len(b["train"]) > len(a["train"])
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "b"), "--data", str(first), "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert summary["left_out"] == {"trained_on": len(a["train"]), "validated_on": len(a["val"])}
+    assert summary["samples"] == 30 - len(a["train"]) - len(a["val"])  # first's own test photos only

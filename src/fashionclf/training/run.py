@@ -25,7 +25,15 @@ from fashionclf.device import autocast_dtype, cpu_info, resolve_device
 from fashionclf.errors import UsageError
 from fashionclf.evaluation.metrics import EvalResult, evaluate, result_from_logits
 from fashionclf.fileio import write_bytes_atomic, write_json
-from fashionclf.inference.checkpoint import load_body, load_checkpoint, make_checkpoint, record_seen, save_checkpoint
+from fashionclf.inference.checkpoint import (
+    SEEN_SPLITS,
+    load_body,
+    load_checkpoint,
+    make_checkpoint,
+    record_seen,
+    save_checkpoint,
+    seen_photos,
+)
 from fashionclf.models import body_of, count_parameters, create_model, get_model_entry, head_of
 from fashionclf.models.contract import eval_batch, preprocess
 from fashionclf.training.config import TrainConfig, config_warnings, resolve_config
@@ -63,6 +71,9 @@ class Run:
     budget: dict | None = None  # how a --time-budget was turned into epochs (``plan_epochs``)
     epoch_ends: list[float] = field(default_factory=list)  # budgeted: training's start, then each epoch's end
     world: World = World()  # torchrun's ranks; rank 0 alone writes files
+    # Photos this model saw before this run's data (SHA-256 per split): an --init body's, or
+    # those last.pt recorded when resuming; the checkpoint records them with this run's own.
+    seen_before: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -74,7 +85,9 @@ class Run:
         return self.config.head_epochs + self.config.epochs
 
     def checkpoint(self, weights_of: nn.Module, **extra) -> dict:
-        seen = {"photos_seen": record_seen(self.dataset.hashes)} if self.dataset.hashes else {}
+        hashes = {split: sorted(set(self.dataset.hashes.get(split, [])) | self.seen_before.get(split, set()))
+                  for split in SEEN_SPLITS}
+        seen = {"photos_seen": record_seen(hashes)} if any(hashes.values()) else {}
         return make_checkpoint(weights_of, self.config.model, self.model_kwargs, self.dataset.classes,
                                self.dataset.class_indices, self.preprocessing, dataclasses.asdict(self.config),
                                **seen, **extra)
@@ -114,6 +127,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
               preprocessing, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
     run.world = world
+    run.seen_before = seen_photos(state or init or {}) or {}
     for warning in config_warnings(config):
         log(f"warning: {warning}")
     if config.stem_init == "whiten" and state is None:
