@@ -311,7 +311,7 @@ def summarise(study_name: str, storage_url: str | None, out: Path, log=print) ->
                "best_val_accuracy": best.value, "test_accuracy": test, "best_run": str(best_dir),
                "best_host": best.user_attrs.get("host"), "plots": plots}
     write_json(summary, out / "summary.json")
-    write_report(summary, rows, out)
+    write_study_report(summary, rows, out)
     again = (f"fashionclf tune --evaluate-best --study {study_name}"
              + (f" --storage {storage_url}" if storage_url else "") + f" --out {out}")
     log(f"{counts['COMPLETE']} trials finished, {counts['PRUNED']} pruned, {counts['FAIL']} failed; best: trial "
@@ -373,7 +373,7 @@ def plot_study(study, out: Path) -> dict:
     return written
 
 
-def write_report(summary: dict, rows: list[dict], out: Path) -> None:
+def write_study_report(summary: dict, rows: list[dict], out: Path) -> None:
     import html
 
     def cell(v) -> str:
