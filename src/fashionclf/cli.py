@@ -130,7 +130,8 @@ def cmd_evaluate(args) -> int:
     if s.get("left_out"):
         n = s["left_out"]
         print(f"left out: {n['trained_on']:,} photos the model trained on and {n['validated_on']:,} it validated on "
-              "(same SHA-256); every other photo scored")
+              "(same SHA-256); every other photo scored" if n["trained_on"] or n["validated_on"] else
+              "every photo scored: none is one the model trained or validated on")
     print(f"accuracy side by side: {acc}")
     if s["overfitting"]["flag"]:
         print(f"warning: {s['overfitting']['hint']}")
