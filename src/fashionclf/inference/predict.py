@@ -218,28 +218,28 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     unknown, review). ``settings.review``: a folder for the photos a person should check
     (``ReviewFolder``). ``settings.dask``: tag on a Dask cluster (``fashionclf.scale.cluster``;
     ONNX Runtime unless ``backend`` says otherwise), with the same rows in the same order."""
-    fmt, top_k, batch_size, min_confidence = settings.fmt, settings.top_k, settings.batch_size, settings.min_confidence
-    backend, device, progress, review, dask = (settings.backend, settings.device, settings.progress, settings.review,
-                                               settings.dask)
-    if dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
+    s = settings
+    backend = s.backend
+    if s.dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
         backend = "onnx"  # one graph per worker process, exported once and kept beside the checkpoint
-    classifier = load_checked(checkpoint, backend, device, top_k)  # checked here, before any worker starts
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {min_confidence}")
+    classifier = load_checked(checkpoint, backend, s.device, s.top_k)  # checked here, before any worker starts
+    if s.min_confidence is not None and not 0 <= s.min_confidence <= 1:
+        raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {s.min_confidence}")
     paths = iter_inputs(inputs)
     first = next(paths, None)
     if first is None:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
-    writer = RowWriter(out, fmt, top_k, flag_low=min_confidence is not None)
+    writer = RowWriter(out, s.fmt, s.top_k, flag_low=s.min_confidence is not None)
     counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
-    reviewer = ReviewFolder(review) if review is not None else None
-    bar = tqdm(desc="tagging", unit="img", disable=None if progress is None else not progress, file=sys.stderr)
-    if dask:
+    reviewer = ReviewFolder(s.review) if s.review is not None else None
+    bar = tqdm(desc="tagging", unit="img", disable=None if s.progress is None else not s.progress, file=sys.stderr)
+    if s.dask:
         from fashionclf.scale.cluster import dask_classify
 
-        rows = dask_classify(dask, checkpoint, backend, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+        rows = dask_classify(s.dask, checkpoint, backend, _chain(first, paths), s.top_k, s.batch_size,
+                             s.min_confidence or 0.0)
     else:
-        rows = classify(classifier, _chain(first, paths), top_k, batch_size, min_confidence or 0.0)
+        rows = classify(classifier, _chain(first, paths), s.top_k, s.batch_size, s.min_confidence or 0.0)
     for row in rows:
         writer.write(row)
         counts["rows"] += 1
