@@ -101,7 +101,7 @@ def inference(checkpoints: dict[str, Path], images: np.ndarray, repeats: int = 5
                 t = time.perf_counter()
                 clf.predict_proba(one)
                 lat.append(time.perf_counter() - t)
-            rows.append({"model": name, "backend": backend, "tta": clf.preprocessing.get("tta", "none"),
+            rows.append({"model": name, "backend": backend, "tta": clf.contract.tta,
                          "images_per_s_batch256": statistics.median(rates),
                          "latency_ms_batch1_p50": 1000 * statistics.median(lat),
                          "latency_ms_batch1_p99": 1000 * float(np.percentile(lat, 99))})

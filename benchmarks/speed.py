@@ -30,9 +30,9 @@ from fashionclf.training.loop import TrainStep, make_prepare, train_one_epoch
 
 def measure(name: str, size: int, in_chans: int, args, data, num_classes: int, cpu: torch.device) -> dict:
     entry = get_model_entry(name)
-    prep = dict(entry.preprocessing, image_size=size)
-    if in_chans != prep["channels"]:  # a grey input contract: one channel, the mean of the ImageNet stats
-        prep.update(channels=in_chans, mean=[statistics.fmean(prep["mean"])], std=[statistics.fmean(prep["std"])])
+    prep = entry.contract.replace(image_size=size)
+    if in_chans != prep.channels:  # a grey input contract: one channel, the mean of the ImageNet stats
+        prep = prep.replace(channels=in_chans, mean=(statistics.fmean(prep.mean),), std=(statistics.fmean(prep.std),))
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -85,7 +85,7 @@ def main() -> None:
     for name in args.models:
         entry = get_model_entry(name)
         for size in args.image_sizes or [entry.input_size]:
-            for chans in args.in_chans or [entry.preprocessing["channels"]]:
+            for chans in args.in_chans or [entry.contract.channels]:
                 r = measure(name, size, chans, args, data, len(dataset.classes), cpu)
                 rows.append(r)
                 print(f"| {name} | {size}x{size}x{chans} | {r['epoch_seconds']:.1f} ({r['train_images']:,} images) "

@@ -28,7 +28,7 @@ def main() -> int:
 
     from fashionclf.data.fashion_mnist import load_dataset, make_splits
     from fashionclf.evaluation import ood
-    from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
+    from fashionclf.inference.checkpoint import load_checkpoint
     from fashionclf.models.contract import predict_logits
     from fashionclf.training.config import TrainConfig
 
@@ -43,19 +43,19 @@ def main() -> int:
     far_images = np.concatenate(list(ood.far_ood_images().values()))
     for path in args.models:
         ckpt = load_checkpoint(path)
-        config = TrainConfig.from_dict(ckpt["config"])
-        model = model_from_checkpoint(ckpt)
-        dataset = load_dataset(config.data[0] if config.data else None, ckpt["class_indices"], verify=False)
+        config = TrainConfig.from_dict(ckpt.config)
+        model = ckpt.build_model()
+        dataset = load_dataset(config.data[0] if config.data else None, ckpt.class_indices, verify=False)
         splits = make_splits(dataset, config.val_fraction, config.seed)
 
         def logits(images) -> np.ndarray:
-            return predict_logits(model, torch.as_tensor(images), ckpt["preprocessing"]).numpy()
+            return predict_logits(model, torch.as_tensor(images), ckpt.contract).numpy()
 
         val, test, far = logits(splits.val_x), logits(splits.test_x), logits(far_images)
         near = None
-        if len(ckpt["class_indices"]) < 10:
+        if len(ckpt.class_indices) < 10:
             full = load_dataset(config.data[0] if config.data else None, None, verify=False).test
-            near = logits(full.images[~np.isin(full.labels, ckpt["class_indices"])])
+            near = logits(full.images[~np.isin(full.labels, ckpt.class_indices)])
         t = ood.fit_temperature(val, splits.val_y.numpy())
         for name in ("max softmax probability", "energy"):
             threshold = np.quantile(scores_of(name, val, t), 1 - ood.KEEP)

@@ -57,14 +57,15 @@ def save_untrained_checkpoint(path: Path, model: str = "fast-cnn", classes: list
     import torch
 
     from fashionclf.data.fashion_mnist import CLASSES
-    from fashionclf.inference.checkpoint import make_checkpoint, save_checkpoint
+    from fashionclf.inference.checkpoint import Checkpoint, save_checkpoint
     from fashionclf.models import create_model, get_model_entry
 
     torch.manual_seed(0)
     classes = list(classes or CLASSES)
-    prep = get_model_entry(model).preprocessing
-    ckpt = make_checkpoint(create_model(model, num_classes=len(classes)), model, {"in_chans": prep["channels"]},
-                           classes, list(range(len(classes))), prep, {}, **extra)
+    contract = get_model_entry(model).contract
+    ckpt = Checkpoint.of(create_model(model, num_classes=len(classes)), model=model,
+                         model_kwargs={"in_chans": contract.channels}, classes=classes,
+                         class_indices=list(range(len(classes))), contract=contract, config={}, **extra)
     save_checkpoint(ckpt, path)
     return path
 

@@ -161,7 +161,7 @@ def test_a_checkpoint_of_another_format_version_is_refused_with_the_fix(tmp_path
 
     path = save_untrained_checkpoint(tmp_path / "model.pt")
     ckpt = torch.load(path, weights_only=True)
-    assert load_checkpoint(path)["version"] == ckpt["version"]
+    assert load_checkpoint(path).classes == ckpt["classes"] and ckpt["version"] == 1
     torch.save(dict(ckpt, version=version), path)
     with pytest.raises(UsageError, match=fragment):
         load_checkpoint(path)
@@ -213,3 +213,10 @@ def test_an_evaluation_computes_its_confusion_matrix_once(tmp_path, monkeypatch)
     result.summary()
     assert len(calls) == 1
     assert (tmp_path / "report.html").is_file()
+
+
+def test_the_command_lines_choices_are_the_contracts():
+    from fashionclf.models import contract
+    from fashionclf.training import config
+
+    assert config.TTA_CHOICES == contract.TTA_CHOICES

@@ -108,7 +108,7 @@ def test_kill_9_of_a_two_process_run_mid_epoch_then_resume_ends_as_an_uninterrup
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", part))
     assert (a["test_accuracy"], a["test_loss"], a["world_size"]) == (b["test_accuracy"], b["test_loss"], 2)
     x, y = load_checkpoint(tmp_path / "full"), load_checkpoint(part)
-    assert all(torch.equal(x["state_dict"][k], y["state_dict"][k]) for k in x["state_dict"])
+    assert all(torch.equal(x.state_dict[k], y.state_dict[k]) for k in x.state_dict)
 
 
 @pytest.mark.slow

@@ -42,18 +42,18 @@ def test_head_phase_keeps_the_body_bit_for_bit_and_trains_a_new_head(pretrained,
     assert fit(config, stop_after_epoch=1, **QUIET) == {"stopped_after_epoch": 1}
     before, after = load_checkpoint(pretrained), load_checkpoint(out / "last.pt")
     prefix = _head_prefix(create_model("fast-cnn", num_classes=3))
-    body = [k for k in after["state_dict"] if not k.startswith(prefix)]
-    assert body and all(torch.equal(after["state_dict"][k], before["state_dict"][k]) for k in body)  # BN stats too
+    body = [k for k in after.state_dict if not k.startswith(prefix)]
+    assert body and all(torch.equal(after.state_dict[k], before.state_dict[k]) for k in body)  # BN stats too
     torch.manual_seed(0)
     fresh = create_model("fast-cnn", num_classes=3).state_dict()
-    head = [k for k in after["state_dict"] if k.startswith(prefix)]
-    assert after["state_dict"][head[0]].shape[0] == 3
-    assert all(not torch.equal(after["state_dict"][k], fresh[k]) for k in head)
-    assert after["classes"] == ["bags", "footwear", "tops"] and after["model"]["name"] == "fast-cnn"
+    head = [k for k in after.state_dict if k.startswith(prefix)]
+    assert after.state_dict[head[0]].shape[0] == 3
+    assert all(not torch.equal(after.state_dict[k], fresh[k]) for k in head)
+    assert after.classes == ["bags", "footwear", "tops"] and after.model == "fast-cnn"
 
     metrics = fit(config, resume=out, **QUIET)  # the fine-tuning phase then trains the body too
     final = load_checkpoint(out / "last.pt")
-    assert any(not torch.equal(final["state_dict"][k], before["state_dict"][k]) for k in body)
+    assert any(not torch.equal(final.state_dict[k], before.state_dict[k]) for k in body)
     assert metrics["phases"] == {"head": 1, "finetune": 1}
     assert json.loads((out / "config.json").read_text())["init"] == str(pretrained)
 

@@ -10,9 +10,9 @@ from fashionclf.models import count_parameters, create_model, get_model_entry, l
 def test_model_contract(name, num_classes):
     """Every registered model: output shape, a backward pass reaching every parameter, no NaN."""
     torch.manual_seed(0)
-    prep = get_model_entry(name).preprocessing
-    model = create_model(name, num_classes=num_classes, in_chans=prep["channels"])
-    x = torch.rand(4, prep["channels"], prep["image_size"], prep["image_size"])
+    contract = get_model_entry(name).contract
+    model = create_model(name, num_classes=num_classes, in_chans=contract.channels)
+    x = torch.rand(4, contract.channels, contract.image_size, contract.image_size)
     logits = model(x)
     assert logits.shape == (4, num_classes)
     assert torch.isfinite(logits).all()
@@ -63,15 +63,16 @@ def test_onnx_export_matches_torch(name, tta):
     gives PyTorch's probabilities on uint8 images, for any batch size."""
     import numpy as np
 
-    from fashionclf.inference.checkpoint import make_checkpoint
+    from fashionclf.inference.checkpoint import Checkpoint
     from fashionclf.inference.classifier import PARITY_TOLERANCE, OnnxClassifier, TorchClassifier
     from fashionclf.inference.export import onnx_bytes
 
     torch.manual_seed(0)
     entry = get_model_entry(name)
-    prep = dict(entry.preprocessing, tta=tta)
+    contract = entry.contract.replace(tta=tta)
     model = create_model(name, num_classes=3)
-    ckpt = make_checkpoint(model, name, {"in_chans": prep["channels"]}, ["a", "b", "c"], [0, 1, 2], prep, {})
+    ckpt = Checkpoint.of(model, model=name, model_kwargs={"in_chans": contract.channels}, classes=["a", "b", "c"],
+                         class_indices=[0, 1, 2], contract=contract, config={})
     onnx_clf = OnnxClassifier(onnx_bytes(ckpt))
     assert onnx_clf.classes == ["a", "b", "c"] and onnx_clf.info["model"] == name
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
@@ -133,13 +134,13 @@ def test_the_whitened_first_layer_decorrelates_patches_and_refuses_layers_it_can
     from fashionclf.training.whitening import first_conv, whiten_first_conv
 
     images = torch.from_numpy(synthetic_images(np.arange(400) % 10, seed=0))
-    prep = get_model_entry("strong-cnn").preprocessing
+    contract = get_model_entry("strong-cnn").contract
     model = create_model("strong-cnn", num_classes=10)
-    assert whiten_first_conv(model, images, prep) == 8
+    assert whiten_first_conv(model, images, contract) == 8
     conv = first_conv(model)
     from fashionclf.models.contract import preprocess
 
-    x = preprocess(images, prep).float()
+    x = preprocess(images, contract).float()
     out = F.conv2d(x, conv.weight.detach().float()).permute(0, 2, 3, 1).reshape(-1, 16)  # no padding: whole patches
     cov = out[:, :8].T @ out[:, :8] / len(out)
     torch.testing.assert_close(cov, torch.diag(torch.diagonal(cov)), atol=2e-3, rtol=0)  # uncorrelated
@@ -147,7 +148,7 @@ def test_the_whitened_first_layer_decorrelates_patches_and_refuses_layers_it_can
     torch.testing.assert_close(out[:, 8:], -out[:, :8])
 
     with pytest.raises(UsageError, match="32 filters of 1x3x3"):
-        whiten_first_conv(create_model("one-block-cnn", num_classes=10), images, prep, "one-block-cnn")
+        whiten_first_conv(create_model("one-block-cnn", num_classes=10), images, contract, "one-block-cnn")
     with pytest.raises(UsageError, match="--init keeps"):
         resolve_config(TrainConfig(recipe="fast", init="model.pt"))
 

@@ -12,6 +12,7 @@ from fashionclf.errors import TrainingDiverged, UsageError
 from fashionclf.inference.checkpoint import load_checkpoint, save_checkpoint
 from fashionclf.inference.classifier import NAN_ERROR, Classifier, load_classifier
 from fashionclf.inference.predict import classify
+from fashionclf.models.contract import GREY_28
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.fit import fit
 
@@ -32,8 +33,8 @@ def test_a_diverging_run_stops_with_the_step_and_a_hint_and_writes_no_nan(tiny_d
 def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
     path = save_untrained_checkpoint(tmp_path / "model.pt")
     ckpt = load_checkpoint(path)
-    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
-    ckpt["state_dict"][name][0] = float("nan")
+    name = next(k for k, v in ckpt.state_dict.items() if v.is_floating_point())
+    ckpt.state_dict[name][0] = float("nan")
     save_checkpoint(ckpt, path)
     with pytest.raises(UsageError, match=rf"weight '{name}' holds NaN .*lower --lr"):
         load_classifier(path, "torch")
@@ -46,7 +47,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
 class NanForDarkImages(Classifier):
     """A backend whose output is NaN for all-black images: what a damaged model might do."""
 
-    backend, classes, info, preprocessing = "test", ["a", "b"], {}, {"image_size": 28}
+    backend, classes, info, contract = "test", ["a", "b"], {}, GREY_28
 
     def predict(self, images):
         probs = np.tile([0.3, 0.7], (len(images), 1)).astype(np.float32)

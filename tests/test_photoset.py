@@ -277,7 +277,7 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     import json
 
     from fashionclf.cli import main
-    from fashionclf.inference.checkpoint import load_checkpoint, seen_photos
+    from fashionclf.inference.checkpoint import load_checkpoint
 
     shop = tmp_path / "shop"
     write_photo_folder(shop, {"bags": 25, "shoes": 25})
@@ -286,7 +286,7 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
                  "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     tested = sum(metrics["data"]["test_counts"])
-    seen = seen_photos(load_checkpoint(run / "model.pt"))
+    seen = load_checkpoint(run / "model.pt").seen_photos()
     assert len(seen["train"]) + len(seen["val"]) + tested == 50 and seen["val"]
     new = tmp_path / "new"  # 40 photos the model never saw, laid out as class folders
     write_photo_folder(new, {"bags": 20, "shoes": 20}, seed=5)
@@ -326,7 +326,7 @@ def test_a_model_started_from_another_records_the_photos_its_body_learned_from(t
     import json
 
     from fashionclf.cli import main
-    from fashionclf.inference.checkpoint import load_checkpoint, seen_photos
+    from fashionclf.inference.checkpoint import load_checkpoint
 
     first, second = tmp_path / "first", tmp_path / "second"
     write_photo_folder(first, {"bags": 15, "shoes": 15}, seed=1)
@@ -335,7 +335,7 @@ def test_a_model_started_from_another_records_the_photos_its_body_learned_from(t
     assert main(["train", "--data", str(first), *base, "--out", str(tmp_path / "a")]) == 0
     assert main(["train", "--data", str(second), "--init", str(tmp_path / "a" / "model.pt"), "--epochs", "1",
                  "--threads", "1", "--out", str(tmp_path / "b")]) == 0
-    a, b = (seen_photos(load_checkpoint(tmp_path / run / "model.pt")) for run in ("a", "b"))
+    a, b = (load_checkpoint(tmp_path / run / "model.pt").seen_photos() for run in ("a", "b"))
     assert a["train"] <= b["train"] and a["val"] <= b["val"] and len(b["train"]) > len(a["train"])
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "b"), "--data", str(first), "--out", str(tmp_path / "e")]) == 0

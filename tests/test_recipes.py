@@ -193,8 +193,8 @@ def test_a_budgeted_run_records_its_epochs_and_repeats_exactly_with_them(tiny_da
         log=lambda *_: None)  # schedule_cut: None unless the machine slowed down mid-run
     assert fit(TrainConfig(), resume=tmp_path / "budget", log=lambda *_: None)["total_epochs"] == epochs
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
-    for key in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+    for key in a.state_dict:
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key], rtol=0, atol=0)
 
 
 def test_a_cut_schedule_goes_on_from_where_it_was_straight_down_to_zero():
@@ -245,8 +245,8 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
                       for r in csv.DictReader(open(tmp_path / d / "history.csv"))]
     assert rows("budget") == rows("again") and len(rows("again")) == config["epochs"]
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
-    for key in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+    for key in a.state_dict:
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key], rtol=0, atol=0)
 
 
 def test_bf16_training_keeps_fp32_weights_and_learns(tiny_data, tmp_path):

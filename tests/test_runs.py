@@ -74,7 +74,7 @@ def test_two_runs_started_at_once_on_one_folder_leave_one_run(tiny_data, tmp_pat
     assert len(loser_err.splitlines()) == 1 and ("already holds a run" in loser_err or "is writing" in loser_err)
     seed = json.loads((out / "config.json").read_text())["seed"]
     assert seed == (1, 2)[winner]  # one run's files only
-    assert load_checkpoint(out / "model.pt")["config"]["seed"] == seed
+    assert load_checkpoint(out / "model.pt").config["seed"] == seed
 
 
 def test_a_flag_typed_beside_config_wins_even_at_its_default_value(tiny_data, tmp_path):

@@ -71,8 +71,8 @@ def model_path(tmp_path_factory):
     ckpt = load_checkpoint(path)
     _, scores = TorchClassifier(ckpt).predict(np.stack([photo_to_28(photo(3)), photo_to_28(noise_photo())]))
     assert abs(scores[0] - scores[1]) > 1e-3  # far above the backends' 1e-5 disagreement
-    ckpt["unknown"] = {"score": "energy", "temperature": 1.0, "threshold": float(scores.mean())}
-    save_checkpoint(ckpt, path)
+    save_checkpoint(ckpt.replace(unknown={"score": "energy", "temperature": 1.0, "threshold": float(scores.mean())}),
+                    path)
     global UNKNOWN_FILE
     UNKNOWN_FILE = "dress.jpg" if scores[0] < scores[1] else "noise.png"
     return path

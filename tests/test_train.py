@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import make_dataset, synthetic_images
 
-from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
+from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint
 from fashionclf.inference.predict import format_rows, predict_paths
 from fashionclf.training.fit import TrainConfig, fit
 from fashionclf.training.results import evaluate_checkpoint
@@ -52,7 +52,7 @@ def test_checkpoint_is_self_describing_and_safe_to_load(trained_run):
     assert raw["classes"][0] == "T-shirt/top" and raw["preprocessing"]["image_size"] == 28
     assert raw["metrics"]["test_accuracy"] == metrics["test_accuracy"]
     assert raw["epoch"] == metrics["best_epoch"]
-    model = model_from_checkpoint(raw)
+    model = Checkpoint.from_dict(raw).build_model()
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -70,15 +70,15 @@ def test_seed_makes_runs_identical_and_resume_matches_uninterrupted(tiny_data, t
     assert len(history(tmp_path / "part")) == 3
     assert full["test_accuracy"] == again["test_accuracy"] == resumed["test_accuracy"]
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
-    for key in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
+    for key in a.state_dict:
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key], rtol=0, atol=0)
 
 
 def test_class_subset_training(tiny_data, tmp_path):
     metrics = fit(_config(tiny_data, tmp_path / "sub", classes="tshirt,sneaker,bag", epochs=2), log=lambda *_: None)
     assert metrics["classes"] == ["T-shirt/top", "Sneaker", "Bag"]
     assert len(metrics["confusion_matrix"]) == 3
-    assert load_checkpoint(tmp_path / "sub")["class_indices"] == [0, 7, 8]
+    assert load_checkpoint(tmp_path / "sub").class_indices == [0, 7, 8]
 
 
 def test_evaluate_checkpoint_writes_report(trained_run, tmp_path):
@@ -126,13 +126,13 @@ def test_flip_tta_averages_the_mirror_and_is_kept_in_the_checkpoint(tiny_data, t
     assert any(line.startswith("warning: --tta flip") and "add flip to --augment" in line for line in lines)
     assert not config_warnings(TrainConfig(tta="flip", augment="flip,shift,erase"))  # the strong recipe's pair
     ckpt = load_checkpoint(tmp_path / "tta")
-    assert ckpt["preprocessing"]["tta"] == "flip"
-    model = model_from_checkpoint(ckpt)
+    assert ckpt.contract.tta == "flip"
+    model = ckpt.build_model()
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
         x = preprocess(images, GREY_28)
         expected = (model(x) + model(x.flip(-1))) / 2
-    torch.testing.assert_close(predict_logits(model, images, ckpt["preprocessing"]), expected)
+    torch.testing.assert_close(predict_logits(model, images, ckpt.contract), expected)
     plain = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "plain", verify=False, tta="none").summary
     flipped = evaluate_checkpoint(tmp_path / "tta", "test", tmp_path / "flipped", verify=False).summary
     assert plain["samples"] == flipped["samples"] == 100
@@ -145,24 +145,24 @@ def test_ema_weights_are_kept_and_survive_resume(tiny_data, tmp_path):
     fit(_config(tiny_data, tmp_path / "full", epochs=2, ema=0.9, label_smoothing=0.1, val_fraction=0), **quiet)
     full = load_checkpoint(tmp_path / "full" / "last.pt")
     best = load_checkpoint(tmp_path / "full" / "model.pt")
-    assert best["epoch"] == full["epoch"] == 2
-    for key, value in best["state_dict"].items():  # model.pt holds the average, last.pt the raw weights
-        assert torch.equal(value, full["ema"]["module." + key]), key
-    assert not torch.equal(best["state_dict"]["0.weight"], full["state_dict"]["0.weight"])
+    assert best.epoch == full.epoch == 2
+    for key, value in best.state_dict.items():  # model.pt holds the average, last.pt the raw weights
+        assert torch.equal(value, full.resume.ema["module." + key]), key
+    assert not torch.equal(best.state_dict["0.weight"], full.state_dict["0.weight"])
 
     fit(_config(tiny_data, tmp_path / "part", epochs=2, ema=0.9, label_smoothing=0.1, val_fraction=0),
         stop_after_epoch=1, **quiet)
     fit(TrainConfig(), resume=tmp_path / "part", **quiet)
     part = load_checkpoint(tmp_path / "part" / "last.pt")
-    for key in full["ema"]:
-        torch.testing.assert_close(full["ema"][key], part["ema"][key], rtol=0, atol=0)
+    for key in full.resume.ema:
+        torch.testing.assert_close(full.resume.ema[key], part.resume.ema[key], rtol=0, atol=0)
 
 
 def test_without_a_validation_split_the_last_epoch_is_kept(tiny_data, tmp_path):
     metrics = fit(_config(tiny_data, tmp_path / "run", epochs=2, val_fraction=0), log=lambda *_: None)
     assert metrics["best_epoch"] == 2 and metrics["val_accuracy"] != metrics["val_accuracy"]  # NaN: no val split
     assert sum(metrics["data"]["val_counts"]) == 0 and sum(metrics["data"]["train_counts"]) == 400
-    assert load_checkpoint(tmp_path / "run")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run").epoch == 2
 
 
 def test_precision_auto_trains_in_bf16_exactly_where_the_cpu_has_it(tiny_data, tmp_path):
@@ -263,4 +263,4 @@ def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path):
     full, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", part))
     assert full["test_accuracy"] == resumed["test_accuracy"] and full["test_loss"] == resumed["test_loss"]
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(part)
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)

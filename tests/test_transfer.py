@@ -107,7 +107,7 @@ def test_phase_1_trains_only_the_head_and_leaves_batchnorm_untouched(tiny_data, 
     out = tmp_path / "run"
     config = _config(tiny_data, out, weights=str(weights_file), head_epochs=1, epochs=1, augment=augment_policy)
     fit(config, stop_after_epoch=1, **QUIET)  # stop once phase 1 is done and saved
-    after = load_checkpoint(out / "last.pt")["state_dict"]
+    after = load_checkpoint(out / "last.pt").state_dict
     before = create_model("mobilenet_v2", num_classes=3, weights=str(weights_file)).state_dict()
     for key, value in _base_state(before).items():  # weights and every BatchNorm buffer
         assert torch.equal(after[key], value), key
@@ -118,7 +118,7 @@ def test_phase_1_trains_only_the_head_and_leaves_batchnorm_untouched(tiny_data, 
 def test_phase_2_updates_the_base_and_follows_the_batchnorm_policy(tiny_data, tmp_path, weights_file, bn_policy):
     out = tmp_path / "run"
     fit(_config(tiny_data, out, weights=str(weights_file), head_epochs=1, epochs=1, bn_policy=bn_policy), **QUIET)
-    after = load_checkpoint(out / "last.pt")["state_dict"]
+    after = load_checkpoint(out / "last.pt").state_dict
     before = create_model("mobilenet_v2", num_classes=3, weights=str(weights_file)).state_dict()
     assert not torch.equal(after["base.0.0.0.weight"], before["base.0.0.0.weight"])  # first conv trained
     assert not torch.equal(after["base.0.18.1.weight"], before["base.0.18.1.weight"])  # BN affine trained
@@ -131,7 +131,7 @@ def test_phase_2_updates_the_base_and_follows_the_batchnorm_policy(tiny_data, tm
 def test_unfreeze_last_blocks_only(tiny_data, tmp_path, weights_file):
     out = tmp_path / "run"
     fit(_config(tiny_data, out, weights=str(weights_file), head_epochs=0, epochs=1, unfreeze="2"), **QUIET)
-    after = load_checkpoint(out / "last.pt")["state_dict"]
+    after = load_checkpoint(out / "last.pt").state_dict
     before = create_model("mobilenet_v2", num_classes=3, weights=str(weights_file)).state_dict()
     assert torch.equal(after["base.0.16.conv.0.0.weight"], before["base.0.16.conv.0.0.weight"])  # frozen block
     assert not torch.equal(after["base.0.17.conv.0.0.weight"], before["base.0.17.conv.0.0.weight"])  # unfrozen
@@ -146,13 +146,15 @@ def test_from_scratch_run_is_complete_and_learns(tmp_path):
     assert metrics["weights"] == "none" and metrics["phases"] == {"train": 3}
     assert metrics["test_accuracy"] > 0.8  # chance is 1/3
     ckpt = load_checkpoint(tmp_path / "run")
-    assert ckpt["preprocessing"]["channels"] == 3 and ckpt["preprocessing"]["image_size"] == 32
-    assert "weights" not in ckpt["model"]["kwargs"]  # rebuilding needs no download
+    assert ckpt.contract.channels == 3 and ckpt.contract.image_size == 32
+    assert "weights" not in ckpt.model_kwargs  # rebuilding needs no download
 
 
 def test_train_and_inference_preprocessing_agree(tmp_path):
     """An un-augmented image goes through the same function in training, evaluation and predict."""
-    prep = {"image_size": 64, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    from fashionclf.models.contract import InputContract
+
+    prep = InputContract(image_size=64, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
@@ -232,7 +234,7 @@ def test_colour_model_learns_from_photos_in_colour_at_its_size(weights_file, tmp
                  "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["preprocessing"]["source"] == "rgb" and ckpt["preprocessing"]["image_size"] == 32
-    ds = load_data(str(shop), preprocessing=ckpt["preprocessing"])
+    ds = load_data(str(shop), contract=load_checkpoint(out / "model.pt").contract)
     assert ds.train.images.shape[1:] == (32, 32, 3)
 
     rows = {}

@@ -58,7 +58,7 @@ def subset_run(tmp_path_factory):
 
 def test_training_stores_calibration_and_measures_near_and_far_unknowns(subset_run):
     ckpt = load_checkpoint(subset_run / "model.pt")
-    u = ckpt["unknown"]
+    u = ckpt.unknown
     assert u["score"] == "energy" and u["temperature"] > 0 and np.isfinite(u["threshold"])
     assert u["val_nll_after"] <= u["val_nll_before"] + 1e-9
     report = u["ood"]
@@ -84,12 +84,11 @@ def test_both_backends_flag_the_same_unknowns(subset_run):
     np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-4)
     assert np.array_equal(torch_clf.unknown(s1), onnx_clf.unknown(s2))
     # the probabilities are the calibrated ones, softmax(logits / T); the score T * logsumexp(logits / T)
-    t = ckpt["unknown"]["temperature"]
+    t = ckpt.temperature
     with torch.no_grad():
-        from fashionclf.inference.checkpoint import model_from_checkpoint
         from fashionclf.models.contract import predict_logits
 
-        z = predict_logits(model_from_checkpoint(ckpt), torch.from_numpy(images), ckpt["preprocessing"]).numpy()
+        z = predict_logits(ckpt.build_model(), torch.from_numpy(images), ckpt.contract).numpy()
     np.testing.assert_allclose(p1, ood.softmax(z, t), atol=1e-5)
     np.testing.assert_allclose(s1, ood.energy_score(z, t), rtol=1e-5)
     assert check_parity(ckpt, onnx_bytes(ckpt), 64)["parity"] == "ok"

@@ -76,7 +76,7 @@ def cmd_models(args) -> int:
     for name in list_models():
         entry = get_model_entry(name)
         params = count_parameters(create_model(name, num_classes=args.num_classes))
-        size = f"{entry.input_size}x{entry.input_size}x{entry.preprocessing['channels']}"
+        size = f"{entry.input_size}x{entry.input_size}x{entry.contract.channels}"
         print(f"{name:<16} {params:>10,} params  {size:>9} input  {entry.description}")
     return 0
 

@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from fashionclf.data.photos import IMAGE_SUFFIXES, PhotoError, photo_converter, photo_to_28
+from fashionclf.data.photos import IMAGE_SUFFIXES, PhotoError, PhotoTarget, photo_converter, photo_to_28
 from fashionclf.errors import DataError, UsageError
 from fashionclf.fileio import write_bytes_atomic
 
@@ -182,12 +182,12 @@ def _save_cache(path: Path, cache: dict[str, tuple[str, np.ndarray | None, str]]
         print(f"fashionclf: warning: cannot write the photo cache {path} ({exc})", file=sys.stderr)
 
 
-def convert(entries: list[Entry], source: Path, preprocessing: dict | None = None, workers: int | None = None,
+def convert(entries: list[Entry], source: Path, contract: PhotoTarget | None = None, workers: int | None = None,
             progress: bool | None = None) -> Converted:
-    """Convert every entry's photo for a model of ``preprocessing`` (default: the 28x28 grey
+    """Convert every entry's photo for a model of ``contract`` (default: the 28x28 grey
     contract), cached, in parallel; unreadable ones are skipped and listed."""
-    to_input, contract = photo_converter(preprocessing)
-    cache_path = cache_file(source, contract)
+    to_input, conversion = photo_converter(contract)
+    cache_path = cache_file(source, conversion)
     cache = _load_cache(cache_path)
     keys: list[str | None] = []
     for e in entries:

@@ -28,7 +28,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
@@ -206,7 +206,7 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int
 def photo_to_rgb(source: str | os.PathLike | bytes | Image.Image, size: int = 224,
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo -> a ``size`` x ``size`` x 3 uint8 colour image for models whose input contract
-    is colour at a size (``preprocessing["source"] == "rgb"``, e.g. mobilenet_v2 with ImageNet
+    is colour at a size (``contract.source == "rgb"``, e.g. mobilenet_v2 with ImageNet
     weights): EXIF orientation, alpha onto white, the background trimmed, the longest side
     resized to ``size`` and letterboxed, centred, on the background's colour. No grey, no
     negation: ImageNet features were learnt on photos as they are. Raises PhotoError."""
@@ -227,12 +227,23 @@ def photo_to_rgb(source: str | os.PathLike | bytes | Image.Image, size: int = 22
     return np.array(canvas, dtype=np.uint8)
 
 
-def photo_converter(preprocessing: dict | None = None) -> tuple[Callable[..., np.ndarray], str]:
+class PhotoTarget(Protocol):
+    """What the photo conversion needs to know of a model's input contract
+    (``fashionclf.models.contract.InputContract`` has both)."""
+
+    @property
+    def source(self) -> str: ...  # "grey" (28x28, as Fashion-MNIST) or "rgb"
+
+    @property
+    def image_size(self) -> int: ...
+
+
+def photo_converter(contract: PhotoTarget | None = None) -> tuple[Callable[..., np.ndarray], str]:
     """The function that turns a photo into a model's input (a path, bytes or Pillow image in;
     ``max_pixels`` accepted) and a key naming that conversion, for caches: ``photo_to_28`` for
     the 28x28 grey contract (the default), ``photo_to_rgb`` at the model's size for
-    ``preprocessing["source"] == "rgb"``."""
-    if (preprocessing or {}).get("source") == "rgb":
-        size = int(preprocessing["image_size"])
+    ``contract.source == "rgb"``."""
+    if contract is not None and contract.source == "rgb":
+        size = int(contract.image_size)
         return functools.partial(photo_to_rgb, size=size), f"rgb{size}-v{PIPELINE_VERSION}"
     return photo_to_28, f"grey{SIZE}-v{PIPELINE_VERSION}"

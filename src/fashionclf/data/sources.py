@@ -21,6 +21,7 @@ from fashionclf.data.fashion_mnist import Dataset, ImageSet, class_counts, holds
 from fashionclf.data.fashion_mnist import load_dataset as load_fashion_mnist
 from fashionclf.data.photo_folders import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
 from fashionclf.data.photo_folders import convert as convert_photos
+from fashionclf.data.photos import PhotoTarget
 from fashionclf.data.split import SplitSettings
 from fashionclf.errors import DataError, UsageError
 
@@ -55,9 +56,9 @@ def is_fashion_mnist(sources) -> bool:
 
 def load_data(sources=None, classes: str | list | None = None, verify: bool = True,
               split: SplitSettings = SplitSettings(), download: bool = True,
-              log: Callable[[str], None] | None = None, preprocessing: dict | None = None) -> Dataset:
+              log: Callable[[str], None] | None = None, contract: PhotoTarget | None = None) -> Dataset:
     """The dataset of ``sources`` (paths, see the module docstring), restricted to ``classes``.
-    Photos are converted for a model of ``preprocessing`` (``photos.photo_converter``) and
+    Photos are converted for a model of ``contract`` (``photos.photo_converter``) and
     split as ``split`` says where they have no splits of their own."""
     paths = as_list(sources)
     kinds = [kind_of(p) for p in paths]
@@ -66,7 +67,7 @@ def load_data(sources=None, classes: str | list | None = None, verify: bool = Tr
     if "idx" in kinds:
         raise UsageError("Fashion-MNIST IDX files cannot be combined with photo folders in one run; "
                          "pass either one IDX folder or photo sources (folders, CSV manifests)")
-    return load_photos(paths, kinds, classes, split, log or (lambda _: None), preprocessing)
+    return load_photos(paths, kinds, classes, split, log or (lambda _: None), contract)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Photos:
     cached: int
 
 
-def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: dict | None = None) -> Photos:
+def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTarget | None = None) -> Photos:
     """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
     entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
     for path, kind in zip(paths, kinds):
@@ -96,7 +97,7 @@ def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: di
         if not found:
             raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
                             f"{p}/train/<class>/..., or a CSV manifest")
-        converted = convert_photos(found, p, preprocessing)
+        converted = convert_photos(found, p, contract)
         entries += converted.entries
         images.append(converted.images)
         hashes += converted.hashes
@@ -117,9 +118,9 @@ def gather_photos(paths: list[str], kinds: list[str], classes, preprocessing: di
 
 
 def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSettings, log: Callable[[str], None],
-                preprocessing: dict | None = None) -> Dataset:
+                contract: PhotoTarget | None = None) -> Dataset:
     """Photos to train on: split as the shop gave them, the rest carved (``carve_splits``)."""
-    photos = gather_photos(paths, kinds, classes, preprocessing)
+    photos = gather_photos(paths, kinds, classes, contract)
     splits = carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
                           split.val_fraction, split.test_fraction, split.seed)
     for needed in ("train", "test"):
@@ -128,14 +129,14 @@ def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSetting
     return photo_dataset(photos, splits, log)
 
 
-def load_photos_to_score(sources, seen: dict[str, set[str]], preprocessing: dict | None = None,
+def load_photos_to_score(sources, seen: dict[str, set[str]], contract: PhotoTarget | None = None,
                          log: Callable[[str], None] | None = None) -> Dataset:
     """Every labelled photo of ``sources`` for a model to be scored on, whatever split folder or
     manifest column holds it: the photos it trained on or validated on (their SHA-256 in
     ``seen["train"]`` / ``seen["val"]``, as its checkpoint records them) become the train and
     val splits, every other photo the test split."""
     paths = as_list(sources)
-    photos = gather_photos(paths, [kind_of(p) for p in paths], None, preprocessing)
+    photos = gather_photos(paths, [kind_of(p) for p in paths], None, contract)
     splits = np.array(["train" if h in seen["train"] else "val" if h in seen["val"] else "test"
                        for h in photos.hashes], dtype=str)
     return photo_dataset(photos, splits, log or (lambda _: None))

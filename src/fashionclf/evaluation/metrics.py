@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionclf.fileio import write_json
-from fashionclf.models.contract import predict_logits
+from fashionclf.models.contract import InputContract, predict_logits
 
 # A large gap between train and val/test accuracy (measured in eval mode) is flagged.
 OVERFIT_GAP = 0.05
@@ -98,8 +98,8 @@ def result_from_logits(logits: torch.Tensor, labels, classes: list[str], split: 
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-             preprocessing: dict, split: str = "test", device: str | torch.device = "cpu") -> EvalResult:
-    return result_from_logits(predict_logits(model, images, preprocessing, device), labels, classes, split)
+             contract: InputContract, split: str = "test", device: str | torch.device = "cpu") -> EvalResult:
+    return result_from_logits(predict_logits(model, images, contract, device), labels, classes, split)
 
 
 def overfitting_check(accuracies: dict[str, float]) -> dict:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fashionclf.data.photos import PhotoTarget
+
 KEEP = 0.95  # share of validation images above the threshold: 5% of in-distribution items flagged
 ECE_BINS = 15
 SCORE = "energy"
@@ -114,17 +116,17 @@ def ood_report(unknown: dict, in_scores: np.ndarray, sets: dict[str, np.ndarray]
     return report
 
 
-def far_ood_images(seed: int = 0, preprocessing: dict | None = None) -> dict[str, np.ndarray]:
-    """Images that are not garments, made into input for a model of ``preprocessing`` the way
+def far_ood_images(seed: int = 0, contract: PhotoTarget | None = None) -> dict[str, np.ndarray]:
+    """Images that are not garments, made into input for a model of ``contract`` the way
     photos are (``photos.photo_converter``; default: the 28x28 grey contract): scikit-learn's bundled handwritten digits (500) and crops of its
     two sample photos (300), and uniform noise (100). Blank images are refused by the photo
     conversion itself, so they never reach the model. Made once per process and conversion."""
     from fashionclf.data.photos import photo_converter
 
-    to_input, contract = photo_converter(preprocessing)
-    if (seed, contract) not in _FAR_OOD:
-        _FAR_OOD[(seed, contract)] = _make_far_ood(seed, to_input)
-    return _FAR_OOD[(seed, contract)]
+    to_input, conversion = photo_converter(contract)
+    if (seed, conversion) not in _FAR_OOD:
+        _FAR_OOD[(seed, conversion)] = _make_far_ood(seed, to_input)
+    return _FAR_OOD[(seed, conversion)]
 
 
 _FAR_OOD: dict[tuple[int, str], dict[str, np.ndarray]] = {}

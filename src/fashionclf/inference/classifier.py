@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from fashionclf.errors import DataError, UsageError
-from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint, model_info
-from fashionclf.models.contract import ServingNet, eval_batch, source_shape, temperature_of
+from fashionclf.inference.checkpoint import Checkpoint, contract_of_info, load_checkpoint
+from fashionclf.models.contract import InputContract, ServingNet
 from fashionclf.training.config import BACKENDS
 
 NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
@@ -34,6 +34,7 @@ class Classifier:
 
     backend: str
     classes: list[str]
+    contract: InputContract
     info: dict  # model name, preprocessing, accuracy, unknown (score, temperature, threshold) where known
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -48,7 +49,7 @@ class Classifier:
         """The photo conversion of this model's input contract (``photos.photo_converter``)."""
         from fashionclf.data.photos import photo_converter
 
-        return photo_converter(self.preprocessing)[0]
+        return photo_converter(self.contract)[0]
 
     @property
     def threshold(self) -> float | None:
@@ -70,19 +71,19 @@ class Classifier:
 class TorchClassifier(Classifier):
     backend = "torch"
 
-    def __init__(self, ckpt: dict, device: str = "cpu"):
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu"):
         self.device = device
-        self.classes = list(ckpt["classes"])
-        self.preprocessing = dict(ckpt["preprocessing"])
-        self.info = model_info(ckpt)
-        self.net = ServingNet(model_from_checkpoint(ckpt), self.preprocessing, temperature_of(ckpt)).to(device).eval()
+        self.classes = list(ckpt.classes)
+        self.contract = ckpt.contract
+        self.info = ckpt.info()
+        self.net = ServingNet(ckpt.build_model(), self.contract, ckpt.temperature).to(device).eval()
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if len(images) == 0:
             return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
         x = torch.from_numpy(np.ascontiguousarray(images))
-        n = eval_batch(self.preprocessing)
+        n = self.contract.eval_batch
         out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
         return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
 
@@ -145,7 +146,7 @@ class OnnxClassifier(Classifier):
                              "export the checkpoint with 'fashionclf export MODEL.pt'")
         self.info = json.loads(meta[METADATA_KEY])
         self.classes = self.info["classes"]
-        self.preprocessing = self.info["preprocessing"]
+        self.contract = contract_of_info(self.info)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -193,11 +194,11 @@ def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tup
         return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), f"{count} random images (no data found)"
 
 
-def check_parity(ckpt: dict, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
+def check_parity(ckpt: Checkpoint, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
     """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
     largest probability difference and how often the top class agrees."""
-    if ckpt["preprocessing"].get("source") == "rgb":  # photos in colour: random colour images
-        shape = source_shape(ckpt["preprocessing"])
+    if ckpt.contract.source == "rgb":  # photos in colour: random colour images
+        shape = ckpt.contract.source_shape
         images, what = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8), f"{count} random images"
     else:
         images, what = parity_images(count, data)

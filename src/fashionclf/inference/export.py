@@ -24,19 +24,19 @@ import torch
 from fashionclf._version import __version__
 from fashionclf.errors import UsageError
 from fashionclf.fileio import write_bytes_atomic
-from fashionclf.inference.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, model_info
-from fashionclf.models.contract import ServingNet, source_shape, temperature_of
+from fashionclf.inference.checkpoint import Checkpoint, checkpoint_file, load_checkpoint
+from fashionclf.models.contract import ServingNet
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
 METADATA_KEY = "fashionclf"
 
 
-def onnx_bytes(ckpt: dict) -> bytes:
+def onnx_bytes(ckpt: Checkpoint) -> bytes:
     """The checkpoint's ``ServingNet`` as ONNX bytes, with fashionclf metadata."""
     import onnx
 
-    net = ServingNet(model_from_checkpoint(ckpt), ckpt["preprocessing"], temperature_of(ckpt)).eval()
-    example = torch.zeros(2, *source_shape(ckpt["preprocessing"]), dtype=torch.uint8)
+    net = ServingNet(ckpt.build_model(), ckpt.contract, ckpt.temperature).eval()
+    example = torch.zeros(2, *ckpt.contract.source_shape, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's concern
@@ -45,7 +45,7 @@ def onnx_bytes(ckpt: dict) -> bytes:
                           opset_version=OPSET, dynamo=True, verbose=False)
     proto = onnx.load_from_string(buf.getvalue())
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(model_info(ckpt))
+    entry.key, entry.value = METADATA_KEY, json.dumps(ckpt.info())
     proto.producer_name = "fashionclf"
     return proto.SerializeToString()
 

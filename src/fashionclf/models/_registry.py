@@ -3,7 +3,7 @@
 
 A builder takes ``num_classes`` and ``in_chans`` and returns an ``nn.Module`` that maps
 ``(N, in_chans, H, W)`` float images to ``(N, num_classes)`` logits. Its entry also carries
-the model's input contract (``preprocessing``, see ``fashionclf.models.contract``), its training
+the model's default input contract (``contract``, see ``fashionclf.models.contract``), its training
 defaults (a function of the ``--weights`` choice, merged over ``fashionclf.training.config``'s
 defaults), and the pretrained weights it can start from. Models registered with
 ``phases=True`` can be trained in two phases (head first, then fine-tuning): they expose
@@ -21,7 +21,7 @@ from typing import Callable
 from torch import nn
 
 from fashionclf.errors import UsageError
-from fashionclf.models.contract import GREY_28
+from fashionclf.models.contract import GREY_28, InputContract
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     description: str
-    preprocessing: dict  # default input contract: image_size, channels, mean, std
+    contract: InputContract  # default input: image size, channels, mean, std
     train_defaults: Callable[[str], dict]  # weights choice -> training settings for this model
     weights: tuple[str, ...] = ()  # named pretrained weights (besides "none" and a PATH)
     min_image_size: int | None = None  # None: only the default size works (fixed Flatten)
@@ -37,19 +37,19 @@ class ModelEntry:
 
     @property
     def input_size(self) -> int:
-        return self.preprocessing["image_size"]
+        return self.contract.image_size
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, preprocessing: dict = GREY_28,
+def register_model(name: str, description: str, contract: InputContract = GREY_28,
                    train_defaults: Callable[[str], dict] | None = None, weights: tuple[str, ...] = (),
                    min_image_size: int | None = None, phases: bool = False):
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description, dict(preprocessing),
+        _REGISTRY[name] = ModelEntry(name, builder, description, contract,
                                      train_defaults or (lambda weights: {}), tuple(weights), min_image_size,
                                      phases)
         return builder
@@ -72,7 +72,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int | None = None, 
     """Build model ``name``; ``in_chans`` defaults to the channels of its input contract."""
     entry = get_model_entry(name)
     if in_chans is None:
-        in_chans = entry.preprocessing["channels"]
+        in_chans = entry.contract.channels
     return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 

@@ -24,12 +24,13 @@ from torch import nn
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load
 from fashionclf.models._registry import register_model
+from fashionclf.models.contract import InputContract
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # 64 px, not the reference's 224: on 2 CPU cores an epoch of the 3-class subset costs
 # ~12x less, and 28x28 sources hold no detail that 224 px would reveal (docs/transfer.md: cost per size).
-IMAGENET_3CH = {"image_size": 64, "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+IMAGENET_3CH = InputContract(image_size=64, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 FEATURE_DIM = 1280
 
 
@@ -99,7 +100,7 @@ def features_state(state: dict, source: str) -> dict:
 @register_model(
     "mobilenet_v2",
     "torchvision MobileNetV2 + new head; transfer learning (--weights imagenet|none|PATH)",
-    preprocessing=IMAGENET_3CH,
+    contract=IMAGENET_3CH,
     train_defaults=lambda weights: MOBILENET_DEFAULTS["none" if weights == "none" else "pretrained"],
     weights=("imagenet",),
     min_image_size=32,  # five stride-2 stages: 32 px leaves a 1x1 feature map

@@ -57,9 +57,9 @@ def time_steps(run: Run) -> dict:
         images = run.data.val_x if len(run.data.val_x) else run.data.train_x
         images, classes = images[:1024], run.dataset.classes
         labels = torch.zeros(len(images), dtype=torch.long)
-        evaluate(trial.evaluated, images[:128], labels[:128], classes, run.preprocessing, "val", run.device)
+        evaluate(trial.evaluated, images[:128], labels[:128], classes, run.contract, "val", run.device)
         t0 = time.perf_counter()
-        evaluate(trial.evaluated, images, labels, classes, run.preprocessing, "val", run.device)
+        evaluate(trial.evaluated, images, labels, classes, run.contract, "val", run.device)
         return {"step_seconds": seconds / count, "image_seconds": (time.perf_counter() - t0) / len(images)}
     finally:
         torch.set_rng_state(rng)

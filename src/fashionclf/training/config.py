@@ -28,6 +28,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 BN_POLICIES = ("frozen", "train")
 PRECISIONS = ("fp32", "bf16", "auto")
+# What models.contract.InferenceNet implements (its TTA_CHOICES; test_architecture keeps the two
+# equal), named here too so that the command line starts without importing torch.
 TTA_CHOICES = ("none", "flip")
 BACKENDS = ("auto", "torch", "onnx")
 SERVE_BACKEND = "onnx"  # ONNX Runtime: 2-6x PyTorch's images/s for these small models (docs/results.md)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fashionclf.errors import TrainingDiverged
-from fashionclf.models.contract import preprocess
+from fashionclf.models.contract import InputContract, preprocess
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
 from fashionclf.training.transforms import augment
@@ -87,13 +87,13 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_update, use_buffers=True)
 
 
-def make_prepare(preprocessing: dict, augmentations: list[str], generator: torch.Generator
+def make_prepare(contract: InputContract, augmentations: list[str], generator: torch.Generator
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training batches: uint8 source -> augmentations (if any) -> the shared ``preprocess``,
     the very function that evaluate, predict, serve and the ONNX export use."""
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
-        return preprocess(augment(batch, augmentations, generator) if augmentations else batch, preprocessing)
+        return preprocess(augment(batch, augmentations, generator) if augmentations else batch, contract)
 
     return prepare
 

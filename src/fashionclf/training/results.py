@@ -27,28 +27,33 @@ from fashionclf.device import cpu_info
 from fashionclf.evaluation.metrics import EvalResult, evaluate, overfitting_check, write_evaluation
 from fashionclf.evaluation.ood import calibrate, energy_score, far_ood_images, ood_report, reliability, softmax
 from fashionclf.fileio import write_json
-from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionclf.models import count_parameters
-from fashionclf.models.contract import predict_logits
+from fashionclf.models.contract import InputContract, predict_logits
 from fashionclf.training.run import Run
+
+
+def score_splits(model: nn.Module, data, classes: list[str], contract: InputContract, splits, device) -> dict:
+    """``{split: EvalResult}`` of ``model`` on each of ``splits`` of ``data`` (``Splits``): the one
+    scoring step of training's final evaluation and of ``fashionclf evaluate``."""
+    return {split: evaluate(model, *data.of(split), classes, contract, split, device) for split in splits}
 
 
 def finish_run(run: Run) -> dict:
     """Evaluate the best model on train (in eval mode), val and test; write metrics, plots, report."""
     config, data, dataset = run.config, run.data, run.dataset
-    best_ckpt = load_checkpoint(run.out / "model.pt")
-    model = model_from_checkpoint(best_ckpt).to(run.device)
-    results = {split: evaluate(model, *data.of(split), dataset.classes, best_ckpt["preprocessing"], split, run.device)
-               for split in ("train", "val", "test")}
+    best = load_checkpoint(run.out / "model.pt")
+    model = best.build_model().to(run.device)
+    results = score_splits(model, data, dataset.classes, best.contract, ("train", "val", "test"), run.device)
     accuracies = {split: r.accuracy for split, r in results.items()}
     overfit = overfitting_check(accuracies)
-    unknown = calibrate_run(run, model, best_ckpt["preprocessing"], results)
+    unknown = calibrate_run(run, model, best.contract, results)
     metrics = run_metrics(run, model, results, overfit)
     metrics["unknown"] = unknown
     metrics["run_seconds"] = time.perf_counter() - run.started  # this process: data, training, evaluation
     if run.budget is not None:
         metrics["time_budget"] = run.budget
-    save_checkpoint(dict(best_ckpt, metrics=metrics, unknown=unknown), run.out / "model.pt")
+    save_checkpoint(best.replace(metrics=metrics, unknown=unknown), run.out / "model.pt")
     write_json(metrics, run.out / "metrics.json")
     info = {"model": config.model, "parameters": metrics["parameters"], "classes": ", ".join(dataset.classes),
             **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "classes")},
@@ -66,7 +71,7 @@ def finish_run(run: Run) -> dict:
     return metrics
 
 
-def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict[str, EvalResult]) -> dict | None:
+def calibrate_run(run: Run, model: nn.Module, contract: InputContract, results: dict[str, EvalResult]) -> dict | None:
     """Fit the temperature and the unknown threshold on the validation split (``fashionclf.evaluation.ood``)
     and measure them: ECE, and AUROC and the flagged share for images that are not garments
     (far) and, for a Fashion-MNIST class subset, the held-out classes' test images (near)."""
@@ -80,9 +85,9 @@ def calibrate_run(run: Run, model: nn.Module, preprocessing: dict, results: dict
                               "after": reliability(softmax(val.logits, t), val.y_true)}
 
     def scores(images: np.ndarray) -> np.ndarray:
-        return energy_score(predict_logits(model, torch.from_numpy(images), preprocessing, run.device).numpy(), t)
+        return energy_score(predict_logits(model, torch.from_numpy(images), contract, run.device).numpy(), t)
 
-    far_images = far_ood_images(run.config.seed, preprocessing)
+    far_images = far_ood_images(run.config.seed, contract)
     sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
     near = held_out_classes(run.dataset)
     if near is not None:
@@ -140,7 +145,7 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
     }
 
 
-def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verify: bool = True,
+def dataset_of_checkpoint(ckpt: Checkpoint, data: list[str] | str | None = None, verify: bool = True,
                           log: Callable[[str], None] | None = print):
     """The data a checkpoint was trained on (or ``data``), converted for its input and
     labelled in its class order. Fashion-MNIST is split as the run split it (seed, fraction);
@@ -148,22 +153,20 @@ def dataset_of_checkpoint(ckpt: dict, data: list[str] | str | None = None, verif
     checkpoint records them) form the train and val splits, every other photo the test split,
     whatever folder or manifest column holds it."""
     from fashionclf.data.sources import as_list, is_fashion_mnist, load_data, load_photos_to_score, relabel
-    from fashionclf.inference.checkpoint import seen_photos
     from fashionclf.training.config import TrainConfig
 
-    config = TrainConfig.from_dict(ckpt["config"])
+    config = TrainConfig.from_dict(ckpt.config)
     sources = as_list(data) or config.data
     if is_fashion_mnist(sources):
-        dataset = load_data(sources, ckpt["class_indices"], verify, config.split, log=log,
-                            preprocessing=ckpt["preprocessing"])
-        return relabel(dataset, ckpt["classes"])
-    seen = seen_photos(ckpt)
+        dataset = load_data(sources, ckpt.class_indices, verify, config.split, log=log, contract=ckpt.contract)
+        return relabel(dataset, ckpt.classes)
+    seen = ckpt.seen_photos()
     if seen is None:
         seen = {"train": set(), "val": set()}
         if config.data and not _is_idx_folder(config.data) and log:
             log("warning: this model.pt does not record which photos it trained on (it was written by an earlier "
                 "fashionclf): every photo is scored as test, those it trained on included; retrain to record them")
-    return relabel(load_photos_to_score(sources, seen, ckpt["preprocessing"], log), ckpt["classes"])
+    return relabel(load_photos_to_score(sources, seen, ckpt.contract, log), ckpt.classes)
 
 
 def _is_idx_folder(paths: list[str]) -> bool:
@@ -212,41 +215,41 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     from fashionclf.data.fashion_mnist import make_splits
     from fashionclf.device import resolve_device
     from fashionclf.errors import UsageError
-    from fashionclf.inference.checkpoint import load_checkpoint, model_from_checkpoint
-    from fashionclf.training.config import SPLITS, TTA_CHOICES, TrainConfig
+    from fashionclf.models.contract import TTA_CHOICES
+    from fashionclf.training.config import SPLITS, TrainConfig
 
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if tta not in (None, *TTA_CHOICES):
         raise UsageError(f"unknown --tta {tta!r}; valid: {', '.join(TTA_CHOICES)}")
     ckpt = load_checkpoint(checkpoint)
-    preprocessing = dict(ckpt["preprocessing"], **({"tta": tta} if tta else {}))
-    config = TrainConfig.from_dict(ckpt["config"])
+    contract = ckpt.contract.replace(tta=tta or ckpt.contract.tta)
+    config = TrainConfig.from_dict(ckpt.config)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = ckpt.build_model().to(dev)
     dataset = dataset_of_checkpoint(ckpt, data, verify)
     data = make_splits(dataset, config.val_fraction, config.seed)
     left_out = photos_left_out(dataset, split)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
-    results = {name: evaluate(model, *data.of(name), ckpt["classes"], preprocessing, name, dev) for name in scored}
+    results = score_splits(model, data, ckpt.classes, contract, scored, dev)
     accuracies = {name: results[name].accuracy for name in ("train", "val", "test")
                   if name in results and len(results[name].y_true)}
-    recorded = (ckpt.get("metrics") or {}).get("train_accuracy")
+    recorded = (ckpt.metrics or {}).get("train_accuracy")
     train_note = ""
-    if "train" not in accuracies and recorded is not None and preprocessing == ckpt["preprocessing"]:
+    if "train" not in accuracies and recorded is not None and contract == ckpt.contract:
         accuracies = {"train": recorded, **accuracies}
         train_note = "train accuracy as recorded at the end of training (--with-train scores it again)"
     overfit = overfitting_check(accuracies)
     result = results[split]
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     out = Path(out) if out else run_dir / f"eval-{split}"
-    info = {"checkpoint": str(checkpoint), "model": ckpt["model"]["name"], "classes": ", ".join(ckpt["classes"]),
-            **{k: v for k, v in ckpt["config"].items() if k not in ("model", "classes", "out")},
-            "tta": preprocessing.get("tta", "none"), "data": f"{dataset.source} ({dataset.verification})",
+    info = {"checkpoint": str(checkpoint), "model": ckpt.model, "classes": ", ".join(ckpt.classes),
+            **{k: v for k, v in ckpt.config.items() if k not in ("model", "classes", "out")},
+            "tta": contract.tta, "data": f"{dataset.source} ({dataset.verification})",
             **({"note": train_note} if train_note else {})}
     images = data.of(split)[0].numpy()
     paths = write_evaluation(result, images, out, accuracies, info, problems=dataset.problems)
-    summary = dict(result.summary(), model=ckpt["model"]["name"], classes=ckpt["classes"],
+    summary = dict(result.summary(), model=ckpt.model, classes=ckpt.classes,
                    accuracies=accuracies, overfitting=overfit, files=paths,
                    **({"left_out": left_out} if left_out else {}),
                    **({"data_problems": dataset.problems} if dataset.problems else {}))

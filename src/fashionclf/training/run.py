@@ -27,15 +27,14 @@ from fashionclf.evaluation.metrics import EvalResult, evaluate, result_from_logi
 from fashionclf.fileio import write_bytes_atomic, write_json
 from fashionclf.inference.checkpoint import (
     SEEN_SPLITS,
-    load_body,
+    Checkpoint,
+    ResumeState,
     load_checkpoint,
-    make_checkpoint,
     record_seen,
     save_checkpoint,
-    seen_photos,
 )
 from fashionclf.models import body_of, count_parameters, create_model, get_model_entry, head_of
-from fashionclf.models.contract import eval_batch, preprocess
+from fashionclf.models.contract import InputContract, preprocess
 from fashionclf.training.config import TrainConfig, config_warnings, resolve_config
 from fashionclf.training.ddp import World, check_batch
 from fashionclf.training.ddp import from_env as world_from_env
@@ -57,7 +56,7 @@ class Run:
     device: torch.device
     dataset: Dataset
     data: Splits
-    preprocessing: dict
+    contract: InputContract
     model_kwargs: dict
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -84,13 +83,13 @@ class Run:
     def total_epochs(self) -> int:
         return self.config.head_epochs + self.config.epochs
 
-    def checkpoint(self, weights_of: nn.Module, **extra) -> dict:
+    def checkpoint(self, weights_of: nn.Module, epoch: int, resume: ResumeState | None = None) -> Checkpoint:
         hashes = {split: sorted(set(self.dataset.hashes.get(split, [])) | self.seen_before.get(split, set()))
                   for split in SEEN_SPLITS}
-        seen = {"photos_seen": record_seen(hashes)} if any(hashes.values()) else {}
-        return make_checkpoint(weights_of, self.config.model, self.model_kwargs, self.dataset.classes,
-                               self.dataset.class_indices, self.preprocessing, dataclasses.asdict(self.config),
-                               **seen, **extra)
+        return Checkpoint.of(weights_of, model=self.config.model, model_kwargs=self.model_kwargs,
+                             classes=self.dataset.classes, class_indices=self.dataset.class_indices,
+                             contract=self.contract, config=dataclasses.asdict(self.config), epoch=epoch,
+                             photos_seen=record_seen(hashes) if any(hashes.values()) else None, resume=resume)
 
 
 def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None]) -> Run:
@@ -100,7 +99,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     state = None
     if resume is not None:
         state = load_checkpoint(Path(resume) / "last.pt")
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_dict(state.config)
         config = dataclasses.replace(saved, epochs=max(config.epochs or 0, saved.epochs), out=str(resume))
     init = load_checkpoint(config.init) if config.init and state is None else None
     if init is not None:
@@ -113,37 +112,37 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if config.threads or world.local_size > 1:  # processes of one machine share its cores
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
-    preprocessing, model_kwargs = input_contract(config, state or init)
-    dataset = load_data(config.data, config.classes, config.verify, config.split, log=log,
-                        preprocessing=preprocessing)
+    contract, model_kwargs = input_contract(config, state or init)
+    dataset = load_data(config.data, config.classes, config.verify, config.split, log=log, contract=contract)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
     if init is not None:
-        log(f"--init {config.init}: {load_body(model, init)} tensors of the body kept from {init['model']['name']} "
-            f"({len(init['classes'])} classes), a new head for {len(dataset.classes)} classes")
+        log(f"--init {config.init}: {init.load_body_into(model)} tensors of the body kept from {init.model} "
+            f"({len(init.classes)} classes), a new head for {len(dataset.classes)} classes")
     model = model.to(device)
     run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
-              preprocessing, model_kwargs, model, make_optimizer(config, model),
+              contract, model_kwargs, model, make_optimizer(config, model),
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
     run.world = world
-    run.seen_before = seen_photos(state or init or {}) or {}
+    run.seen_before = ((state or init).seen_photos() if (state or init) else None) or {}
     for warning in config_warnings(config):
         log(f"warning: {warning}")
     if config.stem_init == "whiten" and state is None:
         from fashionclf.training.whitening import whiten_first_conv
 
-        pairs = whiten_first_conv(run.model, run.data.train_x, preprocessing, config.model)
+        pairs = whiten_first_conv(run.model, run.data.train_x, contract, config.model)
         log(f"--stem-init whiten: the first convolution starts as {pairs} whitened patch directions and their negatives")
     if state is not None:
-        run.model.load_state_dict(state["state_dict"])
+        run.model.load_state_dict(state.state_dict)
+        saved = state.resume
         if run.ema is not None:
-            run.ema.load_state_dict(state["ema"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        run.history, run.best, run.start_epoch = list(state["history"]), dict(state["best"]), state["epoch"] + 1
-        run.budget = state.get("budget")
+            run.ema.load_state_dict(saved.ema)
+        run.optimizer.load_state_dict(saved.optimizer)
+        run.generator.set_state(saved.generator)
+        torch.set_rng_state(saved.torch_rng)
+        run.history, run.best, run.start_epoch = list(saved.history), dict(saved.best), state.epoch + 1
+        run.budget = saved.budget
         log(f"resuming {run.out} at epoch {run.start_epoch} of {run.total_epochs}")
     if world.main:
         run.out.mkdir(parents=True, exist_ok=True)
@@ -170,21 +169,21 @@ def write_config(run: Run) -> None:
                run.out / "config.json")
 
 
-def input_contract(config: TrainConfig, ckpt: dict | None) -> tuple[dict, dict]:
-    """The run's preprocessing and model arguments: a checkpoint's (``--init``, or last.pt when
+def input_contract(config: TrainConfig, ckpt: Checkpoint | None) -> tuple[InputContract, dict]:
+    """The run's input contract and model arguments: a checkpoint's (``--init``, or last.pt when
     resuming), else the model's defaults at ``config.image_size``; colour models learn from
-    photos in colour at their size (``"source": "rgb"``)."""
+    photos in colour at their size (``source == "rgb"``)."""
     if ckpt is not None:
-        return dict(ckpt["preprocessing"], tta=config.tta), dict(ckpt["model"]["kwargs"])
-    preprocessing = dict(get_model_entry(config.model).preprocessing, image_size=config.image_size, tta=config.tta)
-    if preprocessing["channels"] == 3 and not is_fashion_mnist(config.data):
-        preprocessing["source"] = "rgb"
-    return preprocessing, {"in_chans": preprocessing["channels"]}  # weights are not needed to rebuild the model
+        return ckpt.contract.replace(tta=config.tta), dict(ckpt.model_kwargs)
+    contract = get_model_entry(config.model).contract.replace(image_size=config.image_size, tta=config.tta)
+    if contract.channels == 3 and not is_fashion_mnist(config.data):
+        contract = contract.replace(source="rgb")
+    return contract, {"in_chans": contract.channels}  # weights are not needed to rebuild the model
 
 
-def config_from_init(config: TrainConfig, init: dict) -> TrainConfig:
+def config_from_init(config: TrainConfig, init: Checkpoint) -> TrainConfig:
     """``--init``: the model and input size are the checkpoint's; naming others is a usage error."""
-    name, size = init["model"]["name"], init["preprocessing"]["image_size"]
+    name, size = init.model, init.contract.image_size
     if config.model not in (None, name) or config.image_size not in (None, size):
         raise UsageError(f"--init {config.init} is a {name} at {size}x{size}; leave out --model/--image-size "
                          f"or give those ({config.model or name}, {config.image_size or size} given)")
@@ -214,14 +213,14 @@ def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[n
 
 
 @torch.no_grad()
-def extract_features(base: nn.Module, images: torch.Tensor, preprocessing: dict, device: torch.device,
+def extract_features(base: nn.Module, images: torch.Tensor, contract: InputContract, device: torch.device,
                      desc: str) -> torch.Tensor:
     """The frozen base's output for every image, computed once (phase 1 without augmentation)."""
     base.eval()
     out = []
-    n = eval_batch(preprocessing)
+    n = contract.eval_batch
     for start in tqdm(range(0, len(images), n), desc=desc, unit="batch", leave=False, disable=None):
-        out.append(base(preprocess(images[start : start + n].to(device), preprocessing)))
+        out.append(base(preprocess(images[start : start + n].to(device), contract)))
     return torch.cat(out) if out else torch.empty(0, 0, device=device)
 
 
@@ -245,13 +244,13 @@ def start_phase(run: Run, name: str) -> Phase:
     run.log(f"phase {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
     augmentations = config.augmentations
     step = TrainStep(wrap_ranks(model, run.world, run.device), run.optimizer,
-                     make_prepare(run.preprocessing, augmentations, run.generator),
+                     make_prepare(run.contract, augmentations, run.generator),
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
                      autocast=autocast_dtype(config.precision, run.device), world=run.world)
     if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
-        train = extract_features(model.base, data.train_x.to(run.device), run.preprocessing, run.device, "features")
-        val = extract_features(model.base, data.val_x, run.preprocessing, run.device, "features val")
+        train = extract_features(model.base, data.train_x.to(run.device), run.contract, run.device, "features")
+        val = extract_features(model.base, data.val_x, run.contract, run.device, "features val")
 
         def validate_head() -> EvalResult:
             with torch.no_grad():
@@ -262,7 +261,7 @@ def start_phase(run: Run, name: str) -> Phase:
                                                prepare=lambda f: f, eval_modules=[]),
                      train, labels, validate_head)
     return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(
-        run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.preprocessing, "val", run.device))
+        run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.contract, "val", run.device))
 
 
 def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
@@ -302,11 +301,9 @@ def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, se
 
 def save_last(run: Run, epoch: int) -> None:
     """last.pt: the weights, optimizer and random states and the record after ``epoch``."""
-    save_checkpoint(run.checkpoint(run.model, epoch=epoch, optimizer=run.optimizer.state_dict(),
-                                   generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
-                                   history=run.history, best=run.best, budget=run.budget,
-                                   **({"ema": run.ema.state_dict()} if run.ema is not None else {})),
-                    run.out / "last.pt")
+    state = ResumeState(run.optimizer.state_dict(), run.generator.get_state(), torch.get_rng_state(), run.history,
+                        run.best, run.budget, run.ema.state_dict() if run.ema is not None else None)
+    save_checkpoint(run.checkpoint(run.model, epoch, state), run.out / "last.pt")
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionclf.errors import UsageError
-from fashionclf.models.contract import preprocess
+from fashionclf.models.contract import InputContract, preprocess
 
 WHITEN_IMAGES = 5000  # patches of 5,000 images: the covariance is stable to ~1% well before that
 WHITEN_EPS = 5e-4  # airbench's: keeps the smallest eigenvalues from blowing their filters up
@@ -25,7 +25,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def whiten_first_conv(model: nn.Module, images: torch.Tensor, preprocessing: dict, name: str = "the model") -> int:
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, contract: InputContract, name: str = "the model") -> int:
     """Set the first convolution of ``model`` from ``images`` (uint8 training images); returns
     the number of eigenvector pairs used. A UsageError when the layer has more filters than
     twice its patch size (there are only that many directions to whiten)."""
@@ -38,7 +38,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, preprocessing: dic
                          f"twice its patch size; {name}'s has {conv.out_channels} filters of "
                          f"{conv.in_channels}x{k_h}x{k_w}: use --stem-init random")
     with torch.no_grad():
-        x = preprocess(images[:WHITEN_IMAGES].to(conv.weight.device), preprocessing).float()
+        x = preprocess(images[:WHITEN_IMAGES].to(conv.weight.device), contract).float()
         patches = F.unfold(x, (k_h, k_w)).transpose(1, 2).reshape(-1, dims)  # every k x k patch, stride 1
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
