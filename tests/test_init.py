@@ -33,16 +33,25 @@ def _head_prefix(model):
     return next(n for n, m in model.named_modules() if m is head) + "."
 
 
-def test_head_phase_keeps_the_body_bit_for_bit_and_trains_a_new_head(pretrained, tmp_path):
+@pytest.mark.parametrize("colour", ["grey", "rgb"])
+def test_head_phase_keeps_the_body_bit_for_bit_and_trains_a_new_head(pretrained, tmp_path, colour):
+    """Grey, or colour (the default for photos): then the first convolution is the grey one
+    spread over R, G and B, and every other tensor of the body is kept bit for bit."""
     shop = tmp_path / "shop"
     write_photo_folder(shop, {"tops": 20, "bags": 20, "footwear": 20})
     out = tmp_path / "run"
     config = TrainConfig(init=str(pretrained), data=[str(shop)], head_epochs=1, epochs=1, batch_size=16, threads=1,
-                         out=str(out))
+                         out=str(out), input=None if colour == "rgb" else "grey")
     assert fit(config, stop_after_epoch=1, **QUIET) == {"stopped_after_epoch": 1}
     before, after = load_checkpoint(pretrained), load_checkpoint(out / "last.pt")
+    assert after.contract.channels == (3 if colour == "rgb" else 1)
     prefix = _head_prefix(create_model("fast-cnn", num_classes=3))
     body = [k for k in after.state_dict if not k.startswith(prefix)]
+    first = "0.weight"
+    if colour == "rgb":
+        spread = before.state_dict[first].expand(-1, 3, -1, -1) / 3
+        assert torch.allclose(after.state_dict[first], spread) and after.contract.source == "colour"
+        body.remove(first)
     assert body and all(torch.equal(after.state_dict[k], before.state_dict[k]) for k in body)  # BN stats too
     torch.manual_seed(0)
     fresh = create_model("fast-cnn", num_classes=3).state_dict()
@@ -61,7 +70,7 @@ def test_head_phase_keeps_the_body_bit_for_bit_and_trains_a_new_head(pretrained,
 def test_init_names_its_own_model_and_size(pretrained, tmp_path):
     shop = tmp_path / "shop"
     write_photo_folder(shop, {"tops": 10, "bags": 10})
-    with pytest.raises(UsageError, match=r"is a fast-cnn at 28x28; leave out --model"):
+    with pytest.raises(UsageError, match=r"is a fast-cnn; leave out --model"):
         fit(TrainConfig(init=str(pretrained), model="strong-cnn", data=[str(shop)], out=str(tmp_path / "r")), **QUIET)
     with pytest.raises(UsageError, match=r"bad.pt: not a readable checkpoint \(UnpicklingError: [^\n]*\); pass the model.pt"):
         bad = tmp_path / "bad.pt"

@@ -185,7 +185,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(server + "/")
-        assert "Tag a clothing photo" in page.title() + page.content()
+        assert "Tag clothing photos" in page.title() + page.content()
         for name in ("dress.jpg", "noise.png"):
             page.evaluate("document.getElementById('result').className = ''")  # wait for this file's answer
             page.set_input_files("#file", str(tmp_path / name))
@@ -208,6 +208,52 @@ def test_web_page_in_headless_chromium(server, tmp_path):
                 assert not _intersect(boxes[a], boxes[b]), (a, boxes[a], b, boxes[b])
         assert (tmp_path / "page-dress.jpg.png").stat().st_size > 1000
         browser.close()
+
+
+def test_web_page_tags_a_whole_folder_and_downloads_the_table(server, tmp_path):
+    """A folder of 40 photos (more than one request holds), with a subfolder, a damaged photo, a
+    text file and a formula-like name: every photo gets a row, the CSV holds the same rows."""
+    import csv
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required under CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    shop = tmp_path / "shop"
+    (shop / "more").mkdir(parents=True)
+    names = [f"p{i:02d}.jpg" for i in range(36)] + ["more/m1.jpg", "=cmd.jpg"]
+    for i, name in enumerate(names):
+        (shop / name).write_bytes(photo(i))
+    (shop / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (shop / "notes.txt").write_text("not a photo")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+        page.goto(server + "/")
+        page.set_input_files("#folder", str(shop))
+        page.wait_for_selector("#batch[data-done=true]", timeout=60_000)
+        assert page.locator("#table tbody tr").count() == len(names) + 1  # the text file left out
+        assert "1 could not be tagged" in page.text_content("#progress")
+        assert "1 files that are not photos left out" in page.text_content("#progress")
+        assert page.locator("tr.failed").count() == 1 and "error" in page.text_content("tr.failed")
+        assert page.is_visible("#result")  # the first photo's detail view
+        with page.expect_download() as download:
+            page.click("#csv")
+        path = tmp_path / "tags.csv"
+        download.value.save_as(path)
+        page.screenshot(path=str(tmp_path / "page-folder.png"), full_page=True)
+        browser.close()
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(names) + 1 and [r["path"] for r in rows if r["error"]] == ["shop/broken.jpg"]
+    by_path = {r["path"]: r for r in rows}
+    assert "shop/more/m1.jpg" in by_path and "'=cmd.jpg" not in by_path and "shop/=cmd.jpg" in by_path
+    good = [r for r in rows if not r["error"]]
+    assert all(r["label"] in CLASSES and 0 < float(r["confidence"]) <= 1 and r["unknown"] in ("true", "false")
+               for r in good)
 
 
 def _intersect(a: dict, b: dict) -> bool:

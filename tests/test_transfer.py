@@ -180,7 +180,7 @@ def test_rotate_augmentation_is_seeded_and_keeps_the_item():
 
 @pytest.mark.parametrize("flags, fragment", [
     ({"model": "one-block-cnn", "image_size": 28, "weights": "imagenet"}, "no pretrained weights"),
-    ({"model": "one-block-cnn", "image_size": 64}, "28x28 input only"),
+    ({"model": "one-block-cnn", "image_size": 3}, "too small for one-block-cnn: at least 4"),
     ({"image_size": 16}, "too small"),
     ({"unfreeze": "some"}, "--unfreeze"),
     ({"model": "one-block-cnn", "image_size": 28, "head_epochs": 1}, "no separate head"),

@@ -10,11 +10,12 @@ negating intensities and converting to 8-bit grey. A user's photo goes the same 
    decompression bomb is a small file that decodes to gigabytes);
 2. first frame of an animation; EXIF orientation applied; alpha flattened onto white;
    CMYK, palette, 16-bit and other modes converted to 8-bit grey (16-bit scaled, not clipped);
-3. the background's polarity from the image's border: a light background (a product photo)
-   is negated, a dark one (already dataset polarity) is kept;
-4. trim rows and columns within 5% of full intensity of the background; subtract the
-   background and stretch the item to peak at 255 (the dataset's contrast); resize the
-   longest edge to 28 (Lanczos), sharpen, centre on a 28x28 black canvas.
+3. the item found on its backdrop (``cutout.find_item``: a smooth surface fitted to the
+   border, so gradients, vignetting, soft shadows, dark and coloured backdrops all work):
+   each pixel's distance from the backdrop is the item's strength, light on black as in the
+   dataset, whatever the item's and the backdrop's colours;
+4. crop to the item, stretch it to peak at 255 (the dataset's contrast); resize the longest
+   edge to 28 (Lanczos), sharpen, centre on a 28x28 black canvas.
 
 An image that is already 28x28 grey with a dark background passes through unchanged, so the
 dataset's own images (and PNGs saved from them) are classified exactly as in evaluation.
@@ -33,18 +34,22 @@ from typing import Callable, Protocol
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from fashionclf.data.cutout import find_item
 from fashionclf.errors import DataError
 
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
-TRIM_TOLERANCE = 0.05 * 255  # the paper's "close to the corner pixels' colour"
+CUT_SIDE = 3 * SIZE  # the item is cut from at least this many pixels a side (then Lanczos to 28)
 DRAFT_SIDE = 4 * SIZE  # JPEGs decode at 1/2, 1/4 or 1/8 scale while at least this many pixels a side
 REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}  # modes Image.reduce takes
-PIPELINE_VERSION = 3  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
+PIPELINE_VERSION = 4  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 # The only decoders a photo reaches (Pillow has about 40, EPS among them, which hands data to
 # Ghostscript where installed): anything else is "unsupported" (415 from serve).
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+
+BLANK = "blank image: no item stands out from its background"
+
 
 class PhotoError(DataError):
     """A photo that cannot be tagged; the message says what is wrong and what would work.
@@ -170,61 +175,81 @@ def per_file(convert: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return guarded
 
 
+def decode_for_cutout(img: Image.Image, size_hint: int = DRAFT_SIDE) -> np.ndarray:
+    """The photo as ``find_item`` takes it: (H, W) grey for grey sources (a third of the work),
+    else (H, W, 3) colour, so that an item differing from its backdrop only in hue is found."""
+    grey = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
+    return decode(img, "L" if grey else "RGB", draft_side=size_hint)
+
+
 @per_file
 def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo (path, bytes or open Pillow image) -> a 28x28 uint8 image in Fashion-MNIST's
     form: light item, black background, centred, longest side 28. Raises PhotoError."""
     img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
-    grey = decode(img, "L")
-    light_background = border_value(grey) > 127
-    if grey.shape == (SIZE, SIZE) and not light_background:
-        return grey  # already a dataset image
-    if light_background:
-        grey = 255 - grey
-    background = border_value(grey)
-    mask = np.abs(grey.astype(np.int16) - background) > TRIM_TOLERANCE
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        raise PhotoError("blank image: no pixel differs from the background")
-    crop = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    # Subtracting the background makes it exactly black, as the dataset's is; stretching the
-    # item to peak at 255 gives it the dataset's contrast (99% of Fashion-MNIST images peak at
-    # 254 or 255), whatever the garment's colour: a mid-grey item no longer looks like a faint one.
-    crop = np.clip(crop.astype(np.float32) - background, 0, None)
-    crop = np.clip(crop * (255.0 / max(float(crop.max()), 1.0)) + 0.5, 0, 255).astype(np.uint8)
-    h, w = crop.shape
-    scale = SIZE / max(h, w)
+    pixels = decode_for_cutout(img)
+    if pixels.shape == (SIZE, SIZE) and border_value(pixels) <= 127:
+        return pixels  # already a dataset image
+    item = find_item(pixels)
+    if item is None:
+        raise PhotoError(BLANK)
+    crop = item.cut(pixels, max_side=CUT_SIDE).strength
+    # The item's distance from its backdrop, stretched to peak at 255: the dataset's polarity
+    # (light item, black background) and contrast (99% of Fashion-MNIST images peak at 254 or
+    # 255), whatever the garment's and the backdrop's colours.
+    return fit_on_canvas(np.clip(crop * (255.0 / max(float(crop.max()), 1.0)) + 0.5, 0, 255).astype(np.uint8), SIZE)
+
+
+def fit_on_canvas(crop: np.ndarray, size: int, background=0, sharpen: bool = True) -> np.ndarray:
+    """``crop`` (uint8, grey or RGB) resized so its longest side is ``size`` (Lanczos), sharpened
+    as Fashion-MNIST's images were, centred on a ``size`` x ``size`` canvas of ``background``."""
+    h, w = crop.shape[:2]
+    scale = size / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     item = Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    item = item.filter(ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0))
-    canvas = Image.new("L", (SIZE, SIZE), 0)
-    canvas.paste(item, ((SIZE - new_w) // 2, (SIZE - new_h) // 2))
+    if sharpen:
+        item = item.filter(ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0))
+    canvas = Image.new(item.mode, (size, size), background)
+    canvas.paste(item, ((size - new_w) // 2, (size - new_h) // 2))
     return np.array(canvas, dtype=np.uint8)
+
+
+@per_file
+def photo_to_colour(source: str | os.PathLike | bytes | Image.Image, size: int = SIZE,
+                    max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A photo -> ``size`` x ``size`` x 3 uint8: Fashion-MNIST's form in colour. Each channel is
+    the item's difference from its backdrop in that channel (``cutout.find_item``), stretched as
+    ``photo_to_28`` stretches the grey one, on black: a grey item gives R = G = B = its grey
+    image, so a model adapted from grey starts where it was, and colours stay apart (a red item
+    on white is bright in green and blue, a blue one in red and green). Raises PhotoError."""
+    img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
+    rgb = decode(img, "RGB", draft_side=max(DRAFT_SIDE, 2 * size))
+    if rgb.shape[:2] == (size, size) and border_value(rgb.max(-1)) <= 127:
+        return rgb  # already in this form
+    item = find_item(rgb)
+    if item is None:
+        raise PhotoError(BLANK)
+    channels = item.cut(rgb, max_side=2 * size).channels
+    scale = 255.0 / max(float(channels.max()), 1.0)
+    return fit_on_canvas(np.clip(channels * scale + 0.5, 0, 255).astype(np.uint8), size)
 
 
 @per_file
 def photo_to_rgb(source: str | os.PathLike | bytes | Image.Image, size: int = 224,
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A photo -> a ``size`` x ``size`` x 3 uint8 colour image for models whose input contract
-    is colour at a size (``contract.source == "rgb"``, e.g. mobilenet_v2 with ImageNet
-    weights): EXIF orientation, alpha onto white, the background trimmed, the longest side
-    resized to ``size`` and letterboxed, centred, on the background's colour. No grey, no
-    negation: ImageNet features were learnt on photos as they are. Raises PhotoError."""
+    is colour at a size (``contract.source == "rgb"``): EXIF orientation, alpha onto white, the
+    item found on its backdrop (``cutout.find_item``) and cropped, the longest side resized to
+    ``size`` and letterboxed, centred, on the backdrop's colour. No grey, no negation: colour
+    models see the photo as it is. Raises PhotoError."""
     img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
     rgb = decode(img, "RGB", draft_side=2 * size)
-    background = border_value(rgb)
-    mask = (np.abs(rgb.astype(np.int16) - background.astype(np.int16)) > TRIM_TOLERANCE).any(-1)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        raise PhotoError("blank image: no pixel differs from the background")
-    crop = rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = crop.shape[:2]
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    item = Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    canvas = Image.new("RGB", (size, size), tuple(int(v) for v in background))
-    canvas.paste(item, ((size - new_w) // 2, (size - new_h) // 2))
-    return np.array(canvas, dtype=np.uint8)
+    item = find_item(rgb)
+    if item is None:
+        raise PhotoError(BLANK)
+    top, bottom, left, right = item.cut(rgb).box
+    background = tuple(int(v) for v in np.clip(item.colour, 0, 255))
+    return fit_on_canvas(rgb[top:bottom, left:right], size, background, sharpen=False)
 
 
 class PhotoTarget(Protocol):
@@ -232,7 +257,7 @@ class PhotoTarget(Protocol):
     (``fashionclf.models.contract.InputContract`` has both)."""
 
     @property
-    def source(self) -> str: ...  # "grey" (28x28, as Fashion-MNIST) or "rgb"
+    def source(self) -> str: ...  # "grey" (28x28, as Fashion-MNIST), "colour" or "rgb"
 
     @property
     def image_size(self) -> int: ...
@@ -241,9 +266,11 @@ class PhotoTarget(Protocol):
 def photo_converter(contract: PhotoTarget | None = None) -> tuple[Callable[..., np.ndarray], str]:
     """The function that turns a photo into a model's input (a path, bytes or Pillow image in;
     ``max_pixels`` accepted) and a key naming that conversion, for caches: ``photo_to_28`` for
-    the 28x28 grey contract (the default), ``photo_to_rgb`` at the model's size for
-    ``contract.source == "rgb"``."""
-    if contract is not None and contract.source == "rgb":
+    the 28x28 grey contract (the default), ``photo_to_colour`` or ``photo_to_rgb`` at the
+    model's size for ``contract.source`` "colour" or "rgb"."""
+    source = "grey" if contract is None else contract.source
+    if source in ("rgb", "colour"):
         size = int(contract.image_size)
-        return functools.partial(photo_to_rgb, size=size), f"rgb{size}-v{PIPELINE_VERSION}"
+        convert = photo_to_rgb if source == "rgb" else photo_to_colour
+        return functools.partial(convert, size=size), f"{source}{size}-v{PIPELINE_VERSION}"
     return photo_to_28, f"grey{SIZE}-v{PIPELINE_VERSION}"

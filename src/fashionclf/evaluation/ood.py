@@ -151,5 +151,11 @@ def _make_far_ood(seed: int, to_input) -> dict[str, np.ndarray]:
             crops.append(to_input(Image.fromarray(im[y : y + side, x : x + side])))
         except PhotoError:  # a uniform patch of sky: blank, refused before the model
             continue
-    noise = [to_input(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))) for _ in range(100)]
-    return {"digits": np.stack(digits), "photo_crops": np.stack(crops), "noise": np.stack(noise)}
+    noise = []
+    for _ in range(100):
+        try:
+            noise.append(to_input(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))))
+        except PhotoError:  # noise everywhere: no item stands out from it, refused before the model
+            continue
+    sets = {"digits": digits, "photo_crops": crops, "noise": noise}
+    return {name: np.stack(images) for name, images in sets.items() if images}

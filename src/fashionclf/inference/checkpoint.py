@@ -35,7 +35,7 @@ from torch import nn
 
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load, save_torch_atomic
-from fashionclf.models import create_model, get_model_entry, head_of
+from fashionclf.models import adapt_input_conv, create_model, get_model_entry, head_of
 from fashionclf.models.contract import InputContract
 
 FORMAT = "fashionclf-checkpoint"
@@ -43,7 +43,10 @@ VERSION = 1  # raised when the layout changes; load_checkpoint refuses other ver
 SEEN_SPLITS = ("train", "val")
 MAX_CLASSES = 1000
 MAX_CLASS_NAME = 200
-KWARG_RANGES = {"in_chans": (1, 3), "width": (1, 1024), "dropout": (0.0, 0.99)}  # the builders' arguments
+KWARG_RANGES = {"in_chans": (1, 3), "width": (1, 1024), "dropout": (0.0, 0.99), "image_size": (4, 1024)}  # the builders' arguments
+POLARITY = {"grey": "light garment on a dark background, as Fashion-MNIST",
+            "colour": "each RGB channel the garment's difference from its backdrop, on black",
+            "rgb": "the photo as it is: RGB, letterboxed on its background colour"}
 RESUME_KEYS = ("optimizer", "generator", "torch_rng", "history", "best", "budget", "ema")
 
 
@@ -58,6 +61,16 @@ class ResumeState:
     best: dict
     budget: dict | None = None
     ema: dict | None = None  # the weight average's state, when the run keeps one
+
+
+@dataclass
+class BodyTransfer:
+    """What ``Checkpoint.load_body_into`` did: tensors copied, first-layer weights adapted to
+    other input channels, tensors left fresh because their shape depends on the input size."""
+
+    copied: int
+    adapted: list[str]
+    fresh: list[str]
 
 
 @dataclass
@@ -115,11 +128,7 @@ class Checkpoint:
             "test_accuracy": self.test_accuracy,
             "unknown": {k: v for k, v in (self.unknown or {}).items() if k in ("score", "temperature", "threshold")}
             or None,
-            "input": ({"dtype": "uint8", "shape": shape,
-                       "polarity": "the photo as it is: RGB, letterboxed on its background colour"}
-                      if self.contract.source == "rgb" else
-                      {"dtype": "uint8", "shape": shape,
-                       "polarity": "light garment on a dark background, as Fashion-MNIST"}),
+            "input": {"dtype": "uint8", "shape": shape, "polarity": POLARITY[self.contract.source]},
         }
 
     # ------------------------------------------------------------ what it builds
@@ -134,22 +143,32 @@ class Checkpoint:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
-    def load_body_into(self, model: nn.Module, source: str = "--init") -> int:
+    def load_body_into(self, model: nn.Module, source: str = "--init") -> BodyTransfer:
         """Copy every weight into ``model`` except its head's (``models.head_of``), which stays
-        as built: a new head for new classes on a trained body. Returns the tensors copied."""
+        as built: a new head for new classes on a trained body. A first convolution made for
+        other input channels is adapted (``models.adapt_input_conv``); a layer whose shape
+        depends on the input size (the reference CNNs' first dense layer) keeps its fresh start."""
         head = head_of(model)
         prefix = next(name for name, m in model.named_modules() if m is head) + "."
+        target = model.state_dict()
         body = {k: v for k, v in self.state_dict.items() if not k.startswith(prefix)}
-        try:
-            missing, unexpected = model.load_state_dict(body, strict=False)
-        except RuntimeError as exc:
-            raise UsageError(f"{source}: its weights do not fit the model ({str(exc).splitlines()[-1].strip()}); "
-                             "start from a checkpoint of the same model and settings") from None
-        missing = [k for k in missing if not k.startswith(prefix)]
+        missing = [k for k in target if k not in body and not k.startswith(prefix)]
+        unexpected = [k for k in body if k not in target]
         if missing or unexpected:
             raise UsageError(f"{source}: its weights do not fit the model (missing {missing[:3]}, unexpected "
                              f"{unexpected[:3]}); start from a checkpoint of the same model")
-        return len(body)
+        copied, adapted, fresh = {}, [], []
+        for key, value in body.items():
+            want = target[key].shape
+            if value.shape == want:
+                copied[key] = value
+            elif value.dim() == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
+                copied[key] = adapt_input_conv(value, want[1])
+                adapted.append(key)
+            else:
+                fresh.append(key)
+        model.load_state_dict(copied, strict=False)
+        return BodyTransfer(len(copied), adapted, fresh)
 
     # ------------------------------------------------------------ the file
 

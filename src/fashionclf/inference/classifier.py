@@ -197,7 +197,7 @@ def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tup
 def check_parity(ckpt: Checkpoint, model_bytes: bytes, count: int = 1000, data: list[str] | str | None = None) -> dict:
     """Run the checkpoint through PyTorch and the ONNX graph on the same images; report the
     largest probability difference and how often the top class agrees."""
-    if ckpt.contract.source == "rgb":  # photos in colour: random colour images
+    if ckpt.contract.source != "grey":  # photos in colour: random colour images
         shape = ckpt.contract.source_shape
         images, what = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8), f"{count} random images"
     else:

@@ -8,6 +8,7 @@ and its name in the import line below.
 from fashionclf.models import bncnn, cnn, mobilenet  # noqa: F401  (registers the models)
 from fashionclf.models._registry import (
                         ModelEntry,
+                        adapt_input_conv,
                         body_of,
                         count_parameters,
                         create_model,
@@ -17,5 +18,5 @@ from fashionclf.models._registry import (
                         register_model,
 )
 
-__all__ = ["ModelEntry", "body_of", "count_parameters", "create_model", "get_model_entry", "head_of", "list_models",
+__all__ = ["ModelEntry", "adapt_input_conv", "body_of", "count_parameters", "create_model", "get_model_entry", "head_of", "list_models",
            "register_model"]

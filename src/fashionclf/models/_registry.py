@@ -34,6 +34,7 @@ class ModelEntry:
     weights: tuple[str, ...] = ()  # named pretrained weights (besides "none" and a PATH)
     min_image_size: int | None = None  # None: only the default size works (fixed Flatten)
     phases: bool = False  # exposes base/head/blocks: --head-epochs and --unfreeze N apply
+    photo_source: str = "colour"  # what it sees of a photo in colour (``contract.SOURCES``)
 
     @property
     def input_size(self) -> int:
@@ -45,13 +46,13 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(name: str, description: str, contract: InputContract = GREY_28,
                    train_defaults: Callable[[str], dict] | None = None, weights: tuple[str, ...] = (),
-                   min_image_size: int | None = None, phases: bool = False):
+                   min_image_size: int | None = None, phases: bool = False, photo_source: str = "colour"):
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelEntry(name, builder, description, contract,
                                      train_defaults or (lambda weights: {}), tuple(weights), min_image_size,
-                                     phases)
+                                     phases, photo_source)
         return builder
 
     return decorator
@@ -91,6 +92,15 @@ def body_of(model: nn.Module) -> list[nn.Module]:
     """``model``'s top-level parts that do not hold the head (kept frozen in a head phase)."""
     head = head_of(model)
     return [child for child in model.children() if not any(m is head for m in child.modules())]
+
+
+def adapt_input_conv(weight, in_chans: int):
+    """A first convolution's weight ``(out, c, k, k)`` for ``in_chans`` input channels, as timm's
+    ``adapt_input_conv`` does for its models: the filter summed over its channels, spread evenly
+    over the new ones. An image whose channels are all equal (a grey image as colour) then gives
+    exactly the output the old weight gave on it, so a grey model adapted to colour starts where
+    it was. (timm is not a dependency for these few lines, and its version covers 3 -> N only.)"""
+    return weight.sum(1, keepdim=True).expand(-1, in_chans, -1, -1) / in_chans
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -54,15 +54,17 @@ class Flatten(nn.Flatten):
 @register_model(
     "fast-cnn",
     "strided Conv32 5x5 > Conv64 3x3 (BN) > Dense128 > Dense k (recipe fast's model)",
+    min_image_size=4,
 )
-def fast_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 32) -> nn.Module:
+def fast_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 32, image_size: int = 28) -> nn.Module:
     # Stride-2 convolutions instead of conv + pool: 4x fewer activations at 28x28, which is
     # what the memory-bound BatchNorm/ReLU passes cost on a CPU. 1.46 MMAC per image.
+    side = -(-(-(-image_size // 2)) // 2)  # 28 -> 14 -> 7: the first dense layer's input depends on the size
     return channels_last(nn.Sequential(
-        *conv_bn(in_chans, width, 5, 2),  # 28 -> 14
-        *conv_bn(width, 2 * width, 3, 2),  # 14 -> 7
+        *conv_bn(in_chans, width, 5, 2),
+        *conv_bn(width, 2 * width, 3, 2),
         Flatten(),
-        nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(inplace=True),
+        nn.Linear(2 * width * side * side, 128), nn.ReLU(inplace=True),
         nn.Linear(128, num_classes),
     ))
 
@@ -88,6 +90,7 @@ class StrongCNN(nn.Module):
 @register_model(
     "strong-cnn",
     "airbench-style 7-convolution BatchNorm network (recipe strong's model)",
+    min_image_size=8,  # three 2x max-pools
 )
 def strong_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> nn.Module:
     return channels_last(StrongCNN(num_classes, in_chans, width))

@@ -23,13 +23,15 @@ def keras_init(model: nn.Module) -> nn.Module:
 @register_model(
     "one-block-cnn",
     "Conv32 3x3 > MaxPool 2 > Dense128 > Dense k: the retail-tagging reference (91.84% in Keras)",
+    min_image_size=4,
 )
-def one_block_cnn(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+def one_block_cnn(num_classes: int = 10, in_chans: int = 1, image_size: int = 28) -> nn.Module:
+    side = (image_size - 2) // 2  # 28 -> 26 -> 13: the first dense layer's input depends on the size
     return keras_init(
         nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),   # 28 -> 26 -> 13
+            nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 13 * 13, 128), nn.ReLU(),
+            nn.Linear(32 * side * side, 128), nn.ReLU(),
             nn.Linear(128, num_classes),
         )
     )
@@ -38,14 +40,16 @@ def one_block_cnn(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
 @register_model(
     "two-block-cnn",
     "Conv32 > MaxPool > Conv64 > MaxPool > Dense64 > Dense k: the confusion-matrix reference",
+    min_image_size=10,
 )
-def two_block_cnn(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+def two_block_cnn(num_classes: int = 10, in_chans: int = 1, image_size: int = 28) -> nn.Module:
+    side = ((image_size - 2) // 2 - 2) // 2  # 28 -> 26 -> 13 -> 11 -> 5
     return keras_init(
         nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),   # 28 -> 26 -> 13
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),         # 13 -> 11 -> 5
+            nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * 5 * 5, 64), nn.ReLU(),
+            nn.Linear(64 * side * side, 64), nn.ReLU(),
             nn.Linear(64, num_classes),
         )
     )

@@ -6,8 +6,8 @@ this module, so what is trained is exactly what is evaluated, exported and serve
 A model's input contract is an ``InputContract``, stored in its checkpoint as the small dict
 ``{"image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "tta": "none"}``. Source
 images are 28x28 uint8 (the dataset's own format, kept in memory as such), or, for a colour
-model trained on photos (``source == "rgb"``), ``image_size`` x ``image_size`` x 3 uint8
-(``photos.photo_to_rgb``); each batch is scaled to [0, 1], repeated to ``channels`` (grey
+model trained on photos (``source`` "colour" or "rgb", see ``SOURCES``), ``image_size`` x
+``image_size`` x 3 uint8 (``photos.photo_to_colour``, ``photos.photo_to_rgb``); each batch is scaled to [0, 1], repeated to ``channels`` (grey
 sources), resized to ``image_size`` and normalised, in that order (``preprocess``).
 ``InferenceNet`` adds the network and the test-time augmentation (``tta``: ``flip`` averages
 the logits of each image and its mirror). ``ServingNet`` adds what predict and serve return:
@@ -32,7 +32,11 @@ from torch import nn
 from fashionclf.errors import UsageError
 
 TTA_CHOICES = ("none", "flip")
-SOURCES = ("grey", "rgb")
+# What a model's source images are: "grey", 28x28 as Fashion-MNIST stores them (light item on
+# black); "colour", the same form in colour at image_size (the item's difference from its
+# backdrop per channel, on black: a grey item gives R = G = B = its grey image, so a grey model
+# adapted to colour starts where it was); "rgb", the photo as it is (ImageNet-pretrained models).
+SOURCES = ("grey", "colour", "rgb")
 MAX_IMAGE_SIZE = 1024
 EVAL_BATCH = 512  # inference only: larger batches are faster and need little memory at 28x28
 
@@ -77,10 +81,19 @@ class InputContract:
     def replace(self, **changes) -> InputContract:
         return dataclasses.replace(self, **changes)
 
+    def with_channels(self, channels: int) -> InputContract:
+        """The same normalisation for ``channels`` channels: a grey mean and std repeated for
+        colour, or colour ones averaged for grey."""
+        if channels == self.channels:
+            return self
+        mean, std = (tuple(self.mean) * 3, tuple(self.std) * 3) if channels == 3 else (
+            (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),))
+        return self.replace(channels=channels, mean=mean, std=std)
+
     @property
     def source_shape(self) -> tuple[int, ...]:
-        """The shape of one source image: ``(28, 28)``, or ``(S, S, 3)`` for an "rgb" source."""
-        return (self.image_size, self.image_size, 3) if self.source == "rgb" else (28, 28)
+        """The shape of one source image: ``(28, 28)``, or ``(S, S, 3)`` for a colour source."""
+        return (28, 28) if self.source == "grey" else (self.image_size, self.image_size, 3)
 
     @property
     def eval_batch(self) -> int:

@@ -23,7 +23,7 @@ from torch import nn
 
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load
-from fashionclf.models._registry import register_model
+from fashionclf.models._registry import adapt_input_conv, register_model
 from fashionclf.models.contract import InputContract
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,6 +105,7 @@ def features_state(state: dict, source: str) -> dict:
     weights=("imagenet",),
     min_image_size=32,  # five stride-2 stages: 32 px leaves a 1x1 feature map
     phases=True,
+    photo_source="rgb",  # ImageNet features were learnt on photos as they are
 )
 def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none", dropout: float = 0.2) -> nn.Module:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
@@ -125,7 +126,7 @@ def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none"
         first = features[0][0]
         conv = nn.Conv2d(in_chans, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
         with torch.no_grad():
-            conv.weight.copy_(first.weight.sum(1, keepdim=True).expand(-1, in_chans, -1, -1) / in_chans)
+            conv.weight.copy_(adapt_input_conv(first.weight, in_chans))
         features[0][0] = conv
     model = TransferNet(features, FEATURE_DIM, num_classes, dropout)
     nn.init.normal_(model.head[1].weight, 0, 0.01)  # as torchvision initialises its classifier

@@ -32,6 +32,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # equal), named here too so that the command line starts without importing torch.
 TTA_CHOICES = ("none", "flip")
 BACKENDS = ("auto", "torch", "onnx")
+INPUTS = ("grey", "rgb")
 SERVE_BACKEND = "onnx"  # ONNX Runtime: 2-6x PyTorch's images/s for these small models (docs/results.md)
 SPLITS = ("test", "val", "train")
 # Images per inference call of predict: the small models' images/s is flat from about 128 up,
@@ -63,12 +64,18 @@ class TrainConfig:
     classes: str | None = setting(None, "class subset by name, alias or index, e.g. tshirt,sneaker,bag "
                                   "(default: all ten)", layered=False)
     init: str | None = setting(None, "start from a fashionclf checkpoint (model.pt): its body is kept and a new "
-                               "head is made for this data's classes; model and input size come from it",
+                               "head is made for this data's classes; the model and, unless given, the input "
+                               "size come from it (a grey model's first layer is adapted to --input rgb)",
                                layered=False)
     weights: str | None = setting("none", "pretrained start: imagenet, none, or PATH of a state-dict file",
                                   "a model with pretrained weights defaults to its first named weights")
-    image_size: int | None = setting(None, "input side after resizing the 28x28 images (default: the model's)",
+    image_size: int | None = setting(None, "input side the model sees (photos are cut out at this size; "
+                                     "the 28x28 dataset images resized)", "the model's (28 for the CNNs)",
                                      kind=int, minimum=1)
+    input: str | None = setting(None, "grey, or rgb: the model sees colour (three channels; photos cut out "
+                                "in colour)", "rgb for photo data (colour tells items apart), grey for "
+                                "Fashion-MNIST (its images are grey); mobilenet_v2 always rgb",
+                                choices=INPUTS)
     epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase; given, it overrides a time budget",
                                  "the reference programs' budget; the best epoch by val accuracy is kept",
                                  minimum=1, flags=("--finetune-epochs",))
@@ -254,8 +261,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     model = given.get("model") or recipe.get("model") or base["model"]
     entry = get_model_entry(model)  # raises on an unknown name, listing valid ones
     weights = given.get("weights") or recipe.get("weights") or (entry.weights[0] if entry.weights else "none")
-    layers = {**base, "image_size": entry.input_size, **entry.train_defaults(weights), **recipe,
-              "model": model, "weights": weights}
+    layers = {**base, "image_size": entry.input_size, "input": default_input(entry, given.get("data")),
+              **entry.train_defaults(weights), **recipe, "model": model, "weights": weights}
     if "epochs" in given and "time_budget" in given:
         raise UsageError(f"--epochs {given['epochs']} and --time-budget {given['time_budget']} both fix the length "
                          "of training; give one")
@@ -264,6 +271,14 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     resolved = TrainConfig(**{**layers, **given})
     validate_config(resolved)
     return resolved
+
+
+def default_input(entry, data) -> str:
+    """rgb for models that take colour (their contract has three channels) and for photo data,
+    grey for Fashion-MNIST's grey images."""
+    from fashionclf.data.sources import is_fashion_mnist
+
+    return "rgb" if entry.contract.channels == 3 or not is_fashion_mnist(data) else "grey"
 
 
 def parse_schedule_cut(text: str | None) -> list[tuple[int, int]]:

@@ -112,14 +112,21 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if config.threads or world.local_size > 1:  # processes of one machine share its cores
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
-    contract, model_kwargs = input_contract(config, state or init)
+    contract, model_kwargs = input_contract(config, state, init)
     dataset = load_data(config.data, config.classes, config.verify, config.split, log=log, contract=contract)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
     if init is not None:
-        log(f"--init {config.init}: {init.load_body_into(model)} tensors of the body kept from {init.model} "
-            f"({len(init.classes)} classes), a new head for {len(dataset.classes)} classes")
+        kept = init.load_body_into(model)
+        log(f"--init {config.init}: {kept.copied} tensors of the body kept from {init.model} ({len(init.classes)} "
+            f"classes), a new head for {len(dataset.classes)} classes")
+        for name in kept.adapted:
+            log(f"--init: {name} adapted from {init.contract.channels} to {contract.channels} input channel(s) "
+                "(the filters spread evenly, so an image with equal channels gives what it gave)")
+        if kept.fresh:
+            log(f"--init: {', '.join(kept.fresh)} started fresh: their shape depends on the input size "
+                f"({init.contract.image_size} -> {contract.image_size})")
     model = model.to(device)
     run = Run(config, Path(config.out), device, dataset, make_splits(dataset, config.val_fraction, config.seed),
               contract, model_kwargs, model, make_optimizer(config, model),
@@ -169,25 +176,36 @@ def write_config(run: Run) -> None:
                run.out / "config.json")
 
 
-def input_contract(config: TrainConfig, ckpt: Checkpoint | None) -> tuple[InputContract, dict]:
-    """The run's input contract and model arguments: a checkpoint's (``--init``, or last.pt when
-    resuming), else the model's defaults at ``config.image_size``; colour models learn from
-    photos in colour at their size (``source == "rgb"``)."""
-    if ckpt is not None:
-        return ckpt.contract.replace(tta=config.tta), dict(ckpt.model_kwargs)
-    contract = get_model_entry(config.model).contract.replace(image_size=config.image_size, tta=config.tta)
-    if contract.channels == 3 and not is_fashion_mnist(config.data):
-        contract = contract.replace(source="rgb")
-    return contract, {"in_chans": contract.channels}  # weights are not needed to rebuild the model
+def input_contract(config: TrainConfig, state: Checkpoint | None, init: Checkpoint | None = None
+                   ) -> tuple[InputContract, dict]:
+    """The run's input contract and model arguments: last.pt's when resuming; else the model's
+    normalisation for ``config.input``'s channels at ``config.image_size``. Colour models see
+    Fashion-MNIST's grey images with equal channels and photos in colour, in the form the model
+    takes (``ModelEntry.photo_source``). ``--init`` keeps the checkpoint's other arguments."""
+    import inspect
+
+    if state is not None:
+        return state.contract.replace(tta=config.tta), dict(state.model_kwargs)
+    entry = get_model_entry(config.model)
+    channels = 3 if config.input == "rgb" else 1
+    source = entry.photo_source if channels == 3 and not is_fashion_mnist(config.data) else "grey"
+    contract = entry.contract.with_channels(channels).replace(image_size=config.image_size, tta=config.tta,
+                                                               source=source)
+    kwargs = {**(init.model_kwargs if init is not None else {}), "in_chans": channels}
+    if "image_size" in inspect.signature(entry.builder).parameters:  # its dense layer's size depends on it
+        kwargs["image_size"] = config.image_size
+    return contract, kwargs  # weights are not needed to rebuild the model
 
 
 def config_from_init(config: TrainConfig, init: Checkpoint) -> TrainConfig:
-    """``--init``: the model and input size are the checkpoint's; naming others is a usage error."""
-    name, size = init.model, init.contract.image_size
-    if config.model not in (None, name) or config.image_size not in (None, size):
-        raise UsageError(f"--init {config.init} is a {name} at {size}x{size}; leave out --model/--image-size "
-                         f"or give those ({config.model or name}, {config.image_size or size} given)")
-    return dataclasses.replace(config, model=name, image_size=size, weights="none")
+    """``--init``: the model is the checkpoint's (naming another is a usage error), and so is
+    the input size unless one is given."""
+    name = init.model
+    if config.model not in (None, name):
+        raise UsageError(f"--init {config.init} is a {name}; leave out --model or give {name} "
+                         f"({config.model} given)")
+    return dataclasses.replace(config, model=name, image_size=config.image_size or init.contract.image_size,
+                               weights="none")
 
 
 def configure_phase(model: nn.Module, phase: str, config: TrainConfig) -> list[nn.Module]:
