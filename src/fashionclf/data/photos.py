@@ -39,7 +39,7 @@ from fashionclf.errors import DataError
 
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
-CUT_SIDE = 3 * SIZE  # the item is cut from at least this many pixels a side (then Lanczos to 28)
+CUT_SIDE = 2 * SIZE  # the item is cut from at least this many pixels a side (then Lanczos to 28)
 DRAFT_SIDE = 4 * SIZE  # JPEGs decode at 1/2, 1/4 or 1/8 scale while at least this many pixels a side
 REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}  # modes Image.reduce takes
 PIPELINE_VERSION = 4  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
