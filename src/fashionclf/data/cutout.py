@@ -56,14 +56,15 @@ def _terms(h: int, w: int) -> np.ndarray:
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1).reshape(h, w, 6)
 
 
-def _terms_of(shape: tuple[int, int], top: int, bottom: int, left: int, right: int, step: int) -> np.ndarray:
-    """``_terms(*shape)[top:bottom:step, left:right:step]`` without making the whole grid (each
-    photo has its own size, so a cache of whole grids would miss)."""
+def surface_at(coef: np.ndarray, shape: tuple[int, int], rows: range, cols: range) -> np.ndarray:
+    """The fitted surface (``coef`` of ``_terms``) at pixels ``rows`` x ``cols`` of an image of
+    ``shape``, (len(rows), len(cols), C): evaluated separably, c0 + c1 x + c3 x² + y (c2 + c4 x)
+    + c5 y², three image-sized operations instead of twelve."""
     h, w = shape
-    y = np.arange(top, bottom, step, dtype=np.float32)[:, None] / max(h - 1, 1) * 2 - 1
-    x = np.arange(left, right, step, dtype=np.float32)[None, :] / max(w - 1, 1) * 2 - 1
-    y, x = np.broadcast_arrays(y, x)
-    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1)
+    y = (np.asarray(rows, np.float32) / max(h - 1, 1) * 2 - 1)[:, None, None]
+    x = (np.asarray(cols, np.float32) / max(w - 1, 1) * 2 - 1)[None, :, None]
+    along_x = coef[0] + x * (coef[1] + x * coef[3])
+    return along_x + y * (coef[2] + x * coef[4] + y * coef[5])
 
 
 def _channel_max(values: np.ndarray) -> np.ndarray:
@@ -90,13 +91,19 @@ def fit_backdrop(image: np.ndarray) -> tuple[np.ndarray, float]:
     a, values = _terms(h, w)[band], image[band]
     # The first fit leaves out what is far from the band's median colour (an item on the edge:
     # half a band of it would bend the surface towards it); a gradient's spread stays in.
-    residual = _channel_max(np.abs(values - np.median(values, 0)))
-    keep = residual <= max(3 * (1.4826 * _median(residual) + 1.0), NOISE_FLOOR)
+    median = np.median(values, 0)
+    residual = _channel_max(np.abs(values - median))
+    typical = _median(residual)
+    keep = residual <= max(3 * (1.4826 * typical + 1.0), NOISE_FLOOR)
+    flat = np.zeros((6, c), np.float32)
+    flat[0] = median
+    # A flat backdrop (most catalogue photos: nearly every band pixel within a few levels of one
+    # colour) needs no surface: its median is the backdrop, and the fits below are skipped.
+    if keep.mean() < MIN_INLIERS or _quantile(residual, 0.95) <= NOISE_FLOOR / 2:
+        return flat, typical  # or the item fills most of the border: one colour, the median
     for _ in range(REFITS + 1):
-        if keep.mean() < MIN_INLIERS:  # the item fills most of the border: one colour, the median
-            coef = np.zeros((6, c), np.float32)
-            coef[0] = np.median(values, 0)
-            return coef, _median(_channel_max(np.abs(values - coef[0])))
+        if keep.mean() < MIN_INLIERS:
+            return flat, typical
         fit = a[keep]  # the normal equations: a 6x6 solve, 100x cheaper here than lstsq's SVD
         coef = np.linalg.solve(_gram(fit, fit) + RIDGE, _gram(fit, values[keep]))
         residual = _channel_max(np.abs(values - _dot(a, coef)))
@@ -131,13 +138,15 @@ def _distance(difference: np.ndarray) -> np.ndarray:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` over the last axis of ``a``, written out as multiply-adds. Not BLAS: these
-    products are tiny, and in a server BLAS's own thread pool fought the classifier's threads
-    for the cores (measured: 2.5x the p50 latency under load with ``@``)."""
-    out = a[..., 0, None] * b[0] if b.ndim == 2 else a[..., 0] * b[0]
-    for k in range(1, b.shape[0]):
-        out += a[..., k, None] * b[k] if b.ndim == 2 else a[..., k] * b[k]
-    return out
+    """``a @ b`` over the last axis of ``a`` (of 3 or 6), written out. Not BLAS: these products
+    are tiny, and in a server BLAS's own thread pool fought the classifier's threads for the
+    cores (measured: 2.5x the p50 latency under load with ``@``)."""
+    if b.ndim == 1:
+        out = a[..., 0] * b[0]
+        for k in range(1, len(b)):
+            out += a[..., k] * b[k]
+        return out
+    return (a[..., :, None] * b).sum(-2)
 
 
 def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -148,7 +157,11 @@ def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _median(values: np.ndarray) -> float:
     """The (upper) median of a 1-D array: ``np.partition`` alone, a third of ``np.median``'s cost
     at this size, which is paid several times per photo."""
-    k = len(values) // 2
+    return _quantile(values, 0.5)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    k = min(len(values) - 1, int(q * len(values)))
     return float(np.partition(values, k)[k])
 
 
@@ -198,8 +211,7 @@ class Item:
         if f > 1:
             x = np.asarray(Image.fromarray(x).reduce(f))
         x = (x if x.ndim == 3 else x[..., None]).astype(np.float32)
-        terms = _terms_of(image.shape[:2], top, bottom, left, right, f)
-        surface = _dot(terms, self.coef)
+        surface = surface_at(self.coef, image.shape[:2], range(top, bottom, f), range(left, right, f))
         difference = x - surface
         strength = np.maximum(_distance(difference) - self.floor, 0.0)
         item = strength > 0
@@ -233,7 +245,7 @@ def find_item(image: np.ndarray, work_side: int = WORK_SIDE) -> Item | None:
     small = _shrink(image, work_side)
     coef, noise = fit_backdrop(small)
     h, w = small.shape[:2]
-    surface = _dot(_terms(h, w), coef)
+    surface = surface_at(coef, (h, w), range(h), range(w))
     strength = _distance(small - surface) - max(NOISE_FLOOR, 4 * noise)
     if not (strength > 0).any():
         return None
