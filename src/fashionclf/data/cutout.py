@@ -252,12 +252,14 @@ def find_item(image: np.ndarray, work_side: int = WORK_SIDE) -> Item | None:
     positive = strength[strength > 0]
     k = int(0.99 * (len(positive) - 1))
     peak = float(np.partition(positive, k)[k])  # the 99th percentile
-    strong = strength > STRONG * peak
+    # Hysteresis: the item is every region over the floor that holds strong pixels, so its faint
+    # parts (a light sole, a thin strap) stay in the box while specks and soft shadows do not.
+    above = strength > 0
     if small.shape[-1] == 3:
-        strong &= ~shadow_like(small, surface, strength < SHADOW * peak)
-    labels, _ = ndimage.label(strong, EIGHT_NEIGHBOURS)
-    sizes = np.bincount(labels.reshape(-1))[1:]
-    parts = [s for s, size in zip(ndimage.find_objects(labels), sizes) if size >= MIN_REGION * sizes.max()]
+        above &= ~shadow_like(small, surface, strength < SHADOW * peak)
+    labels, _ = ndimage.label(above, EIGHT_NEIGHBOURS)
+    strong = np.bincount(labels[above & (strength > STRONG * peak)], minlength=labels.max() + 1)[1:]
+    parts = [s for s, size in zip(ndimage.find_objects(labels), strong) if size and size >= MIN_REGION * strong.max()]
     top, bottom = min(s[0].start for s in parts), max(s[0].stop for s in parts)
     left, right = min(s[1].start for s in parts), max(s[1].stop for s in parts)
     sy, sx = image.shape[0] / h, image.shape[1] / w  # back to the photo's pixels, a block's margin kept
