@@ -56,7 +56,9 @@ def noise_photo() -> bytes:
     from helpers import png_bytes
     from PIL import Image
 
-    return png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)))
+    canvas = np.full((64, 64), 255, np.uint8)  # a patch of noise on a white backdrop: no garment
+    canvas[12:52, 12:52] = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
+    return png_bytes(Image.fromarray(canvas))
 
 
 @pytest.fixture(scope="module")

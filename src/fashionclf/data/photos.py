@@ -188,6 +188,8 @@ def photo_to_28(source: str | os.PathLike | bytes | Image.Image, max_pixels: int
     form: light item, black background, centred, longest side 28. Raises PhotoError."""
     img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
     pixels = decode_for_cutout(img)
+    if pixels.shape[:2] == (SIZE, SIZE) and pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
+        pixels = pixels[..., 0]  # a grey image saved as RGB
     if pixels.shape == (SIZE, SIZE) and border_value(pixels) <= 127:
         return pixels  # already a dataset image
     item = find_item(pixels)
