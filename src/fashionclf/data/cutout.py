@@ -6,20 +6,24 @@ the border (what Fashion-MNIST's own pipeline did) leaves grey bands and frames 
 backdrop is not flat. Here the backdrop is a smooth surface fitted to the photo's border:
 
 1. a quadratic in x and y, per colour channel, fitted by least squares to a band along the
-   four edges, refitted twice without the band pixels that do not fit it (where the item
-   touches an edge); where most of the band is item, the border's median colour instead;
+   four edges, refitted once without the band pixels that do not fit it (where the item
+   touches an edge); a flat band (most catalogue photos) or one that is mostly item: the
+   border's median colour, no fit;
 2. each pixel's distance from that surface is the item's strength: its difference in
    brightness (on a white backdrop, Fashion-MNIST's own "darkness") plus half its difference
    in hue, so a red item on green paper of the same brightness still stands out;
-3. the item is the union of the connected regions of strong pixels (over a threshold set from
-   the band's own noise and from the strength of the strongest pixels, so that a soft shadow,
-   weaker than the item that casts it, does not widen the box), small specks dropped.
+3. the item is every connected region of pixels over the floor (the band's own noise, or 5%)
+   that holds strong pixels (hysteresis: an item's faint parts stay in, specks of dust do
+   not); in colour photos, weak pixels of the backdrop's own hue, only darker, are taken for
+   a soft shadow and do not widen the box (in grey a light-grey garment would look the same).
 
-Why this and not another method (measured in docs/results.md, "Photos on any backdrop"): the
-surface fit and the distance cost well under a millisecond on the small image the decoder
-gives (a JPEG decodes at 1/2 to 1/8 scale), which the service pays on every request; OpenCV's
-GrabCut needs a seed rectangle, costs tens of milliseconds per photo at this size and a
-dependency of 60 MB; a learnt matting model would cost more than the classifier itself.
+Why this and not another method (docs/results.md, "Photos on any backdrop"): it runs offline
+on the small image the decoder gives (a JPEG decodes at 1/2 to 1/8 scale) and the search on
+block means of at most ``WORK_SIDE`` pixels, for about 1.1-1.4 ms a photo on a 2-core AMD EPYC
+Zen 3, which the service pays on every request (measured there: still over the 1 ms the
+service may lose). OpenCV's GrabCut would add a 60 MB dependency and an iterative graph cut
+seeded by a rectangle this method would have to find first; it was not tried. A learnt
+matting model would cost more than the classifier itself.
 
 This module imports nothing of fashionclf.
 """
@@ -34,7 +38,8 @@ import numpy as np
 
 BAND = 0.04  # the border band the backdrop is fitted to: 4% of the shorter side (at least 2 px)
 MIN_INLIERS = 0.3  # under this share of the band fitting the surface, the item fills the border
-NOISE_FLOOR = 0.05 * 255  # under this distance a pixel is backdrop whatever the noise: the paper's "close to the corner colour"
+# Under this distance a pixel is backdrop whatever the noise: the paper's "close to the corner colour".
+NOISE_FLOOR = 0.05 * 255
 STRONG = 0.2  # a pixel belongs to the item's box when over this share of the 99th-percentile strength
 MIN_REGION = 0.02  # regions under this share of the largest one are specks, not the item
 EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
@@ -190,12 +195,6 @@ class Item:
     def colour(self) -> np.ndarray:
         """The backdrop's mean colour along the border (for letterboxing)."""
         return _dot(_terms(9, 9)[_band(9, 9)].mean(0), self.coef)
-
-    def strength(self, image: np.ndarray) -> np.ndarray:
-        """The item's strength in ``image`` (the photo ``find_item`` was given): each pixel's
-        distance from the backdrop less the floor, 0 where it is backdrop, float (h, w), cropped
-        to the box and then tight to the pixels over 0."""
-        return self.cut(image).strength
 
     def cut(self, image: np.ndarray, max_side: int | None = None) -> Cut:
         """``strength``, each channel's own distance from the backdrop beside it (float
