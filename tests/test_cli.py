@@ -36,6 +36,7 @@ def test_missing_data_dir_exits_2_with_one_line():
     assert_one_line_error(run("data", "--data-dir", "/nonexistent"), "/nonexistent", "dataset-fashion-mnist")
 
 
+@pytest.mark.slow  # seconds of subprocesses or training: the full tier runs it
 def test_corrupt_idx_exits_2_naming_the_file(tmp_path):
     d = make_dataset(tmp_path / "d", compress=False)
     path = d / "train-labels-idx1-ubyte"
@@ -44,6 +45,7 @@ def test_corrupt_idx_exits_2_naming_the_file(tmp_path):
     assert_one_line_error(run("train", "--data-dir", d, "--no-verify", "--out", tmp_path / "r"), str(path))
 
 
+@pytest.mark.slow  # seconds of subprocesses or training: the full tier runs it
 def test_data_prints_counts_and_saves_grid(tmp_path):
     d = make_dataset(tmp_path / "d")
     r = run("data", "--data-dir", d, "--no-verify", "--grid", tmp_path / "grid.png")
@@ -54,6 +56,7 @@ def test_data_prints_counts_and_saves_grid(tmp_path):
         assert img.size[0] > 300
 
 
+@pytest.mark.slow  # seconds of subprocesses or training: the full tier runs it
 def test_models_lists_registry():
     r = run("models")
     assert r.returncode == 0
@@ -268,6 +271,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
+@pytest.mark.slow  # seconds of subprocesses or training: the full tier runs it
 def test_directory_walks_survive_link_loops_fifos_dangling_links_and_duplicates(tmp_path):
     """One row per path, none repeated through a loop; a file under three names (a hard link, a
     symbolic link: two products sharing a photo) gives three rows with the same label; a FIFO, a

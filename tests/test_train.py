@@ -56,6 +56,7 @@ def test_checkpoint_is_self_describing_and_safe_to_load(trained_run):
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.slow  # seconds of subprocesses or training: the full tier runs it
 def test_seed_makes_runs_identical_and_resume_matches_uninterrupted(tiny_data, tmp_path):
     quiet = dict(log=lambda *_: None)
     full = fit(_config(tiny_data, tmp_path / "full", epochs=3, seed=5), **quiet)
