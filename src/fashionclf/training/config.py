@@ -73,7 +73,7 @@ class TrainConfig:
                                      "the 28x28 dataset images resized)", "the model's (28 for the CNNs)",
                                      kind=int, minimum=1)
     input: str | None = setting(None, "grey, or rgb: the model sees colour (three channels; photos cut out "
-                                "in colour)", "rgb for photo data (colour tells items apart), grey for "
+                                "in colour)", "rgb for photo data (a shop's colours are there to learn), grey for "
                                 "Fashion-MNIST (its images are grey); mobilenet_v2 always rgb",
                                 choices=INPUTS)
     epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase; given, it overrides a time budget",
