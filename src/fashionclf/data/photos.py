@@ -249,7 +249,7 @@ def photo_to_rgb(source: str | os.PathLike | bytes | Image.Image, size: int = 22
     item = find_item(rgb)
     if item is None:
         raise PhotoError(BLANK)
-    top, bottom, left, right = item.cut(rgb).box
+    top, bottom, left, right = item.cut(rgb, max_side=2 * size).box  # the box only: block means do
     background = tuple(int(v) for v in np.clip(item.colour, 0, 255))
     return fit_on_canvas(rgb[top:bottom, left:right], size, background, sharpen=False)
 
