@@ -1,6 +1,7 @@
 """A shop teaches fashionclf its own categories: 5 classes, 50 catalogue photos each.
 
     python benchmarks/shop.py --init runs/strong/model.pt --out runs/shop
+           [--shop plain|colour] [--inputs grey rgb] [--starts init scratch] [--seeds 0 1 2]
 
 The shop's taxonomy groups Fashion-MNIST's classes (tops = T-shirt/top + Pullover + Shirt +
 Coat, dresses, trousers, footwear = Sandal + Sneaker + Ankle boot, bags). Its photos are
@@ -11,6 +12,11 @@ images, 50 per class, in ``OUT/shop/train/<class>/``; it is tested on such photo
 * ``--init`` from the given Fashion-MNIST checkpoint (body kept, new head): ``INIT_ARGS``
   (recipe ``shop``);
 * from scratch, strong-cnn with recipe ``strong``'s settings: ``SCRATCH_ARGS``.
+
+``--shop colour`` makes a shop whose categories depend on colour: tops and footwear, each in red
+or in blue of the same brightness (``COLOUR_TAXONOMY``), which a grey model cannot tell apart.
+``--inputs grey rgb`` trains each start once per input (``--input``); ``--starts init`` leaves
+out the runs from scratch.
 
 Each run's accuracy, training time and unknown-item figures (``metrics.json``) are printed as a
 Markdown table with medians and written to ``OUT/summary.json``. ``--convert N`` also times the
@@ -35,12 +41,18 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # helpers.py: c
 sys.path.insert(0, str(Path(__file__).parent))  # seeds.py
 
 TAXONOMY = {"tops": [0, 2, 4, 6], "dresses": [3], "trousers": [1], "footwear": [5, 7, 9], "bags": [8]}
+# Red and blue of nearly the same luma (ITU-R 601: 88 and 85 of 255), so that only colour tells them apart.
+RED, BLUE = (190, 45, 45), (45, 80, 215)
+COLOUR_TAXONOMY = {"red tops": ([0, 2, 4, 6], RED), "blue tops": ([0, 2, 4, 6], BLUE),
+                   "red footwear": ([5, 7, 9], RED), "blue footwear": ([5, 7, 9], BLUE)}
 INIT_ARGS = ["--recipe", "shop", "--val-fraction", "0.2"]  # 40 photos per class train, 10 choose
 SCRATCH_ARGS = ["--recipe", "strong", "--batch-size", "16", "--val-fraction", "0.2"]
 
 
-def make_shop(root: Path, per_class: int = 50, test_per_class: int = 200, seed: int = 0) -> Path:
-    """The shop's split folders of catalogue-style JPEGs (kept if already there)."""
+def make_shop(root: Path, per_class: int = 50, test_per_class: int = 200, seed: int = 0,
+              colour_classes: bool = False) -> Path:
+    """The shop's split folders of catalogue-style JPEGs (kept if already there): ``TAXONOMY``
+    in random colours, or ``COLOUR_TAXONOMY`` (each class in its colour, +-12 per channel)."""
     from helpers import catalogue_photo
 
     from fashionclf.data.fashion_mnist import load_dataset
@@ -49,13 +61,15 @@ def make_shop(root: Path, per_class: int = 50, test_per_class: int = 200, seed: 
         return root
     ds = load_dataset()
     rng = np.random.default_rng(seed)
+    taxonomy = COLOUR_TAXONOMY if colour_classes else {name: (m, None) for name, m in TAXONOMY.items()}
     for split, images, labels, n in (("train", ds.train.images, ds.train.labels, per_class),
                                      ("test", ds.test.images, ds.test.labels, test_per_class)):
-        for name, members in TAXONOMY.items():
+        for name, (members, colour) in taxonomy.items():
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for k, i in enumerate(rng.choice(np.flatnonzero(np.isin(labels, members)), n, replace=False)):
-                (folder / f"{k:03d}.jpg").write_bytes(catalogue_photo(images[i], rng))
+                tint = None if colour is None else np.clip(np.add(colour, rng.uniform(-12, 12, 3)), 0, 255)
+                (folder / f"{k:03d}.jpg").write_bytes(catalogue_photo(images[i], rng, colour=tint))
     return root
 
 
@@ -104,11 +118,19 @@ def main() -> int:
     parser.add_argument("--out", default="runs/shop")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--convert", type=int, default=0, metavar="N", help="also time converting N JPEGs")
+    parser.add_argument("--shop", choices=["plain", "colour"], default="plain",
+                        help="colour: categories that only colour tells apart (COLOUR_TAXONOMY)")
+    parser.add_argument("--inputs", nargs="+", choices=["grey", "rgb"], default=[],
+                        help="train each start once per --input (default: the input fashionclf chooses)")
+    parser.add_argument("--starts", nargs="+", choices=["init", "scratch"], default=["init", "scratch"])
     args = parser.parse_args()
     out = Path(args.out)
-    shop = make_shop(out / "shop")
+    shop = make_shop(out / f"shop-{args.shop}", colour_classes=args.shop == "colour")
+    starts = {"init": ["--init", args.init, *INIT_ARGS], "scratch": SCRATCH_ARGS}
+    runs = {f"{start}-{i}" if i else start: [*starts[start], *(["--input", i] if i else [])]
+            for start in args.starts for i in (args.inputs or [None])}
     summary = {}
-    for name, extra in (("init", ["--init", args.init, *INIT_ARGS]), ("scratch", SCRATCH_ARGS)):
+    for name, extra in runs.items():
         s = run_seeds(["--data", str(shop), *extra], args.seeds, out / name)
         s["unknown"] = {seed: unknown_figures(out / name / f"seed-{seed}") for seed in args.seeds}
         summary[name] = s

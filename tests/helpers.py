@@ -104,12 +104,14 @@ CATALOGUE_FORMATS = ("jpeg", "png", "png-rgba", "webp", "gif", "jpeg-grey", "png
                      "jpeg-exif-rotated")
 
 
-def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpeg") -> bytes:
+def catalogue_photo(image: np.ndarray, rng: np.random.Generator, fmt: str = "jpeg",
+                    colour: tuple[float, float, float] | None = None) -> bytes:
     """A Fashion-MNIST image turned back into a catalogue-style photo, for tests and benchmarks:
-    un-negated (dark item on a white background), coloured, upscaled 6-12x, placed off-centre
-    on a larger white canvas, saved as ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
+    un-negated (dark item on a white background), coloured (``colour``, RGB 0-255, or a random
+    dark-to-mid colour), upscaled 6-12x, placed off-centre on a larger white canvas, saved as
+    ``fmt`` (one of ``CATALOGUE_FORMATS``)."""
     v = image.astype(np.float32)[..., None] / 255.0  # item strength
-    colour = rng.uniform(0.0, 0.6, size=3) * 255  # a dark-to-mid colour
+    colour = rng.uniform(0.0, 0.6, size=3) * 255 if colour is None else np.asarray(colour, np.float32)
     rgb = (1 - v) * 255 + v * colour
     item = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
     side = int(rng.integers(6, 13)) * 28
