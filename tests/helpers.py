@@ -205,3 +205,31 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "targa.tga": (other_format("TGA"), "unsupported"),
         "paint.pcx": (other_format("PCX"), "unsupported"),
     }
+
+
+TAGGED_CATEGORIES = {"top": 0, "trousers": 1, "shoe": 7}  # names -> synthetic garment classes
+TAGGED_COLOURS = {"red": (190, 45, 45), "blue": (45, 80, 215)}  # nearly the same brightness
+
+
+def write_tagged_shop(root: Path, per_category: int = 24, seed: int = 0, unlabelled_every: int = 7) -> Path:
+    """A shop's multi-attribute manifest ``root/tags.csv`` over catalogue JPEGs in ``root/photos``:
+    ``path,category,colour,looks,split`` where category is the garment, colour its tint (red or
+    blue of the same brightness: only a colour model tells them apart), looks a multi-label
+    attribute ("warm" for red, "cool" for blue, "upper" for tops, "lower" otherwise: ``;``
+    joined), every ``unlabelled_every``-th colour cell left empty, and the last quarter of each
+    category marked test. Returns the manifest's path."""
+    rng = np.random.default_rng(seed)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    lines, n = ["path,category,colour,looks,split"], 0
+    for category, garment in TAGGED_CATEGORIES.items():
+        for i, image in enumerate(synthetic_images(np.full(per_category, garment), seed=int(rng.integers(1 << 30)))):
+            colour = list(TAGGED_COLOURS)[int(rng.integers(2))]
+            tint = np.clip(np.add(TAGGED_COLOURS[colour], rng.uniform(-10, 10, 3)), 0, 255)
+            name = f"photos/{category}-{i:03d}.jpg"
+            (root / name).write_bytes(catalogue_photo(image, rng, colour=tuple(tint)))
+            looks = ("warm" if colour == "red" else "cool") + ";" + ("upper" if category == "top" else "lower")
+            n += 1
+            split = "test" if i >= per_category * 3 // 4 else ""
+            lines.append(f"{name},{category},{'' if n % unlabelled_every == 0 else colour},{looks},{split}")
+    (root / "tags.csv").write_text("\n".join(lines) + "\n")
+    return root / "tags.csv"

@@ -60,14 +60,29 @@ def cmd_data(args) -> int:
                     log=print)
     check = info["verification"]
     print(f"data: {info['source']} ({check if check == PHOTO_VERIFICATION else 'SHA-256 ' + check})")
-    width = max(len(c) for c in info["classes"])
-    print(f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
-    for i, name in enumerate(info["classes"]):
-        print(f"{name:<{width}}  " + " ".join(f"{info['counts'][s][i]:>6}" for s in ("train", "val", "test")))
-    print(f"{'total':<{width}}  " + " ".join(f"{sum(info['counts'][s]):>6}" for s in ("train", "val", "test")))
+    for table in info.get("attributes") or [{"name": "class", "values": info["classes"], "counts": info["counts"]}]:
+        print_count_table(table)
     if "grid" in info:
         print(f"sample grid: {info['grid']}")
     return 0
+
+
+def print_count_table(table: dict) -> None:
+    """One attribute's values with their photo counts per split (``describe``'s tables)."""
+    splits = ("train", "val", "test")
+    title = table["name"] + (" (several values per photo)" if table.get("multi") else "")
+    if "unlabelled" in table:
+        print(f"\nattribute {title}")
+    width = max(len(c) for c in [*table["values"], "(unlabelled)", table["name"]])
+    print(f"{table['name']:<{width}}  {'train':>6} {'val':>6} {'test':>6}")
+    for i, name in enumerate(table["values"]):
+        print(f"{name:<{width}}  " + " ".join(f"{table['counts'][s][i]:>6}" for s in splits))
+    if "unlabelled" in table:
+        print(f"{'(unlabelled)':<{width}}  " + " ".join(f"{table['unlabelled'][s]:>6}" for s in splits))
+    else:
+        print(f"{'total':<{width}}  " + " ".join(f"{sum(table['counts'][s]):>6}" for s in splits))
+    for problem in table.get("problems", []):
+        print(f"problem: {problem}")
 
 
 def cmd_models(args) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionclf.data.attributes import Schema
 from fashionclf.errors import DataError
 from fashionclf.fileio import write_bytes_atomic
 
@@ -289,6 +290,9 @@ class Dataset:
     val: ImageSet | None = None  # None: carved from ``train`` by ``make_splits``
     problems: dict = field(default_factory=dict)  # skipped files, label noise, leakage (photo data)
     hashes: dict[str, list[str]] = field(default_factory=dict)  # photo data: split -> SHA-256 of each photo
+    # Several attributes per photo (``fashionclf.data.attributes``): labels are then (N, width)
+    # and ``classes`` are the first attribute's values; None: one attribute, ``classes``.
+    schema: Schema | None = None
 
 
 def _read_pair(directory: Path, images_name: str, labels_name: str, verify: bool) -> ImageSet:

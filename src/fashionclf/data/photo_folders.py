@@ -7,8 +7,9 @@ Layouts (``--data PATH``, repeatable; ``fashionclf.data.sources`` decides which 
   (``_unknown`` in the review loop holds items that belong to no class).
 * ``PATH/train/<class>/``, ``PATH/val/<class>/``, ``PATH/test/<class>/``: the shop's own
   splits, honoured as given.
-* ``PATH.csv`` with rows ``path,label[,split]`` (paths relative to the CSV; a header row
-  ``path,label,...`` is optional): the usual export of a catalogue system.
+* ``PATH.csv`` with rows ``path,label[,split]`` (paths relative to the CSV): the usual export
+  of a catalogue system. A header row starting with ``path`` names the columns: ``split``, and
+  one column per attribute (``path,category,colour,pattern,split``; ``fashionclf.data.attributes``).
 
 Photos become model input through the model's photo conversion (``photos.photo_converter``:
 ``photo_to_28`` for the 28x28 grey models, ``photo_to_rgb`` for colour models at their size),
@@ -54,8 +55,13 @@ class Entry:
     """One labelled photo of a source."""
 
     path: Path
-    label: str
+    label: str  # the first attribute's cell ("" where a multi-attribute manifest leaves it empty)
     split: str | None = None  # the shop's own split, if it fixed one
+    cells: tuple[str, ...] = ()  # every attribute's cell, where the source has several or multi-label ones
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.cells or (self.label,)
 
 
 @dataclass
@@ -107,26 +113,62 @@ def scan_folder(root: Path) -> tuple[list[Entry], list[str]]:
     return entries, ignored
 
 
-def read_manifest(path: Path) -> list[Entry]:
-    """Rows ``path,label[,split]`` of a CSV manifest; paths are relative to the CSV's folder."""
+@dataclass
+class Manifest:
+    """The rows of a CSV manifest and the attributes its columns name."""
+
+    entries: list[Entry]
+    attributes: tuple[str, ...] = ("label",)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """A CSV manifest; paths are relative to the CSV's folder. With a header row starting with
+    ``path``, the header names the columns: ``split`` (optional) and attributes (every other
+    column: ``label`` alone is the one-attribute case; an empty cell = not labelled for that
+    attribute; ``a;b`` = several values). Without one, rows are ``path,label[,split]``."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the manifest ({exc}); expected a UTF-8 CSV of path,label[,split]") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+    rows = [(n, r) for n, r in enumerate(csv.reader(io.StringIO(text)), start=1) if any(cell.strip() for cell in r)]
+    if rows and rows[0][1][0].strip().lower() == "path":
+        attributes, split_col = header_columns(path, rows[0][1])
+        if split_col is None and len(attributes) == 1:
+            split_col = 2  # "path,label" over rows "path,label,split", as manifests always had
         rows = rows[1:]
-    entries = []
-    for line, row in enumerate(rows, start=2 if text.lower().startswith(("path,", "\ufeffpath,")) else 1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise DataError(f"{path}, row {line}: expected path,label[,split], got {row!r}")
-        split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else None
-        if split not in (None, *SPLIT_NAMES):
-            raise DataError(f"{path}, row {line}: split {row[2]!r} is not one of {', '.join(SPLIT_NAMES)} (or empty)")
-        entries.append(Entry(path.parent / row[0].strip(), row[1].strip(), split))
+    else:
+        attributes, split_col = ("label",), 2
+    entries = [manifest_entry(path, line, row, len(attributes), split_col) for line, row in rows]
     if not entries:
         raise DataError(f"{path}: the manifest has no rows; expected path,label[,split]")
-    return entries
+    return Manifest(entries, attributes)
+
+
+def header_columns(path: Path, header: list[str]) -> tuple[tuple[str, ...], int | None]:
+    """(attribute names in column order, the split column's index or None) of a header row;
+    attribute columns must come right after ``path`` (split may come anywhere after them)."""
+    names = [c.strip() for c in header[1:]]
+    split_col = next((i + 1 for i, n in enumerate(names) if n.lower() == "split"), None)
+    attributes = tuple(n for n in names if n.lower() != "split")
+    if not attributes or any(not n for n in attributes) or len(set(attributes)) < len(attributes):
+        raise DataError(f"{path}: header {','.join(header)!r}: expected path, then one distinct name per "
+                        "attribute column (e.g. path,category,colour,split); an empty or repeated name cannot be an attribute")
+    if split_col is not None and split_col <= len(attributes):
+        raise DataError(f"{path}: header {','.join(header)!r}: put the split column after the attribute columns")
+    return attributes, split_col
+
+
+def manifest_entry(path: Path, line: int, row: list[str], attributes: int, split_col: int | None) -> Entry:
+    """One row of a manifest as an Entry; a row that cannot be one is a DataError naming it."""
+    cells = tuple((row[i] if i < len(row) else "").strip() for i in range(1, attributes + 1))
+    if not row[0].strip() or not any(cells):
+        want = "path,label[,split]" if attributes == 1 else "a path and at least one attribute's value"
+        raise DataError(f"{path}, row {line}: expected {want}, got {row!r}")
+    raw = row[split_col] if split_col is not None and split_col < len(row) else ""
+    split = raw.strip().lower() or None
+    if split not in (None, *SPLIT_NAMES):
+        raise DataError(f"{path}, row {line}: split {raw!r} is not one of {', '.join(SPLIT_NAMES)} (or empty)")
+    return Entry(path.parent / row[0].strip(), cells[0], split, cells if attributes > 1 or ";" in cells[0] else ())
 
 
 # ---------------------------------------------------------------- conversion and its cache
@@ -278,8 +320,9 @@ def find_duplicates(entries: list[Entry], hashes: list[str], splits: np.ndarray)
     for group in by_hash.values():
         if len(group) < 2:
             continue
-        items = [{"path": str(entries[i].path), "label": entries[i].label, "split": str(splits[i])} for i in group]
-        if len({entries[i].label for i in group}) > 1:
+        items = [{"path": str(entries[i].path), "label": ",".join(entries[i].tags), "split": str(splits[i])}
+                 for i in group]
+        if len({entries[i].tags for i in group}) > 1:
             noise.append(items)
         if len({splits[i] for i in group}) > 1:
             leakage.append(items)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from fashionclf.data.attributes import UNLABELLED, Schema
 from fashionclf.data.fashion_mnist import Dataset, ImageSet, class_counts, holds_fashion_mnist, make_splits
 from fashionclf.data.fashion_mnist import load_dataset as load_fashion_mnist
 from fashionclf.data.photo_folders import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
@@ -83,15 +84,19 @@ class Photos:
     skipped: list[dict]
     ignored: list[str]
     cached: int
+    schema: Schema  # the attributes; one single-valued attribute: ``labels`` is (N,), else (N, width)
 
 
 def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTarget | None = None) -> Photos:
     """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
     entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
+    attributes: tuple[str, ...] = ("label",)
     for path, kind in zip(paths, kinds):
         p = Path(path)
         if kind == "csv":
-            found, ign = read_manifest(p), []
+            manifest = read_manifest(p)
+            found, ign = manifest.entries, []
+            attributes = merged_attributes(attributes, manifest.attributes, path)
         else:
             found, ign = scan_folder(p)
         if not found:
@@ -104,6 +109,11 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
         skipped += converted.skipped
         ignored += ign
         cached += converted.from_cache
+    rows = [e.tags + ("",) * (len(attributes) - len(e.tags)) for e in entries]
+    schema = Schema.from_cells(list(attributes), rows)
+    if not schema.single:
+        return tagged_photos(paths, entries, np.concatenate(images), hashes, schema, rows, classes,
+                             (skipped, ignored, cached))
     names = sorted({e.label for e in entries} | {s["label"] for s in skipped})
     wanted = select_names(names, classes)
     for name in wanted:
@@ -114,14 +124,50 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
     keep = [i for i, e in enumerate(entries) if e.label in wanted]
     entries = [entries[i] for i in keep]
     return Photos(paths, entries, np.concatenate(images)[keep], np.array([wanted.index(e.label) for e in entries],
-                  dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached)
+                  dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached,
+                  Schema.one(wanted, attributes[0]))
+
+
+def merged_attributes(so_far: tuple[str, ...], found: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """The attributes of sources read together: a one-attribute source (a folder, a
+    ``path,label`` manifest) fills the first attribute of the others; two sources with several
+    attributes must name the same ones."""
+    if len(found) == 1:
+        return so_far
+    if len(so_far) > 1 and so_far != found:
+        raise DataError(f"--data {path}: its attributes {', '.join(found)} differ from another source's "
+                        f"{', '.join(so_far)}; give the manifests the same header")
+    return found
+
+
+def tagged_photos(paths: list[str], entries: list, images: np.ndarray, hashes: list[str], schema: Schema,
+                  rows: list[tuple[str, ...]], classes, problems: tuple) -> Photos:
+    """Photos of several attributes (or a multi-label one): a label matrix (``Schema.encode``)."""
+    if classes not in (None, "", "all"):
+        raise UsageError("--classes chooses among one attribute's classes; this data has attributes "
+                         f"{', '.join(schema.names)}: leave --classes out, or drop columns from the manifest")
+    if schema.first.multi:
+        raise DataError(f"attribute {schema.first.name!r}, the first column after path, holds several values per "
+                        "photo (';'); the first attribute is the category (one value per photo, the unknown score "
+                        "comes from it): put a single-valued column first")
+    for attr in schema.attributes:
+        if len(attr.values) < (1 if attr.multi else 2):
+            raise DataError(f"attribute {attr.name!r} has {len(attr.values)} value(s) ({', '.join(attr.values)}); "
+                            "a single-valued attribute needs 2 or more (give its photos their values, or drop the column)")
+    skipped, ignored, cached = problems
+    return Photos(paths, entries, images, schema.encode(rows), hashes, list(schema.first.values), skipped, ignored,
+                  cached, schema)
 
 
 def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSettings, log: Callable[[str], None],
                 contract: PhotoTarget | None = None) -> Dataset:
     """Photos to train on: split as the shop gave them, the rest carved (``carve_splits``)."""
     photos = gather_photos(paths, kinds, classes, contract)
-    splits = carve_splits(photos.labels, photos.hashes, [e.split for e in photos.entries], photos.classes,
+    strata, names = photos.labels, photos.classes
+    if not photos.schema.single:  # stratified on the first attribute; photos without it form one more stratum
+        first = photos.schema.category(photos.labels)
+        strata, names = np.where(first == UNLABELLED, len(names), first), [*names, f"(no {photos.schema.first.name})"]
+    splits = carve_splits(strata, photos.hashes, [e.split for e in photos.entries], names,
                           split.val_fraction, split.test_fraction, split.seed)
     for needed in ("train", "test"):
         if needed not in splits:
@@ -151,7 +197,8 @@ def photo_dataset(photos: Photos, splits: np.ndarray, log: Callable[[str], None]
     hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in SPLIT_NAMES}
     return Dataset(train=sets["train"], test=sets["test"], val=sets["val"], classes=photos.classes,
                    class_indices=list(range(len(photos.classes))), source="; ".join(photos.paths),
-                   verification=PHOTO_VERIFICATION, problems=problems, hashes=hashes)
+                   verification=PHOTO_VERIFICATION, problems=problems, hashes=hashes,
+                   schema=None if photos.schema.single else photos.schema)
 
 
 def select_names(names: list[str], classes: str | list | None) -> list[str]:
@@ -183,6 +230,38 @@ def log_problems(count: int, k: int, paths: list[str], cached: int, problems: di
             log(f"warning: {len(problems[key])} identical photo group(s) {what}, e.g. {example}")
 
 
+def first_labels(dataset: Dataset, labels: np.ndarray) -> np.ndarray:
+    """The first attribute's value indices of ``labels`` (photos without one left out)."""
+    if dataset.schema is None:
+        return labels
+    first = dataset.schema.category(labels)
+    return first[first != UNLABELLED]
+
+
+FEW_PHOTOS = 5  # training photos below which a value is reported as too few to learn from
+
+
+def attribute_tables(schema: Schema, labels: dict[str, np.ndarray]) -> list[dict]:
+    """Per attribute: its values' counts per split, the photos not labelled for it per split,
+    and its problems (a value with fewer than ``FEW_PHOTOS`` training photos; a value seen in
+    test but never in train, which no model can learn and which is scored as wrong)."""
+    tables = []
+    for a, attr in enumerate(schema.attributes):
+        counts = {s: schema.counts(y, a).tolist() for s, y in labels.items()}
+        problems = []
+        for i, value in enumerate(attr.values):
+            train, test = counts["train"][i], counts["test"][i]
+            if train == 0 and test:
+                problems.append(f"{value!r} is in test ({test}) but not in train: no model can learn it; "
+                                "its test photos are scored as wrong")
+            elif 0 < train < FEW_PHOTOS:
+                problems.append(f"{value!r} has only {train} training photo(s); {FEW_PHOTOS} or more are advised")
+        tables.append({"name": attr.name, "multi": attr.multi, "values": list(attr.values), "counts": counts,
+                       "unlabelled": {s: int((~schema.labelled(y, a)).sum()) for s, y in labels.items()},
+                       "problems": problems})
+    return tables
+
+
 def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
     """``dataset`` with its labels renumbered to ``classes`` (a model's class order); a class the
     model does not know is a usage error."""
@@ -212,9 +291,11 @@ def describe(sources=None, classes: str | None = None, verify: bool = True, spli
         "files": dataset.files,
         "verification": dataset.verification,
         "classes": dataset.classes,
-        "counts": {s: class_counts(splits.of(s)[1].numpy(), k) for s in ("train", "val", "test")},
+        "counts": {s: class_counts(first_labels(dataset, splits.of(s)[1].numpy()), k) for s in ("train", "val", "test")},
         "problems": {key: len(v) for key, v in dataset.problems.items()},
     }
+    if dataset.schema is not None:
+        info["attributes"] = attribute_tables(dataset.schema, {s: splits.of(s)[1].numpy() for s in ("train", "val", "test")})
     if grid is not None:
         from fashionclf.evaluation.plots import plot_sample_grid, save
 

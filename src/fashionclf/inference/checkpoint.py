@@ -14,6 +14,9 @@ the format this module reads and writes::
     metrics       metrics.json of the run, once training has finished; optional
     unknown       the calibration: {"temperature", "threshold", "score", ...}; optional
     photos_seen   {"train"|"val": (N, 32) uint8 SHA-256s of the photos it learnt from}; optional
+    attributes    [{"name", "values", "multi", "thresholds"}, ...]: a model of several attributes
+                  (one head each, logits side by side; the first one's values are ``classes``);
+                  optional, absent for a model of one
     last.pt adds  optimizer, ema, generator, torch_rng, history, best, budget (``ResumeState``)
 
 Only this module indexes that dict: everything else holds a ``Checkpoint`` and reads its
@@ -33,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fashionclf.data.attributes import Schema
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load, save_torch_atomic
 from fashionclf.models import adapt_input_conv, create_model, get_model_entry, head_of
@@ -42,6 +46,7 @@ FORMAT = "fashionclf-checkpoint"
 VERSION = 1  # raised when the layout changes; load_checkpoint refuses other versions with the fix
 SEEN_SPLITS = ("train", "val")
 MAX_CLASSES = 1000
+MAX_ATTRIBUTES = 64
 MAX_CLASS_NAME = 200
 KWARG_RANGES = {"in_chans": (1, 3), "width": (1, 1024), "dropout": (0.0, 0.99), "image_size": (4, 1024)}  # the builders' arguments
 POLARITY = {"grey": "light garment on a dark background, as Fashion-MNIST",
@@ -90,6 +95,7 @@ class Checkpoint:
     unknown: dict | None = None  # calibration: temperature, threshold, score (``evaluation.ood``)
     photos_seen: dict[str, torch.Tensor] | None = None  # ``record_seen``
     resume: ResumeState | None = None  # last.pt only
+    attributes: Schema | None = None  # several attributes, one head each; None: one, ``classes``
 
     @classmethod
     def of(cls, network: nn.Module, /, **fields) -> Checkpoint:
@@ -139,7 +145,8 @@ class Checkpoint:
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise UsageError(f"checkpoint: weight {name!r} holds NaN or infinite values; the training run "
                                  "that wrote it diverged: retrain with a lower --lr")
-        model = create_model(self.model, num_classes=len(self.classes), **self.model_kwargs)
+        outputs = len(self.classes) if self.attributes is None else self.attributes.outputs
+        model = create_model(self.model, num_classes=outputs, **self.model_kwargs)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -179,6 +186,8 @@ class Checkpoint:
         for key in ("epoch", "metrics", "unknown", "photos_seen"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.attributes is not None:
+            out["attributes"] = self.attributes.to_dict()
         if self.resume is not None:
             out.update({k: getattr(self.resume, k) for k in RESUME_KEYS if getattr(self.resume, k) is not None or k != "ema"})
         return out
@@ -214,7 +223,7 @@ class Checkpoint:
         resume = ResumeState(**{k: d.get(k) for k in RESUME_KEYS}) if "optimizer" in d else None
         return cls(name, kwargs, list(classes), list(d.get("class_indices") or range(len(classes))), contract,
                    dict(d.get("config") or {}), d["state_dict"], d.get("epoch"), d.get("metrics"), d.get("unknown"),
-                   d.get("photos_seen"), resume)
+                   d.get("photos_seen"), resume, _attributes(d.get("attributes"), classes, bad))
 
 
 def _model_spec(spec, bad) -> tuple[str, dict]:
@@ -235,6 +244,25 @@ def _model_spec(spec, bad) -> tuple[str, dict]:
             raise bad(f"model argument {key}={value!r} is not allowed (allowed: "
                       + ", ".join(f"{k} in [{KWARG_RANGES[k][0]}, {KWARG_RANGES[k][1]}]" for k in allowed) + ")")
     return spec["name"], dict(spec["kwargs"])
+
+
+def _attributes(items, classes: list[str], bad) -> Schema | None:
+    """The attributes of a model with several heads (absent: one head, ``classes``)."""
+    if items is None:
+        return None
+    names_ok = (isinstance(items, list) and 1 <= len(items) <= MAX_ATTRIBUTES and all(
+        isinstance(a, dict) and isinstance(a.get("name"), str) and 0 < len(a["name"]) <= MAX_CLASS_NAME
+        and isinstance(a.get("values"), list) and 1 <= len(a["values"]) <= MAX_CLASSES
+        and all(isinstance(v, str) and 0 < len(v) <= MAX_CLASS_NAME for v in a["values"])
+        and isinstance(a.get("thresholds", []), list) and len(a.get("thresholds") or a["values"]) == len(a["values"])
+        and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in a.get("thresholds") or []) for a in items))
+    if not names_ok:
+        raise bad(f"attributes must be 1 to {MAX_ATTRIBUTES} of {{name, values[, thresholds]}}, with 1 to "
+                  f"{MAX_CLASSES} values each (and a threshold in [0, 1] per value)")
+    schema = Schema.from_dict(items)
+    if list(schema.first.values) != list(classes):
+        raise bad("the first attribute's values must be the class list")
+    return schema
 
 
 def _check_seen(seen, bad) -> None:

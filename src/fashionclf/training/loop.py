@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fashionclf.data.attributes import Schema
 from fashionclf.errors import TrainingDiverged
+from fashionclf.evaluation.attributes import attribute_loss, first_hits
 from fashionclf.models.contract import InputContract, preprocess
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
@@ -115,6 +117,8 @@ class TrainStep:
     lr_at: Callable[[float], float] | None = None  # fraction of the epoch done -> learning rate
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16: forward pass in that precision
     world: World = World()  # torchrun's ranks: each trains on its shard of every batch
+    schema: Schema | None = None  # several attributes: one head each, masked losses (``evaluation.attributes``)
+    attribute_weights: list[float] | None = None  # their losses' weights (equal when None)
 
 
 def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -145,7 +149,10 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         lrs.append(optimizer.param_groups[0]["lr"])
         with torch.autocast(device.type, dtype=step.autocast) if step.autocast else contextlib.nullcontext():
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=step.label_smoothing)
+            if step.schema is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=step.label_smoothing)
+            else:
+                loss = attribute_loss(logits, y, step.schema, step.label_smoothing, step.attribute_weights)
         if not torch.isfinite(loss):
             seen = max(start, 1)
             last = f"mean loss so far {total_loss.item() / seen:.4f}" if start else "at the first step"
@@ -157,7 +164,7 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         if step.after_step is not None:
             step.after_step()
         total_loss += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == y).sum() if step.schema is None else first_hits(logits, y, step.schema)
         if i % 50 == 0:
             seen = min(start + batch_size, len(inputs))
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from fashionclf._version import __version__
+from fashionclf.data.attributes import Schema
 from fashionclf.data.fashion_mnist import CLASSES, Dataset, class_counts, load_dataset
-from fashionclf.data.sources import PHOTO_VERIFICATION
+from fashionclf.data.sources import PHOTO_VERIFICATION, first_labels
 from fashionclf.device import cpu_info
+from fashionclf.evaluation.attributes import AttributeResults, best_thresholds, results_of
 from fashionclf.evaluation.metrics import EvalResult, evaluate, overfitting_check, write_evaluation
 from fashionclf.evaluation.ood import calibrate, energy_score, far_ood_images, ood_report, reliability, softmax
 from fashionclf.fileio import write_json
@@ -33,10 +35,36 @@ from fashionclf.models.contract import InputContract, predict_logits
 from fashionclf.training.run import Run
 
 
-def score_splits(model: nn.Module, data, classes: list[str], contract: InputContract, splits, device) -> dict:
+def score_splits(model: nn.Module, data, classes: list[str], contract: InputContract, splits, device,
+                 schema: Schema | None = None) -> dict:
     """``{split: EvalResult}`` of ``model`` on each of ``splits`` of ``data`` (``Splits``): the one
-    scoring step of training's final evaluation and of ``fashionclf evaluate``."""
-    return {split: evaluate(model, *data.of(split), classes, contract, split, device) for split in splits}
+    scoring step of training's final evaluation and of ``fashionclf evaluate``. A model of
+    several attributes (``schema``) gets ``AttributeResults`` instead."""
+    if schema is None:
+        return {split: evaluate(model, *data.of(split), classes, contract, split, device) for split in splits}
+    return {split: results_of(predict_logits(model, data.of(split)[0], contract, device), data.of(split)[1],
+                              schema, split, thresholds_of(schema)) for split in splits}
+
+
+def thresholds_of(schema: Schema) -> dict[str, np.ndarray]:
+    return {a.name: np.array(a.thresholds) for a in schema.attributes if a.multi and a.thresholds}
+
+
+def primary(result: EvalResult | AttributeResults) -> EvalResult:
+    """The result that run-level figures come from: the first attribute's (its category)."""
+    return result if isinstance(result, EvalResult) else result.first
+
+
+def choose_thresholds(best: Checkpoint, results: dict[str, AttributeResults]) -> Checkpoint:
+    """Each multi-label value's probability cut, chosen on validation (best F1), applied to
+    every split's results and kept in the checkpoint."""
+    val = results["val"]
+    cuts = {a.name: best_thresholds(val.of(a.name).y_true, val.of(a.name).probs)
+            for a in best.attributes.attributes if a.multi and len(val.of(a.name).y_true)}
+    for r in results.values():
+        for name, cut in cuts.items():
+            r.of(name).thresholds = cut
+    return best.replace(attributes=best.attributes.with_thresholds({k: v.tolist() for k, v in cuts.items()}))
 
 
 def finish_run(run: Run) -> dict:
@@ -44,11 +72,18 @@ def finish_run(run: Run) -> dict:
     config, data, dataset = run.config, run.data, run.dataset
     best = load_checkpoint(run.out / "model.pt")
     model = best.build_model().to(run.device)
-    results = score_splits(model, data, dataset.classes, best.contract, ("train", "val", "test"), run.device)
+    every = score_splits(model, data, dataset.classes, best.contract, ("train", "val", "test"), run.device,
+                         best.attributes)
+    if best.attributes is not None:
+        best = choose_thresholds(best, every)
+    results = {split: primary(r) for split, r in every.items()}
     accuracies = {split: r.accuracy for split, r in results.items()}
     overfit = overfitting_check(accuracies)
     unknown = calibrate_run(run, model, best.contract, results)
     metrics = run_metrics(run, model, results, overfit)
+    if best.attributes is not None:
+        metrics["attributes"] = attribute_metrics(every)
+        log_attributes(metrics["attributes"], run.log)
     metrics["unknown"] = unknown
     metrics["run_seconds"] = time.perf_counter() - run.started  # this process: data, training, evaluation
     if run.budget is not None:
@@ -60,7 +95,8 @@ def finish_run(run: Run) -> dict:
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    write_evaluation(test, dataset.test.images, run.out, accuracies, info, run.history, dataset.problems,
+    test_images = dataset.test.images if best.attributes is None else dataset.test.images[every["test"].masks[0]]
+    write_evaluation(test, test_images, run.out, accuracies, info, run.history, dataset.problems,
                      unknown)
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
@@ -84,8 +120,10 @@ def calibrate_run(run: Run, model: nn.Module, contract: InputContract, results: 
     unknown["reliability"] = {"before": reliability(softmax(val.logits), val.y_true),
                               "after": reliability(softmax(val.logits, t), val.y_true)}
 
-    def scores(images: np.ndarray) -> np.ndarray:
-        return energy_score(predict_logits(model, torch.from_numpy(images), contract, run.device).numpy(), t)
+    first = slice(None) if run.dataset.schema is None else run.dataset.schema.logit_slices[0]
+
+    def scores(images: np.ndarray) -> np.ndarray:  # the first attribute's head says "unknown"
+        return energy_score(predict_logits(model, torch.from_numpy(images), contract, run.device)[:, first].numpy(), t)
 
     far_images = far_ood_images(run.config.seed, contract)
     sets = {f"far: {name}": scores(images) for name, images in far_images.items()}
@@ -139,10 +177,28 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
         "cpu": cpu_info()["label"],  # the figures above depend on it: the same run is 2-3x slower on some CPUs
         "threads": torch.get_num_threads(),
         "data": {"source": str(run.dataset.source), "verification": run.dataset.verification,
-                 **{f"{split}_counts": class_counts(data.of(split)[1].numpy(), k) for split in ("train", "val", "test")},
+                 **{f"{split}_counts": class_counts(first_labels(run.dataset, data.of(split)[1].numpy()), k)
+                    for split in ("train", "val", "test")},
                  **({"problems": run.dataset.problems} if run.dataset.problems else {})},
         "versions": {"fashionclf": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     }
+
+
+def attribute_metrics(every: dict[str, AttributeResults]) -> dict:
+    """metrics.json's section per attribute: its test figures (per value, confusion matrix or
+    average precision) and its score on each split (accuracy, or mAP for a multi-label one)."""
+    out = {}
+    for name, test in every["test"].summary().items():
+        key = "mAP" if test["kind"] == "multi-label" else "accuracy"
+        out[name] = {**{f"{split}_{key}": r.of(name).accuracy for split, r in every.items()}, "test": test}
+    return out
+
+
+def log_attributes(attributes: dict, log: Callable[[str], None]) -> None:
+    log("per attribute (test): " + "; ".join(
+        f"{name} {'mAP' if a['test']['kind'] == 'multi-label' else 'accuracy'} "
+        f"{a['test'].get('accuracy', a['test'].get('mAP')):.4f} on {a['test']['samples']} photos"
+        for name, a in attributes.items()))
 
 
 def dataset_of_checkpoint(ckpt: Checkpoint, data: list[str] | str | None = None, verify: bool = True,

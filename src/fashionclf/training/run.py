@@ -23,7 +23,8 @@ from fashionclf.data.fashion_mnist import Dataset, Splits, make_splits
 from fashionclf.data.sources import is_fashion_mnist, load_data
 from fashionclf.device import autocast_dtype, cpu_info, resolve_device
 from fashionclf.errors import UsageError
-from fashionclf.evaluation.metrics import EvalResult, evaluate, result_from_logits
+from fashionclf.evaluation.attributes import AttributeResults, results_of
+from fashionclf.evaluation.metrics import EvalResult, result_from_logits
 from fashionclf.fileio import write_bytes_atomic, write_json
 from fashionclf.inference.checkpoint import (
     SEEN_SPLITS,
@@ -34,7 +35,7 @@ from fashionclf.inference.checkpoint import (
     save_checkpoint,
 )
 from fashionclf.models import body_of, count_parameters, create_model, get_model_entry, head_of
-from fashionclf.models.contract import InputContract, preprocess
+from fashionclf.models.contract import InputContract, predict_logits, preprocess
 from fashionclf.training.config import TrainConfig, config_warnings, resolve_config
 from fashionclf.training.ddp import World, check_batch
 from fashionclf.training.ddp import from_env as world_from_env
@@ -89,7 +90,14 @@ class Run:
         return Checkpoint.of(weights_of, model=self.config.model, model_kwargs=self.model_kwargs,
                              classes=self.dataset.classes, class_indices=self.dataset.class_indices,
                              contract=self.contract, config=dataclasses.asdict(self.config), epoch=epoch,
-                             photos_seen=record_seen(hashes) if any(hashes.values()) else None, resume=resume)
+                             photos_seen=record_seen(hashes) if any(hashes.values()) else None, resume=resume,
+                             attributes=self.dataset.schema)
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor, split: str) -> EvalResult | AttributeResults:
+        """A split's figures from the model's logits: per attribute when the data has several."""
+        if self.dataset.schema is None:
+            return result_from_logits(logits, labels, self.dataset.classes, split)
+        return results_of(logits, labels, self.dataset.schema, split)
 
 
 def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None]) -> Run:
@@ -116,11 +124,13 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     dataset = load_data(config.data, config.classes, config.verify, config.split, log=log, contract=contract)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
-    model = create_model(config.model, num_classes=len(dataset.classes), **model_kwargs, **weights)
+    outputs = len(dataset.classes) if dataset.schema is None else dataset.schema.outputs
+    model = create_model(config.model, num_classes=outputs, **model_kwargs, **weights)
     if init is not None:
         kept = init.load_body_into(model)
         log(f"--init {config.init}: {kept.copied} tensors of the body kept from {init.model} ({len(init.classes)} "
-            f"classes), a new head for {len(dataset.classes)} classes")
+            f"classes), " + (f"a new head for {len(dataset.classes)} classes" if dataset.schema is None else
+                             f"new heads for {', '.join(dataset.schema.names)}"))
         for name in kept.adapted:
             log(f"--init: {name} adapted from {init.contract.channels} to {contract.channels} input channel(s) "
                 "(the filters spread evenly, so an image with equal channels gives what it gave)")
@@ -159,11 +169,18 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     data = run.data
     where = f"{device} ({cpu_info()['label']})" if device.type == "cpu" else str(device)
     log(f"{config.model}: {count_parameters(model):,} parameters, weights {config.weights}, "
-        f"{config.image_size}x{config.image_size} input, {len(dataset.classes)} classes, "
+        f"{config.image_size}x{config.image_size} input, {describe_outputs(dataset)}, "
         f"{len(data.train_y)} train / {len(data.val_y)} val / {len(data.test_y)} test images, device {where}, "
         f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
         + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
     return run
+
+
+def describe_outputs(dataset: Dataset) -> str:
+    if dataset.schema is None:
+        return f"{len(dataset.classes)} classes"
+    return "heads " + ", ".join(f"{a.name} ({len(a.values)}{' values, several per photo' if a.multi else ''})"
+                                for a in dataset.schema.attributes)
 
 
 def _quiet(*_) -> None:
@@ -250,7 +267,7 @@ class Phase:
     step: TrainStep
     inputs: torch.Tensor  # uint8 images, or the frozen base's cached features, on the device
     labels: torch.Tensor  # on the device
-    validate: Callable[[], EvalResult]
+    validate: Callable[[], EvalResult | AttributeResults]
 
 
 def start_phase(run: Run, name: str) -> Phase:
@@ -265,7 +282,8 @@ def start_phase(run: Run, name: str) -> Phase:
                      make_prepare(run.contract, augmentations, run.generator),
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
-                     autocast=autocast_dtype(config.precision, run.device), world=run.world)
+                     autocast=autocast_dtype(config.precision, run.device), world=run.world,
+                     schema=run.dataset.schema)
     if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
         train = extract_features(model.base, data.train_x.to(run.device), run.contract, run.device, "features")
         val = extract_features(model.base, data.val_x, run.contract, run.device, "features val")
@@ -273,16 +291,16 @@ def start_phase(run: Run, name: str) -> Phase:
         def validate_head() -> EvalResult:
             with torch.no_grad():
                 logits = run.evaluated.head.eval()(val).float().cpu()
-            return result_from_logits(logits, data.val_y, run.dataset.classes, "val")
+            return run.score(logits, data.val_y, "val")
 
         return Phase(name, dataclasses.replace(step, model=wrap_ranks(model.head, run.world, run.device),
                                                prepare=lambda f: f, eval_modules=[]),
                      train, labels, validate_head)
-    return Phase(name, step, data.train_x.to(run.device), labels, lambda: evaluate(
-        run.evaluated, data.val_x, data.val_y, run.dataset.classes, run.contract, "val", run.device))
+    return Phase(name, step, data.train_x.to(run.device), labels, lambda: run.score(
+        predict_logits(run.evaluated, data.val_x, run.contract, run.device), data.val_y, "val"))
 
 
-def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
+def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult | AttributeResults]:
     """Train one epoch at the schedule's learning rate, then validate."""
     config = run.config
     for group in run.optimizer.param_groups:
@@ -293,7 +311,8 @@ def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult]:
     return stats, phase.validate()
 
 
-def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult, seconds: float) -> None:
+def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult | AttributeResults,
+              seconds: float) -> None:
     """Record the epoch; write model.pt when validation improved: higher accuracy, or the same
     accuracy at a lower loss (a small validation split of easy classes reaches 100% early, and
     the first epoch to get there is rarely the best); without a validation split, every epoch

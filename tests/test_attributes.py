@@ -1,0 +1,130 @@
+"""Several attributes per photo: manifests with a header, the label matrix, masked losses,
+training with one head per attribute, and the checkpoint that records them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_tagged_shop
+
+from fashionclf.data.attributes import UNLABELLED, Attribute, Schema
+from fashionclf.data.photo_folders import read_manifest
+from fashionclf.data.sources import describe, load_data
+from fashionclf.errors import DataError, UsageError
+from fashionclf.evaluation.attributes import attribute_losses, best_thresholds, results_of
+
+
+def test_schema_encodes_single_multi_and_unlabelled_cells():
+    schema = Schema.from_cells(["category", "colour", "looks"], [
+        ("top", "red", "warm;upper"), ("shoe", "", "cool"), ("top", "blue", "")])
+    assert schema.attributes == (Attribute("category", ("shoe", "top")), Attribute("colour", ("blue", "red")),
+                                 Attribute("looks", ("cool", "upper", "warm"), multi=True))
+    y = schema.encode([("top", "red", "warm;upper"), ("shoe", "", "cool"), ("top", "blue", "")])
+    assert y.tolist() == [[1, 1, 0, 1, 1], [0, UNLABELLED, 1, 0, 0], [1, 0, -1, -1, -1]]
+    assert schema.labelled(y, 1).tolist() == [True, False, True]
+    assert schema.labelled(y, 2).tolist() == [True, True, False]
+    assert schema.counts(y, 2).tolist() == [1, 1, 1]
+    assert schema.outputs == 7 and schema.width == 5 and not schema.single
+    assert Schema.from_dict(schema.to_dict()) == schema
+    with pytest.raises(ValueError, match="category, colour, looks"):
+        schema.attribute("pattern")
+    one = Schema.from_cells(["label"], [("a",), ("b",)])
+    assert one.single and one.encode([("b",), ("a",)]).tolist() == [1, 0]
+
+
+def test_manifest_header_names_attribute_columns_and_old_manifests_still_read(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,category,colour,split\na.jpg,top,red,train\nb.jpg,shoe,,test\n")
+    manifest = read_manifest(m)
+    assert manifest.attributes == ("category", "colour")
+    assert [(e.label, e.cells, e.split) for e in manifest.entries] == [
+        ("top", ("top", "red"), "train"), ("shoe", ("shoe", ""), "test")]
+    m.write_text("a.jpg,top,val\nb.jpg,shoe\n")  # no header: path,label[,split] by position, as always
+    old = read_manifest(m)
+    assert old.attributes == ("label",) and [(e.label, e.cells, e.split) for e in old.entries] == [
+        ("top", (), "val"), ("shoe", (), None)]
+    m.write_text("path,label\na.jpg,top,test\n")  # header of two columns over rows with a split
+    assert read_manifest(m).entries[0].split == "test"
+    for header, message in (("path,colour,colour", "repeated"), ("path,split,colour", "after the attribute")):
+        m.write_text(f"{header}\na.jpg,x,y\n")
+        with pytest.raises(DataError, match=message):
+            read_manifest(m)
+    m.write_text("path,category,colour\na.jpg,,\n")
+    with pytest.raises(DataError, match="row 2: expected a path and at least one attribute"):
+        read_manifest(m)
+
+
+def test_tagged_shop_loads_as_a_label_matrix_and_data_shows_a_table_per_attribute(tmp_path, capsys):
+    manifest = write_tagged_shop(tmp_path, per_category=12)
+    ds = load_data(str(manifest))
+    assert ds.schema.names == ["category", "colour", "looks"] and ds.classes == ["shoe", "top", "trousers"]
+    assert ds.train.labels.shape[1] == ds.schema.width
+    # every photo lands in one split, those without a colour too
+    assert sum(len(s.labels) for s in (ds.train, ds.val, ds.test)) == 36
+    info = describe(str(manifest))
+    colour = info["attributes"][1]
+    assert colour["name"] == "colour" and sum(colour["unlabelled"].values()) == 36 // 7
+    assert sum(map(sum, colour["counts"].values())) == 36 - 36 // 7
+    from fashionclf.cli import main
+
+    assert main(["data", "--data", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "attribute looks (several values per photo)" in out and "(unlabelled)" in out
+
+
+def test_data_reports_values_seen_only_in_test_and_refuses_a_multi_label_first_column(tmp_path):
+    manifest = write_tagged_shop(tmp_path, per_category=12)
+    lines = manifest.read_text().splitlines()
+    lines[-1] = lines[-1].replace(",red,", ",green,").replace(",blue,", ",green,")  # a test row
+    manifest.write_text("\n".join(lines) + "\n")
+    problems = describe(str(manifest))["attributes"][1]["problems"]
+    assert any("'green' is in test (1) but not in train" in p for p in problems)
+    manifest.write_text("path,looks,category\n" + "\n".join(
+        f"{line.split(',')[0]},{line.split(',')[3]},{line.split(',')[1]}" for line in lines[1:]) + "\n")
+    with pytest.raises(DataError, match="first column after path"):
+        load_data(str(manifest))
+    with pytest.raises(UsageError, match="--classes"):
+        load_data(str(write_tagged_shop(tmp_path / "b", per_category=12)), classes="top,shoe")
+
+
+def test_masked_loss_ignores_unlabelled_cells_and_thresholds_come_from_validation():
+    schema = Schema((Attribute("c", ("a", "b")), Attribute("m", ("x", "y"), multi=True)))
+    logits = torch.tensor([[2.0, -1.0, 3.0, -3.0], [0.0, 0.0, 50.0, 50.0]])
+    labels = torch.tensor([[0, 1, 0], [UNLABELLED, UNLABELLED, UNLABELLED]])
+    c_loss, m_loss = attribute_losses(logits, labels, schema)
+    # only the first photo counts: the second one's huge logits change nothing
+    assert c_loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:1, :2], labels[:1, 0]).item())
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, 2:], torch.tensor([1.0, 0.0]), reduction="sum")
+    assert m_loss.item() == pytest.approx(expected.item())
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    p = np.array([[0.3, 0.1], [0.35, 0.2], [0.1, 0.9], [0.2, 0.8]])
+    cut = best_thresholds(y, p)
+    assert 0.2 < cut[0] <= 0.3 and ((p >= cut) == y).all()
+    r = results_of(torch.tensor(np.log(p / (1 - p)), dtype=torch.float32).repeat(1, 2)[:, [0, 1, 0, 1]],
+                   torch.tensor(np.c_[y.argmax(1), y]), schema, "val")
+    assert r.of("m").accuracy == pytest.approx(1.0)  # mAP
+
+
+@pytest.mark.slow
+def test_training_on_a_tagged_shop_learns_every_head_and_records_them(tmp_path):
+    from fashionclf import train
+    from fashionclf.inference.checkpoint import load_checkpoint
+
+    manifest = write_tagged_shop(tmp_path / "shop", per_category=40)
+    metrics = train(data=str(manifest), model="fast-cnn", epochs=10, out=str(tmp_path / "run"), seed=0).metrics
+    attrs = metrics["attributes"]
+    assert list(attrs) == ["category", "colour", "looks"]
+    assert metrics["test_accuracy"] == attrs["category"]["test_accuracy"]
+    assert attrs["colour"]["test_accuracy"] >= 0.9  # red against blue of the same brightness: colour input
+    assert attrs["looks"]["test_mAP"] >= 0.9 and set(attrs["looks"]["test"]["per_value"]) == {
+        "cool", "lower", "upper", "warm"}
+    assert attrs["colour"]["test"]["unlabelled"] > 0
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert ckpt.attributes.names == ["category", "colour", "looks"]
+    assert len(ckpt.attributes.attributes[2].thresholds) == 4
+    assert ckpt.build_model()(torch.zeros(1, 3, 28, 28)).shape == (1, 9)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["attributes"]["looks"]["test"]["kind"] == "multi-label"
