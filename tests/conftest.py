@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import make_dataset
+from helpers import make_dataset, write_tagged_shop
 
 from fashionclf.data.fashion_mnist import find_data
 from fashionclf.errors import DataError
@@ -38,3 +38,15 @@ def real_data_dir() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"the real dataset is required under CI: {exc}")
         pytest.skip(f"real Fashion-MNIST not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tagged_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A model of three attributes (category, colour, looks: multi-label) trained for seconds on
+    a small tagged shop (``helpers.write_tagged_shop``): (its model.pt, the shop's folder)."""
+    from fashionclf import train
+
+    root = tmp_path_factory.mktemp("tagged")
+    manifest = write_tagged_shop(root / "shop", per_category=40)
+    train(data=str(manifest), model="fast-cnn", epochs=10, out=str(root / "run"), seed=0)
+    return root / "run" / "model.pt", manifest.parent

@@ -4,6 +4,7 @@ training with one head per attribute, and the checkpoint that records them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,37 @@ def test_training_on_a_tagged_shop_learns_every_head_and_records_them(tmp_path):
     assert ckpt.build_model()(torch.zeros(1, 3, 28, 28)).shape == (1, 9)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["attributes"]["looks"]["test"]["kind"] == "multi-label"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_predict_writes_a_column_pair_per_attribute_and_json_nested(tagged_model, tmp_path, backend):
+    import csv
+
+    from fashionclf.inference.predict import TagSettings, tag_to_file
+
+    model, shop = tagged_model
+    photos = sorted((shop / "photos").glob("*.jpg"))[::12] + [shop / "tags.csv"]  # one unreadable "photo"
+    out = tmp_path / "tags.csv"
+    tag_to_file(out, model, [str(p) for p in photos], TagSettings(backend=backend))
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "category", "category_confidence", "colour", "colour_confidence", "looks",
+                             "looks_confidence", "unknown", "error"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 10 and rows[-1]["error"] and rows[-1]["category"] == ""
+    right = [r["category"] == Path(r["path"]).name.split("-")[0] for r in good]  # e.g. photos/top-012.jpg
+    assert sum(right) >= 8
+    assert sum(bool(set(r["looks"].split(";")) & {"upper", "lower"}) for r in good) >= 7
+    assert all(len(r["looks"].split(";")) == len(r["looks_confidence"].split(";")) for r in good)
+    out_json = tmp_path / "tags.json"
+    tag_to_file(out_json, model, [str(p) for p in photos[:3]], TagSettings(fmt="json", backend=backend))
+    item = json.loads(out_json.read_text())[0]
+    assert set(item["attributes"]) == {"category", "colour", "looks"}
+    if backend == "onnx":  # one named output per attribute, then the unknown score
+        import onnx
+
+        from fashionclf.inference.export import cached_onnx_bytes
+
+        graph = onnx.load_from_string(cached_onnx_bytes(model)).graph
+        assert [o.name for o in graph.output] == ["attribute:category", "attribute:colour", "attribute:looks", "score"]
+    assert item["attributes"]["category"]["value"] in ("shoe", "top", "trousers") and isinstance(item["attributes"]["looks"]["values"], list)

@@ -49,10 +49,10 @@ class NanForDarkImages(Classifier):
 
     backend, classes, info, contract = "test", ["a", "b"], {}, GREY_28
 
-    def predict(self, images):
+    def predict_attributes(self, images):
         probs = np.tile([0.3, 0.7], (len(images), 1)).astype(np.float32)
         probs[images.reshape(len(images), -1).max(1) == 0] = np.nan
-        return probs, np.ones(len(images), np.float32)
+        return [probs], np.ones(len(images), np.float32)
 
 
 def test_a_nan_output_is_that_images_error(tmp_path):

@@ -258,6 +258,57 @@ def test_web_page_tags_a_whole_folder_and_downloads_the_table(server, tmp_path):
                for r in good)
 
 
+def test_a_model_of_several_attributes_answers_per_attribute_and_the_page_shows_them(tagged_model, tmp_path):
+    """serve and the page with a model of category, colour and a multi-label attribute: the JSON
+    answer per attribute, the table's columns and the downloaded CSV's header."""
+    import csv
+
+    model, shop = tagged_model
+    photos = sorted((shop / "photos").glob("*.jpg"))[::20]
+    with running_server(model) as url:
+        info = httpx.get(url + "/model").json()
+        assert [a["name"] for a in info["attributes"]] == ["category", "colour", "looks"]
+        answer = httpx.post(url + "/predict", files=[("file", (p.name, p.read_bytes(), "image/jpeg"))
+                                                     for p in photos[:2]]).json()
+        for item in answer:
+            assert set(item["attributes"]) == {"category", "colour", "looks"}
+            assert item["attributes"]["category"]["value"] == item["label"]
+            assert item["attributes"]["colour"]["value"] in ("red", "blue")
+            looks = item["attributes"]["looks"]
+            assert looks["value"] is None and set(looks["probabilities"]) == {"cool", "lower", "upper", "warm"}
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            if os.environ.get("CI"):
+                pytest.fail("chromium is required under CI (apt-get install chromium)")
+            pytest.skip("chromium not installed")
+        from playwright.sync_api import sync_playwright
+
+        folder = tmp_path / "photos"
+        folder.mkdir()
+        for p in photos:
+            shutil.copy(p, folder / p.name)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+            page.goto(url + "/")
+            page.set_input_files("#folder", str(folder))
+            page.wait_for_selector("#batch[data-done=true]", timeout=60_000)
+            assert page.locator("#table thead th").all_text_contents() == [
+                "photo", "file", "category", "confidence", "unknown", "colour", "looks"]
+            assert page.locator("#table tbody tr").count() == len(photos)
+            assert "colour:" in page.text_content("#attributes")
+            with page.expect_download() as download:
+                page.click("#csv")
+            path = tmp_path / "tags.csv"
+            download.value.save_as(path)
+            browser.close()
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["path", "category", "category_confidence", "colour", "colour_confidence", "looks",
+                             "looks_confidence", "unknown", "error"]
+    assert all(r["colour"] in ("red", "blue") for r in rows) and len(rows) == len(photos)
+
+
 def _intersect(a: dict, b: dict) -> bool:
     return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
                 or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
@@ -340,10 +391,10 @@ def test_the_event_loop_stays_free_while_a_request_works_and_a_full_queue_gets_5
     release, started = threading.Event(), threading.Event()
 
     class Held(TorchClassifier):
-        def predict(self, images):
+        def predict_attributes(self, images):
             started.set()
             release.wait(60)
-            return super().predict(images)
+            return super().predict_attributes(images)
 
     from helpers import png_bytes
     from PIL import Image

@@ -40,7 +40,7 @@ from fashionclf.data.attributes import Schema
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load, save_torch_atomic
 from fashionclf.models import adapt_input_conv, create_model, get_model_entry, head_of
-from fashionclf.models.contract import InputContract
+from fashionclf.models.contract import InputContract, ServingNet
 
 FORMAT = "fashionclf-checkpoint"
 VERSION = 1  # raised when the layout changes; load_checkpoint refuses other versions with the fix
@@ -135,7 +135,19 @@ class Checkpoint:
             "unknown": {k: v for k, v in (self.unknown or {}).items() if k in ("score", "temperature", "threshold")}
             or None,
             "input": {"dtype": "uint8", "shape": shape, "polarity": POLARITY[self.contract.source]},
+            **({"attributes": self.attributes.to_dict()} if self.attributes is not None else {}),
         }
+
+    @property
+    def heads(self) -> list[tuple[int, int, bool]] | None:
+        """``ServingNet``'s heads: per attribute its logits' (start, stop) and whether it is multi-label."""
+        if self.attributes is None:
+            return None
+        return [(s.start, s.stop, a.multi) for a, s in zip(self.attributes.attributes, self.attributes.logit_slices)]
+
+    def serving_net(self) -> nn.Module:
+        """The network as predict, serve and the ONNX export run it (``ServingNet``), in eval mode."""
+        return ServingNet(self.build_model(), self.contract, self.temperature, self.heads).eval()
 
     # ------------------------------------------------------------ what it builds
 

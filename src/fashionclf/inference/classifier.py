@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionclf.data.attributes import Schema
 from fashionclf.errors import DataError, UsageError
 from fashionclf.inference.checkpoint import Checkpoint, contract_of_info, load_checkpoint
-from fashionclf.models.contract import InputContract, ServingNet
+from fashionclf.models.contract import InputContract
 from fashionclf.training.config import BACKENDS
 
 NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
@@ -36,10 +37,21 @@ class Classifier:
     classes: list[str]
     contract: InputContract
     info: dict  # model name, preprocessing, accuracy, unknown (score, temperature, threshold) where known
+    schema: Schema | None = None  # a model of several attributes; None: one, ``classes``
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, k) probabilities and (N,) in-distribution scores (None from an ONNX file without them)."""
+        """(N, k) probabilities (of the first attribute, for a model of several) and (N,)
+        in-distribution scores (None from an ONNX file without them)."""
+        probabilities, scores = self.predict_attributes(images)
+        return probabilities[0], scores
+
+    def predict_attributes(self, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Per attribute its (N, values) probabilities (one attribute: ``classes``), and the scores."""
         raise NotImplementedError
+
+    def empty(self) -> tuple[list[np.ndarray], np.ndarray]:
+        sizes = [len(self.classes)] if self.schema is None else [len(a.values) for a in self.schema.attributes]
+        return [np.empty((0, k), np.float32) for k in sizes], np.empty(0, np.float32)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
@@ -76,16 +88,18 @@ class TorchClassifier(Classifier):
         self.classes = list(ckpt.classes)
         self.contract = ckpt.contract
         self.info = ckpt.info()
-        self.net = ServingNet(ckpt.build_model(), self.contract, ckpt.temperature).to(device).eval()
+        self.schema = ckpt.attributes
+        self.net = ckpt.serving_net().to(device)
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_attributes(self, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
         if len(images) == 0:
-            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+            return self.empty()
         x = torch.from_numpy(np.ascontiguousarray(images))
         n = self.contract.eval_batch
         out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
-        return (torch.cat([p for p, _ in out]).cpu().numpy(), torch.cat([s for _, s in out]).cpu().numpy())
+        *probabilities, scores = [torch.cat(parts).cpu().numpy() for parts in zip(*out)]
+        return probabilities, scores
 
 
 MAX_ONNX_BYTES = 512 * 1024 * 1024
@@ -146,17 +160,20 @@ class OnnxClassifier(Classifier):
                              "export the checkpoint with 'fashionclf export MODEL.pt'")
         self.info = json.loads(meta[METADATA_KEY])
         self.classes = self.info["classes"]
+        self.schema = Schema.from_dict(self.info["attributes"]) if self.info.get("attributes") else None
         self.contract = contract_of_info(self.info)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_attributes(self, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
         if len(images) == 0:
-            return np.empty((0, len(self.classes)), np.float32), np.empty(0, np.float32)
+            return self.empty()
         outputs = self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)  # files exported before scores: none
+        if self.schema is not None:  # one output per attribute, then the score
+            return outputs[:-1], outputs[-1]
+        return [outputs[0]], (outputs[1] if len(outputs) > 1 else None)  # files exported before scores: none
 
 
 def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",

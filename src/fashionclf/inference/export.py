@@ -25,7 +25,6 @@ from fashionclf._version import __version__
 from fashionclf.errors import UsageError
 from fashionclf.fileio import write_bytes_atomic
 from fashionclf.inference.checkpoint import Checkpoint, checkpoint_file, load_checkpoint
-from fashionclf.models.contract import ServingNet
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
 METADATA_KEY = "fashionclf"
@@ -35,19 +34,28 @@ def onnx_bytes(ckpt: Checkpoint) -> bytes:
     """The checkpoint's ``ServingNet`` as ONNX bytes, with fashionclf metadata."""
     import onnx
 
-    net = ServingNet(ckpt.build_model(), ckpt.contract, ckpt.temperature).eval()
+    net = ckpt.serving_net()
     example = torch.zeros(2, *ckpt.contract.source_shape, dtype=torch.uint8)
+    names = output_names(ckpt)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's concern
-        torch.onnx.export(net, (example,), buf, input_names=["images"], output_names=["probabilities", "score"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}, "score": {0: "batch"}},
+        torch.onnx.export(net, (example,), buf, input_names=["images"], output_names=names,
+                          dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           opset_version=OPSET, dynamo=True, verbose=False)
     proto = onnx.load_from_string(buf.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(ckpt.info())
     proto.producer_name = "fashionclf"
     return proto.SerializeToString()
+
+
+def output_names(ckpt: Checkpoint) -> list[str]:
+    """The graph's outputs: ``probabilities`` and ``score``; a model of several attributes has
+    one output per attribute, ``attribute:<name>``, then ``score``."""
+    if ckpt.attributes is None:
+        return ["probabilities", "score"]
+    return [f"attribute:{name}" for name in ckpt.attributes.names] + ["score"]
 
 
 def cached_onnx_bytes(checkpoint: str | os.PathLike) -> bytes:

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, TextIO
 
 from tqdm import tqdm
 
+from fashionclf.data.attributes import Schema
 from fashionclf.data.photos import IMAGE_SUFFIXES
 from fashionclf.errors import UsageError
 from fashionclf.fileio import fsync_dir
@@ -102,10 +103,18 @@ class RowWriter:
     text cells that would start a spreadsheet formula get a leading apostrophe; paths whose
     bytes are not UTF-8 are written with ``\\xNN`` escapes."""
 
-    def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False):
-        self.out, self.fmt, self.top_k, self.flag_low = out, fmt, top_k, flag_low
+    def __init__(self, out: TextIO, fmt: str = "csv", top_k: int = 1, flag_low: bool = False,
+                 schema: Schema | None = None):
+        self.out, self.fmt, self.top_k, self.flag_low, self.schema = out, fmt, top_k, flag_low, schema
         self.count = 0
-        if fmt == "csv":
+        if schema is not None and top_k > 1:
+            raise UsageError("--top-k is for models of one attribute; this model answers per attribute "
+                             f"({', '.join(schema.names)}): leave --top-k out")
+        if fmt == "csv" and schema is not None:
+            self.csv = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            columns = [c for name in schema.names for c in (name, f"{name}_confidence")]
+            self.csv.writerow(["path", *columns] + (["low_confidence"] if flag_low else []) + ["unknown", "error"])
+        elif fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
             header = ["path", "label", "confidence", "error"]
             for k in range(2, top_k + 1):
@@ -115,7 +124,9 @@ class RowWriter:
             out.write("[")
 
     def write(self, r: Prediction) -> None:
-        if self.fmt == "json":
+        if self.schema is not None:
+            self.write_attributes(r)
+        elif self.fmt == "json":
             item = {"path": display_path(r.path), "label": r.label or None, "confidence": r.confidence, "unknown": r.unknown,
                     "error": r.error or None,
                     "top": [{"label": lab, "confidence": c} for lab, c in r.top]}
@@ -131,6 +142,27 @@ class RowWriter:
                 line.append("" if r.error else str(r.low_confidence).lower())
             line.append("" if r.unknown is None else str(r.unknown).lower())
             self.csv.writerow(line)
+        self.count += 1
+
+    def write_attributes(self, r: Prediction) -> None:
+        """A row of a model of several attributes: CSV ``path``, ``<attribute>`` and
+        ``<attribute>_confidence`` per attribute (a multi-label one's values and confidences
+        ``;``-joined), [``low_confidence``], ``unknown``, ``error``; JSON nested per attribute."""
+        if self.fmt == "json":
+            item = {"path": display_path(r.path), "attributes": {
+                a.name: ({"values": a.values, "confidences": a.confidences} if a.multi
+                         else {"value": a.values[0], "confidence": a.confidences[0]}) for a in r.attributes} or None,
+                "unknown": r.unknown, "error": r.error or None}
+            if self.flag_low:
+                item["low_confidence"] = r.low_confidence
+            self.out.write(("," if self.count else "") + "\n  " + json.dumps(item))
+        else:
+            cells = [c for a in r.attributes for c in (csv_cell(";".join(a.values)),
+                                                         ";".join(f"{c:.6f}" for c in a.confidences))]
+            line = [csv_cell(display_path(r.path)), *(cells or [""] * (2 * len(self.schema.attributes)))]
+            if self.flag_low:
+                line.append("" if r.error else str(r.low_confidence).lower())
+            self.csv.writerow(line + ["" if r.unknown is None else str(r.unknown).lower(), csv_cell(r.error)])
         self.count += 1
 
     def close(self) -> None:
@@ -229,7 +261,7 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     first = next(paths, None)
     if first is None:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
-    writer = RowWriter(out, s.fmt, s.top_k, flag_low=s.min_confidence is not None)
+    writer = RowWriter(out, s.fmt, s.top_k, flag_low=s.min_confidence is not None, schema=classifier.schema)
     counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
     reviewer = ReviewFolder(s.review) if s.review is not None else None
     bar = tqdm(desc="tagging", unit="img", disable=None if s.progress is None else not s.progress, file=sys.stderr)
@@ -300,9 +332,9 @@ def predict_paths(checkpoint: str | os.PathLike, inputs: list[str], top_k: int =
     return rows
 
 
-def format_rows(rows: list[Prediction], fmt: str = "csv", top_k: int = 1) -> str:
+def format_rows(rows: list[Prediction], fmt: str = "csv", top_k: int = 1, schema: Schema | None = None) -> str:
     buf = io.StringIO()
-    writer = RowWriter(buf, fmt, top_k)
+    writer = RowWriter(buf, fmt, top_k, schema=schema)
     for r in rows:
         writer.write(r)
     writer.close()

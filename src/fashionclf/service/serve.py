@@ -54,6 +54,13 @@ from fashionclf.service.uploads import Limits, header_pixels, public, tag_upload
 # ---------------------------------------------------------------- what the endpoints answer
 
 
+class AttributeAnswer(BaseModel):
+    value: str | None  # a single-valued attribute's answer; null for a multi-label one
+    values: list[str]
+    confidences: list[float]
+    probabilities: dict[str, float]
+
+
 class FileResult(BaseModel):
     """One uploaded file's answer: its label, or its error."""
 
@@ -64,6 +71,10 @@ class FileResult(BaseModel):
     probabilities: dict[str, float] | None
     error: str | None
     preview: str | None = None  # with ?preview=true: the image the model saw, a PNG data URL
+    # A model of several attributes: per attribute its value (a multi-label one: ``values``,
+    # those at or above their thresholds), their confidences and every value's probability;
+    # label, confidence and probabilities above are the first attribute's.
+    attributes: dict[str, AttributeAnswer] | None = None
 
 
 class Detail(BaseModel):
@@ -85,6 +96,7 @@ class ModelInfo(BaseModel):
     input: dict
     backend: str
     limits: dict
+    attributes: list[dict] | None = None  # a model of several attributes: name, values, multi, thresholds
 
 
 PREDICT_ANSWERS = {413: {"model": list[FileResult] | Detail, "description": "too large (every file, or the body)"},

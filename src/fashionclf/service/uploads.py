@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from fashionclf.data.attributes import Schema
 from fashionclf.data.photos import FORMATS, MAX_PIXELS, PhotoError, open_image, per_file
 from fashionclf.inference.classifier import NAN_ERROR, Classifier
+from fashionclf.inference.tagging import answers
 from fashionclf.models.contract import top_k
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
@@ -99,8 +101,9 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
             statuses.append(STATUS_OF.get(exc.kind, 422))
         results.append(item)
     if images:
-        probs, scores = classifier.predict(np.stack(images))
-        unknown, finite = classifier.unknown(scores), classifier.finite(probs, scores)
+        every, scores = classifier.predict_attributes(np.stack(images))
+        probs = every[0]
+        unknown, finite = classifier.unknown(scores), classifier.finite(np.concatenate(every, 1), scores)
         for i, (item, p, [(label, confidence)]) in enumerate(zip(ok, probs, top_k(probs, classes, 1))):
             if not finite[i]:
                 item["error"], item["kind"] = NAN_ERROR, "not_a_number"
@@ -108,8 +111,20 @@ def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]],
                 continue
             item.update(label=label, confidence=confidence, unknown=None if unknown is None else bool(unknown[i]),
                         probabilities={c: float(v) for c, v in zip(classes, p)})
+            if classifier.schema is not None:
+                item["attributes"] = attribute_answers(classifier.schema, every, i)
     status = 200 if any(item["error"] is None for item in results) else statuses[0]
     return results, status
+
+
+def attribute_answers(schema: Schema, every: list[np.ndarray], i: int) -> dict[str, dict]:
+    """Photo ``i``'s answer per attribute (``tagging.answers``) with every value's probability."""
+    out = {}
+    for answer, attr, p in zip(answers(schema, every, i), schema.attributes, every):
+        out[answer.name] = {"value": None if answer.multi else answer.values[0],
+                            "values": answer.values, "confidences": answer.confidences,
+                            "probabilities": {v: float(x) for v, x in zip(attr.values, p[i])}}
+    return out
 
 
 def public(results: list[dict]) -> list[dict]:
