@@ -163,3 +163,51 @@ def test_predict_writes_a_column_pair_per_attribute_and_json_nested(tagged_model
         graph = onnx.load_from_string(cached_onnx_bytes(model)).graph
         assert [o.name for o in graph.output] == ["attribute:category", "attribute:colour", "attribute:looks", "score"]
     assert item["attributes"]["category"]["value"] in ("shoe", "top", "trousers") and isinstance(item["attributes"]["looks"]["values"], list)
+
+
+def test_recode_maps_data_onto_a_models_attributes_and_refuses_what_it_does_not_know():
+    from fashionclf.data.attributes import recode
+
+    model = Schema((Attribute("category", ("shoe", "top")), Attribute("colour", ("blue", "red")),
+                    Attribute("looks", ("cool", "warm"), multi=True)))
+    data = Schema((Attribute("category", ("top",)), Attribute("looks", ("warm",), multi=True)))
+    y = np.array([[0, 1], [UNLABELLED, UNLABELLED]])
+    assert recode(y, data, model).tolist() == [[1, UNLABELLED, 0, 1], [UNLABELLED, UNLABELLED, UNLABELLED, UNLABELLED]]
+    folders = Schema.one(["shoe", "top"])  # class folders: the model's first attribute
+    assert recode(np.array([1, 0]), folders, model)[:, 0].tolist() == [1, 0]
+    with pytest.raises(ValueError, match="'pattern'"):
+        recode(y, Schema((Attribute("category", ("top",)), Attribute("pattern", ("x",)))), model)
+    with pytest.raises(ValueError, match="'green'"):
+        recode(np.array([[0, 0]]), Schema((Attribute("category", ("top",)), Attribute("colour", ("green",)))), model)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_model_of_several_attributes_per_attribute(tagged_model, tmp_path):
+    from fashionclf.training.results import evaluate_checkpoint
+
+    model, shop = tagged_model
+    evaluation = evaluate_checkpoint(model, out=tmp_path / "eval")
+    attrs = evaluation.summary["attributes"]
+    assert set(attrs) == {"category", "colour", "looks"} and attrs["looks"]["kind"] == "multi-label"
+    assert evaluation.summary["accuracy"] == attrs["category"]["accuracy"]
+    recorded = json.loads((model.parent / "metrics.json").read_text())["attributes"]
+    assert attrs["colour"]["accuracy"] == pytest.approx(recorded["colour"]["test_accuracy"])
+    assert attrs["looks"]["mAP"] == pytest.approx(recorded["looks"]["test_mAP"])
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "Attribute colour" in report and "Attribute looks (several values per photo)" in report
+    assert (tmp_path / "eval" / "confusion_matrix_colour.png").is_file()
+
+
+def test_serving_net_answers_per_head_with_each_heads_temperature():
+    from fashionclf.models.contract import GREY_28, ServingNet
+
+    class Fixed(torch.nn.Module):  # logits that do not depend on the image
+        def forward(self, x):
+            return torch.tensor([[2.0, 0.0, 1.0, -1.0, 3.0, -3.0]]).repeat(len(x), 1)
+
+    net = ServingNet(Fixed(), GREY_28, 2.0, heads=[(0, 2, False, 2.0), (2, 4, False, 0.5), (4, 6, True, 1.0)]).eval()
+    first, second, multi, score = net(torch.zeros(3, 28, 28, dtype=torch.uint8))
+    assert torch.allclose(first[0], torch.softmax(torch.tensor([1.0, 0.0]), 0))
+    assert torch.allclose(second[0], torch.softmax(torch.tensor([2.0, -2.0]), 0))
+    assert torch.allclose(multi[0], torch.sigmoid(torch.tensor([3.0, -3.0])))
+    assert score[0].item() == pytest.approx(2.0 * torch.logsumexp(torch.tensor([1.0, 0.0]), 0).item())

@@ -34,6 +34,7 @@ class Attribute:
     values: tuple[str, ...]
     multi: bool = False  # several values per photo (a sigmoid per value) rather than one (softmax)
     thresholds: tuple[float, ...] = ()  # a multi-label model's probability cut per value (chosen on validation)
+    temperature: float = 1.0  # a trained single-valued head's calibration (fitted on validation)
 
     @property
     def width(self) -> int:
@@ -42,6 +43,8 @@ class Attribute:
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "values": list(self.values), "multi": self.multi}
+        if self.temperature != 1.0:
+            out["temperature"] = self.temperature
         return {**out, "thresholds": list(self.thresholds)} if self.thresholds else out
 
 
@@ -71,12 +74,14 @@ class Schema:
     @classmethod
     def from_dict(cls, items: list[dict]) -> Schema:
         return cls(tuple(Attribute(str(a["name"]), tuple(map(str, a["values"])), bool(a.get("multi", False)),
-                                   tuple(float(t) for t in a.get("thresholds") or ())) for a in items))
+                                   tuple(float(t) for t in a.get("thresholds") or ()),
+                                   float(a.get("temperature", 1.0))) for a in items))
 
-    def with_thresholds(self, thresholds: dict[str, list[float]]) -> Schema:
-        """The schema with the multi-label attributes' cuts (by attribute name)."""
-        return Schema(tuple(replace(a, thresholds=tuple(thresholds[a.name])) if a.name in thresholds else a
-                            for a in self.attributes))
+    def calibrated(self, thresholds: dict[str, list[float]], temperatures: dict[str, float]) -> Schema:
+        """The schema with the multi-label attributes' cuts and the single-valued heads'
+        temperatures (by attribute name)."""
+        return Schema(tuple(replace(a, thresholds=tuple(thresholds.get(a.name, a.thresholds)),
+                                    temperature=temperatures.get(a.name, a.temperature)) for a in self.attributes))
 
     def to_dict(self) -> list[dict]:
         return [a.to_dict() for a in self.attributes]
@@ -166,6 +171,42 @@ class Schema:
             return col
         has = (col == 1)
         return np.where(has.any(1), has.argmax(1), UNLABELLED)
+
+
+def recode(labels: np.ndarray, source: Schema, target: Schema) -> np.ndarray:
+    """Labels of ``source`` in ``target``'s layout (a model's): each attribute by name (a
+    one-attribute ``source``, e.g. class folders, is the target's first attribute), each value
+    to its index there; attributes the target has and the source lacks are unlabelled. A
+    ValueError names an attribute or value the target does not know."""
+    if source.single:
+        source = Schema((replace(source.first, name=target.first.name),))
+    unknown = [n for n in source.names if n not in target.names]
+    if unknown:
+        raise ValueError(f"the data has attribute(s) {', '.join(map(repr, unknown))} that the model does not know; "
+                         f"its attributes are: {', '.join(target.names)}")
+    out = np.full((len(labels), target.width) if not target.single else len(labels), UNLABELLED, np.int64)
+    for a, attr in enumerate(source.attributes):
+        t = target.attribute(attr.name)
+        want = target.attributes[t]
+        missing = [v for v in attr.values if v not in want.values]
+        if missing:
+            raise ValueError(f"attribute {attr.name!r}: the data has value(s) {', '.join(map(repr, missing))} that the "
+                             f"model does not know; its values are: {', '.join(want.values)}")
+        index = np.array([want.values.index(v) for v in attr.values], dtype=np.int64)
+        col = source.column(labels, a)
+        if target.single:
+            out[:] = np.where(col == UNLABELLED, UNLABELLED, index[col])
+        elif want.multi != attr.multi:
+            raise ValueError(f"attribute {attr.name!r} is {'multi' if attr.multi else 'single'}-valued in the data, "
+                             f"{'multi' if want.multi else 'single'}-valued in the model")
+        elif want.multi:
+            cols = target.label_slices[t]
+            block = np.zeros((len(labels), len(want.values)), np.int64)
+            block[:, index] = col
+            out[:, cols] = np.where((col == UNLABELLED).all(1, keepdims=True), UNLABELLED, block)
+        else:
+            out[:, target.label_slices[t].start] = np.where(col == UNLABELLED, UNLABELLED, index[col.clip(0)])
+    return out
 
 
 def _slices(widths: list[int]) -> list[slice]:

@@ -10,6 +10,7 @@ labelled folder plus the reviewed one); classes are the union of their names, so
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from fashionclf.data.attributes import UNLABELLED, Schema
+from fashionclf.data.attributes import UNLABELLED, Schema, recode
 from fashionclf.data.fashion_mnist import Dataset, ImageSet, class_counts, holds_fashion_mnist, make_splits
 from fashionclf.data.fashion_mnist import load_dataset as load_fashion_mnist
 from fashionclf.data.photo_folders import SPLIT_NAMES, Entry, carve_splits, find_duplicates, read_manifest, scan_folder
@@ -262,9 +263,21 @@ def attribute_tables(schema: Schema, labels: dict[str, np.ndarray]) -> list[dict
     return tables
 
 
-def relabel(dataset: Dataset, classes: list[str]) -> Dataset:
-    """``dataset`` with its labels renumbered to ``classes`` (a model's class order); a class the
-    model does not know is a usage error."""
+def relabel(dataset: Dataset, classes: list[str], schema: Schema | None = None) -> Dataset:
+    """``dataset`` with its labels renumbered to ``classes`` (a model's class order), or to a
+    model of several attributes' ``schema`` (``attributes.recode``); a class the model does not
+    know is a usage error."""
+    if schema is not None:
+        source = dataset.schema or Schema.one(dataset.classes)
+        try:
+            def re_all(s: ImageSet | None) -> ImageSet | None:
+                return None if s is None else ImageSet(s.images, recode(s.labels, source, schema))
+
+            return dataclasses.replace(dataset, train=re_all(dataset.train), test=re_all(dataset.test),
+                                       val=re_all(dataset.val), classes=list(schema.first.values),
+                                       class_indices=list(range(len(schema.first.values))), schema=schema)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     unknown = [c for c in dataset.classes if c not in classes]
     if unknown:
         raise UsageError(f"the data has class(es) {', '.join(map(repr, unknown))} that the model does not know; "

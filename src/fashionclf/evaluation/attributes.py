@@ -169,3 +169,22 @@ def results_of(logits: torch.Tensor, labels, schema: Schema, split: str,
         masks.append(mask)
     loss = float(attribute_loss(logits.float(), labels, schema)) if len(y) else float("nan")
     return AttributeResults(split, schema, results, masks, loss)
+
+
+def write_attribute_figures(results: AttributeResults, images: np.ndarray, out) -> dict[str, dict[str, str]]:
+    """Per single-valued attribute after the first (whose figures the report already has): its
+    confusion matrix and most confident mistakes as PNGs in ``out``; the paths per attribute."""
+    from pathlib import Path
+
+    from fashionclf.evaluation.plots import plot_confusion_matrix, plot_mistakes, save
+
+    figures = {}
+    for attr, r, mask in list(zip(results.schema.attributes, results.results, results.masks))[1:]:
+        if attr.multi or not len(r.y_true):
+            continue
+        stem = "".join(ch if ch.isalnum() else "_" for ch in attr.name)
+        paths = {"confusion": Path(out) / f"confusion_matrix_{stem}.png", "mistakes": Path(out) / f"mistakes_{stem}.png"}
+        save(plot_confusion_matrix(r).figure, paths["confusion"])
+        save(plot_mistakes(r, images[mask]).figure, paths["mistakes"])
+        figures[attr.name] = {k: str(v) for k, v in paths.items()}
+    return figures

@@ -130,14 +130,15 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
 def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
                      accuracies: dict[str, float], info: dict,
                      history: list[dict] | None = None, problems: dict | None = None,
-                     unknown: dict | None = None) -> dict:
+                     unknown: dict | None = None, sections: str = "") -> dict:
     """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
 
     ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
     ``accuracies`` the accuracies side by side (and their ``overfitting_check`` in the report);
     ``info`` the run's settings shown in the report; ``problems`` what was found wrong with
     the data (photo datasets: skipped files, label noise, leakage); ``unknown`` the model's
-    calibration and unknown-item figures (``fashionclf.evaluation.ood``), drawn as a reliability diagram.
+    calibration and unknown-item figures (``fashionclf.evaluation.ood``), drawn as a reliability diagram;
+    ``sections`` more HTML for the report (a model of several attributes: one section each).
     """
     from fashionclf.evaluation.plots import figure_curves, plot_confusion_matrix, plot_mistakes, plot_reliability, save
     from fashionclf.evaluation.report import write_report
@@ -167,5 +168,6 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     if unknown and "reliability" in unknown:
         paths["reliability_png"] = out / "reliability.png"
         save(plot_reliability(unknown["reliability"]).figure, paths["reliability_png"])
-    write_report(result, accuracies, overfitting_check(accuracies), info, paths, history, problems, unknown)
+    write_report(result, accuracies, overfitting_check(accuracies), info, paths, history, problems, unknown,
+                 sections)
     return {k: str(v) for k, v in paths.items()}

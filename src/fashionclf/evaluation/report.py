@@ -70,8 +70,31 @@ def unknown_section(unknown: dict | None, paths: dict) -> str:
             f"{_img(paths.get('reliability_png'))}</section>")
 
 
+def attribute_sections(summary: dict, figures: dict[str, dict]) -> str:
+    """One section per attribute of a model of several (``AttributeResults.summary``): its
+    score, per-value precision, recall and F1 (and average precision and threshold for a
+    multi-label one), its confusion matrix and most confident mistakes (``figures``: PNG paths)."""
+    parts = []
+    for name, a in summary.items():
+        multi = a["kind"] == "multi-label"
+        score = f"mAP {_fmt(a['mAP'])}" if multi else f"accuracy {_fmt(a['accuracy'])}"
+        if multi:
+            table = _table(["value", "precision", "recall", "F1", "average precision", "threshold", "support"],
+                           [[v, m["precision"], m["recall"], m["f1"], m["average_precision"] if m["average_precision"]
+                             is not None else float("nan"), m["threshold"], m["support"]]
+                            for v, m in a["per_value"].items()])
+        else:
+            table = _table(["value", "precision", "recall", "F1", "support"],
+                           [[v, m["precision"], m["recall"], m["f1"], m["support"]] for v, m in a["per_class"].items()])
+        pictures = "".join(_img(path) for path in figures.get(name, {}).values())
+        parts.append(f"<section><h2>Attribute {html.escape(name)}{' (several values per photo)' if multi else ''}</h2>"
+                     f"<p>{html.escape(a['split'])}: {score} on {a['samples']} photos labelled for it "
+                     f"({a['unlabelled']} not labelled).</p>{table}{pictures}</section>")
+    return "\n".join(parts)
+
+
 def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None,
-                 problems: dict | None = None, unknown: dict | None = None) -> None:
+                 problems: dict | None = None, unknown: dict | None = None, sections: str = "") -> None:
     acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
     if overfit.get("flag"):
         check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'
@@ -98,6 +121,7 @@ Train accuracy is measured in eval mode on the training split.</p></section>
 <section><h2>Confusion matrix ({html.escape(result.split)})</h2>{_img(paths.get('confusion_matrix_png'))}</section>
 <section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
 <section><h2>Most confident mistakes</h2>{_img(paths.get('mistakes_png'))}</section>
+{sections}
 {unknown_section(unknown, paths)}
 {problems_section(problems)}
 <section><h2>Settings</h2>{settings}</section>

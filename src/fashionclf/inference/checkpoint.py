@@ -139,11 +139,13 @@ class Checkpoint:
         }
 
     @property
-    def heads(self) -> list[tuple[int, int, bool]] | None:
-        """``ServingNet``'s heads: per attribute its logits' (start, stop) and whether it is multi-label."""
+    def heads(self) -> list[tuple[int, int, bool, float]] | None:
+        """``ServingNet``'s heads: per attribute its logits' (start, stop), whether it is
+        multi-label, and its temperature (the first head's is the checkpoint's own)."""
         if self.attributes is None:
             return None
-        return [(s.start, s.stop, a.multi) for a, s in zip(self.attributes.attributes, self.attributes.logit_slices)]
+        return [(s.start, s.stop, a.multi, self.temperature if i == 0 else a.temperature)
+                for i, (a, s) in enumerate(zip(self.attributes.attributes, self.attributes.logit_slices))]
 
     def serving_net(self) -> nn.Module:
         """The network as predict, serve and the ONNX export run it (``ServingNet``), in eval mode."""
@@ -267,10 +269,12 @@ def _attributes(items, classes: list[str], bad) -> Schema | None:
         and isinstance(a.get("values"), list) and 1 <= len(a["values"]) <= MAX_CLASSES
         and all(isinstance(v, str) and 0 < len(v) <= MAX_CLASS_NAME for v in a["values"])
         and isinstance(a.get("thresholds", []), list) and len(a.get("thresholds") or a["values"]) == len(a["values"])
-        and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in a.get("thresholds") or []) for a in items))
+        and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in a.get("thresholds") or [])
+        and isinstance(a.get("temperature", 1.0), (int, float)) and 0.01 <= a.get("temperature", 1.0) <= 100
+        for a in items))
     if not names_ok:
         raise bad(f"attributes must be 1 to {MAX_ATTRIBUTES} of {{name, values[, thresholds]}}, with 1 to "
-                  f"{MAX_CLASSES} values each (and a threshold in [0, 1] per value)")
+                  f"{MAX_CLASSES} values each (a threshold in [0, 1] per value, a temperature in [0.01, 100])")
     schema = Schema.from_dict(items)
     if list(schema.first.values) != list(classes):
         raise bad("the first attribute's values must be the class list")

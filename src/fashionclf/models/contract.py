@@ -168,13 +168,14 @@ class ServingNet(nn.Module):
     """uint8 images -> (probabilities of ``softmax(logits / T)``, score ``T * logsumexp(logits / T)``):
     ``InferenceNet`` plus the checkpoint's temperature ``T`` (1 for a model never calibrated).
 
-    A model of several attributes (``heads``: per attribute its logits' (start, stop) and
-    whether it is multi-label) answers with one output per attribute, then the score: the
-    first attribute's softmax over ``logits / T`` (the score comes from it too), a softmax per
-    other single-valued attribute, a sigmoid per value of a multi-label one."""
+    A model of several attributes (``heads``: per attribute its logits' (start, stop), whether
+    it is multi-label, and its temperature) answers with one output per attribute, then the
+    score: the first attribute's softmax over ``logits / T`` (the score comes from it), a
+    softmax over its own ``logits / T`` per other single-valued attribute, a sigmoid per value
+    of a multi-label one."""
 
     def __init__(self, model: nn.Module, contract: InputContract, temperature: float = 1.0,
-                 heads: list[tuple[int, int, bool]] | None = None):
+                 heads: list[tuple[int, int, bool, float]] | None = None):
         super().__init__()
         self.net = InferenceNet(model, contract)
         self.temperature = float(temperature)
@@ -185,11 +186,11 @@ class ServingNet(nn.Module):
         if self.heads is None:
             z = z / self.temperature
             return torch.softmax(z, 1), self.temperature * torch.logsumexp(z, 1)
-        (start, stop, _), others = self.heads[0], self.heads[1:]
+        (start, stop, _, _), others = self.heads[0], self.heads[1:]
         first = z[:, start:stop] / self.temperature
         outs = [torch.softmax(first, 1)]
-        for start, stop, multi in others:
-            outs.append(torch.sigmoid(z[:, start:stop]) if multi else torch.softmax(z[:, start:stop], 1))
+        for start, stop, multi, t in others:
+            outs.append(torch.sigmoid(z[:, start:stop]) if multi else torch.softmax(z[:, start:stop] / t, 1))
         return (*outs, self.temperature * torch.logsumexp(first, 1))
 
 

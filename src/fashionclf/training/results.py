@@ -25,9 +25,18 @@ from fashionclf.data.attributes import Schema
 from fashionclf.data.fashion_mnist import CLASSES, Dataset, class_counts, load_dataset
 from fashionclf.data.sources import PHOTO_VERIFICATION, first_labels
 from fashionclf.device import cpu_info
-from fashionclf.evaluation.attributes import AttributeResults, best_thresholds, results_of
+from fashionclf.evaluation.attributes import AttributeResults, best_thresholds, results_of, write_attribute_figures
 from fashionclf.evaluation.metrics import EvalResult, evaluate, overfitting_check, write_evaluation
-from fashionclf.evaluation.ood import calibrate, energy_score, far_ood_images, ood_report, reliability, softmax
+from fashionclf.evaluation.ood import (
+    calibrate,
+    energy_score,
+    far_ood_images,
+    fit_temperature,
+    ood_report,
+    reliability,
+    softmax,
+)
+from fashionclf.evaluation.report import attribute_sections
 from fashionclf.fileio import write_json
 from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionclf.models import count_parameters
@@ -55,16 +64,19 @@ def primary(result: EvalResult | AttributeResults) -> EvalResult:
     return result if isinstance(result, EvalResult) else result.first
 
 
-def choose_thresholds(best: Checkpoint, results: dict[str, AttributeResults]) -> Checkpoint:
-    """Each multi-label value's probability cut, chosen on validation (best F1), applied to
-    every split's results and kept in the checkpoint."""
+def calibrate_heads(best: Checkpoint, results: dict[str, AttributeResults]) -> Checkpoint:
+    """On validation: each multi-label value's probability cut (best F1), applied to every
+    split's results, and a temperature per single-valued head after the first (whose
+    temperature is the unknown score's, ``calibrate_run``); both kept in the checkpoint."""
     val = results["val"]
-    cuts = {a.name: best_thresholds(val.of(a.name).y_true, val.of(a.name).probs)
-            for a in best.attributes.attributes if a.multi and len(val.of(a.name).y_true)}
+    labelled = [a for a in best.attributes.attributes if len(val.of(a.name).y_true)]
+    cuts = {a.name: best_thresholds(val.of(a.name).y_true, val.of(a.name).probs) for a in labelled if a.multi}
+    temperatures = {a.name: fit_temperature(val.of(a.name).logits, val.of(a.name).y_true)
+                    for a in labelled if not a.multi and a.name != best.attributes.first.name}
     for r in results.values():
         for name, cut in cuts.items():
             r.of(name).thresholds = cut
-    return best.replace(attributes=best.attributes.with_thresholds({k: v.tolist() for k, v in cuts.items()}))
+    return best.replace(attributes=best.attributes.calibrated({k: v.tolist() for k, v in cuts.items()}, temperatures))
 
 
 def finish_run(run: Run) -> dict:
@@ -75,14 +87,14 @@ def finish_run(run: Run) -> dict:
     every = score_splits(model, data, dataset.classes, best.contract, ("train", "val", "test"), run.device,
                          best.attributes)
     if best.attributes is not None:
-        best = choose_thresholds(best, every)
+        best = calibrate_heads(best, every)
     results = {split: primary(r) for split, r in every.items()}
     accuracies = {split: r.accuracy for split, r in results.items()}
     overfit = overfitting_check(accuracies)
     unknown = calibrate_run(run, model, best.contract, results)
     metrics = run_metrics(run, model, results, overfit)
     if best.attributes is not None:
-        metrics["attributes"] = attribute_metrics(every)
+        metrics["attributes"] = attribute_metrics(every, best.attributes)
         log_attributes(metrics["attributes"], run.log)
     metrics["unknown"] = unknown
     metrics["run_seconds"] = time.perf_counter() - run.started  # this process: data, training, evaluation
@@ -95,9 +107,13 @@ def finish_run(run: Run) -> dict:
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    test_images = dataset.test.images if best.attributes is None else dataset.test.images[every["test"].masks[0]]
+    test_images, sections = dataset.test.images, ""
+    if best.attributes is not None:
+        test_images = dataset.test.images[every["test"].masks[0]]
+        sections = attribute_sections(every["test"].summary(), write_attribute_figures(
+            every["test"], dataset.test.images, run.out))
     write_evaluation(test, test_images, run.out, accuracies, info, run.history, dataset.problems,
-                     unknown)
+                     unknown, sections)
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
             + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
@@ -184,13 +200,16 @@ def run_metrics(run: Run, model: nn.Module, results: dict[str, EvalResult], over
     }
 
 
-def attribute_metrics(every: dict[str, AttributeResults]) -> dict:
+def attribute_metrics(every: dict[str, AttributeResults], schema: Schema) -> dict:
     """metrics.json's section per attribute: its test figures (per value, confusion matrix or
-    average precision) and its score on each split (accuracy, or mAP for a multi-label one)."""
+    average precision) and its score on each split (accuracy, or mAP for a multi-label one);
+    a head's temperature (the first head's is ``unknown``'s) or a multi-label one's thresholds."""
     out = {}
-    for name, test in every["test"].summary().items():
+    for attr, (name, test) in zip(schema.attributes, every["test"].summary().items()):
         key = "mAP" if test["kind"] == "multi-label" else "accuracy"
-        out[name] = {**{f"{split}_{key}": r.of(name).accuracy for split, r in every.items()}, "test": test}
+        calibration = {"thresholds": list(attr.thresholds)} if attr.multi else {"temperature": attr.temperature}
+        out[name] = {**{f"{split}_{key}": r.of(name).accuracy for split, r in every.items()},
+                     **(calibration if attr is not schema.first else {}), "test": test}
     return out
 
 
@@ -215,14 +234,14 @@ def dataset_of_checkpoint(ckpt: Checkpoint, data: list[str] | str | None = None,
     sources = as_list(data) or config.data
     if is_fashion_mnist(sources):
         dataset = load_data(sources, ckpt.class_indices, verify, config.split, log=log, contract=ckpt.contract)
-        return relabel(dataset, ckpt.classes)
+        return relabel(dataset, ckpt.classes, ckpt.attributes)
     seen = ckpt.seen_photos()
     if seen is None:
         seen = {"train": set(), "val": set()}
         if config.data and not _is_idx_folder(config.data) and log:
             log("warning: this model.pt does not record which photos it trained on (it was written by an earlier "
                 "fashionclf): every photo is scored as test, those it trained on included; retrain to record them")
-    return relabel(load_photos_to_score(sources, seen, ckpt.contract, log), ckpt.classes)
+    return relabel(load_photos_to_score(sources, seen, ckpt.contract, log), ckpt.classes, ckpt.attributes)
 
 
 def _is_idx_folder(paths: list[str]) -> bool:
@@ -287,7 +306,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     data = make_splits(dataset, config.val_fraction, config.seed)
     left_out = photos_left_out(dataset, split)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
-    results = score_splits(model, data, ckpt.classes, contract, scored, dev)
+    every = score_splits(model, data, ckpt.classes, contract, scored, dev, ckpt.attributes)
+    results = {name: primary(r) for name, r in every.items()}
     accuracies = {name: results[name].accuracy for name in ("train", "val", "test")
                   if name in results and len(results[name].y_true)}
     recorded = (ckpt.metrics or {}).get("train_accuracy")
@@ -303,9 +323,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
             **{k: v for k, v in ckpt.config.items() if k not in ("model", "classes", "out")},
             "tta": contract.tta, "data": f"{dataset.source} ({dataset.verification})",
             **({"note": train_note} if train_note else {})}
-    images = data.of(split)[0].numpy()
-    paths = write_evaluation(result, images, out, accuracies, info, problems=dataset.problems)
+    images, sections = data.of(split)[0].numpy(), ""
+    if ckpt.attributes is not None:  # the first attribute's figures, on the photos labelled for it
+        out.mkdir(parents=True, exist_ok=True)
+        sections = attribute_sections(every[split].summary(), write_attribute_figures(every[split], images, out))
+        images = images[every[split].masks[0]]
+    paths = write_evaluation(result, images, out, accuracies, info, problems=dataset.problems, sections=sections)
     summary = dict(result.summary(), model=ckpt.model, classes=ckpt.classes,
+                   **({"attributes": every[split].summary()} if ckpt.attributes is not None else {}),
                    accuracies=accuracies, overfitting=overfit, files=paths,
                    **({"left_out": left_out} if left_out else {}),
                    **({"data_problems": dataset.problems} if dataset.problems else {}))
