@@ -211,3 +211,89 @@ def test_serving_net_answers_per_head_with_each_heads_temperature():
     assert torch.allclose(second[0], torch.softmax(torch.tensor([2.0, -2.0]), 0))
     assert torch.allclose(multi[0], torch.sigmoid(torch.tensor([3.0, -3.0])))
     assert score[0].item() == pytest.approx(2.0 * torch.logsumexp(torch.tensor([1.0, 0.0]), 0).item())
+
+
+def test_balance_weights_each_class_from_its_training_count_and_attribute_weights_are_checked():
+    import dataclasses
+
+    from fashionclf.evaluation.attributes import balanced_weights
+    from fashionclf.training.config import TrainConfig, add_flags, config_from_args
+    from fashionclf.training.loop import make_loss
+
+    schema = Schema((Attribute("c", ("a", "b", "z")), Attribute("m", ("x", "y"), multi=True)))
+    y = np.array([[0, 1, 0], [0, 1, 1], [0, 0, 1], [1, UNLABELLED, UNLABELLED]])
+    c, m = balanced_weights(schema, y)
+    assert c.tolist() == pytest.approx([4 / (3 * 3), 4 / 3, 0.0])  # "z" has no training photo
+    assert m.tolist() == pytest.approx([1 / 2, 1 / 2])  # x: 2 of 3 photos have it, y: 2 of 3
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    assert config_from_args(parser.parse_args(["--balance"])).balance == "weights"  # the flag alone
+    config = dataclasses.replace(config_from_args(parser.parse_args([])), attribute_weights="colour=2")
+    with pytest.raises(UsageError, match="'colour'.*c, m"):
+        make_loss(config, schema, ["a", "b", "z"], torch.from_numpy(y), torch.device("cpu"))
+    with pytest.raises(UsageError, match="several attribute"):
+        make_loss(config, None, ["a", "b"], torch.tensor([0, 1]), torch.device("cpu"))
+    weighted = dataclasses.replace(TrainConfig(label_smoothing=0.0), attribute_weights="m=0", balance="weights")
+    loss, note = make_loss(weighted, schema, ["a", "b", "z"], torch.from_numpy(y), torch.device("cpu"))
+    logits = torch.randn(4, 5)
+    only_c = attribute_losses(logits, torch.from_numpy(y), schema, value_weights=[torch.tensor(c).float(), None])[0]
+    assert loss(logits, torch.from_numpy(y)).item() == pytest.approx(only_c.item(), rel=1e-5)  # m weighs 0
+    assert note.startswith("--balance weights: c a 0.44, b 1.33, z 0.00")
+
+
+@pytest.mark.slow
+def test_review_files_photos_by_the_attribute_named_and_refuses_an_unknown_one(tagged_model, tmp_path, capsys):
+    import csv
+
+    from fashionclf.cli import main
+
+    model, shop = tagged_model
+    photos = [str(p) for p in sorted((shop / "photos").glob("*.jpg"))[::10]]
+    review = tmp_path / "review"
+    assert main(["predict", str(model), *photos, "-o", str(tmp_path / "t.csv"), "--min-confidence", "0.999",
+                 "--review", str(review), "--review-attribute", "colour"]) == 0
+    rows = list(csv.DictReader((review / "review.csv").open()))
+    assert rows and {r["label"] for r in rows} <= {"red", "blue"}
+    assert {p.name for p in review.iterdir() if p.is_dir()} <= {"red", "blue"}
+    assert main(["predict", str(model), photos[0], "--review", str(review), "--review-attribute", "pattern"]) == 2
+    err = capsys.readouterr().err
+    assert "no attribute 'pattern'" in err and "category, colour, looks" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_int8_export_and_dask_tagging_work_unchanged_for_a_model_of_several_attributes(tagged_model, tmp_path):
+    from fashionclf.inference.classifier import load_classifier
+    from fashionclf.inference.predict import TagSettings, tag_files
+    from fashionclf.inference.quantize import export_int8
+
+    model, shop = tagged_model
+    result = export_int8(model, output=tmp_path / "m.int8.onnx", log=lambda _: None)
+    assert result["int8_accuracy"] >= result["fp32_accuracy"] - 0.1 and result["agreement"] >= 0.9
+    int8 = load_classifier(tmp_path / "m.int8.onnx")
+    assert int8.schema.names == ["category", "colour", "looks"]
+    photos = [str(p) for p in sorted((shop / "photos").glob("*.jpg"))[::15]]
+    import io
+
+    local, dask = io.StringIO(), io.StringIO()
+    tag_files(model, photos, local, TagSettings(backend="onnx"))
+    tag_files(model, photos, dask, TagSettings(dask="local:1"))
+    assert dask.getvalue() == local.getvalue() and "colour_confidence" in local.getvalue()
+
+
+@pytest.mark.slow
+def test_init_from_a_one_attribute_model_keeps_its_body_and_starts_every_head_fresh(tmp_path, capsys):
+    from helpers import save_untrained_checkpoint
+
+    from fashionclf import train
+    from fashionclf.inference.checkpoint import load_checkpoint
+
+    one = save_untrained_checkpoint(tmp_path / "one.pt")  # fast-cnn, the ten classes, grey
+    manifest = write_tagged_shop(tmp_path / "shop", per_category=16)
+    train(data=str(manifest), init=str(one), epochs=1, out=str(tmp_path / "run"), seed=0)
+    log = capsys.readouterr().out
+    assert "new heads for category, colour, looks" in log and "adapted from 1 to 3 input channel" in log
+    before, after = load_checkpoint(one), load_checkpoint(tmp_path / "run" / "model.pt")
+    head = [k for k, v in after.state_dict.items() if v.dim() and v.shape[0] == after.attributes.outputs]
+    assert head and all(before.state_dict[k].shape[0] == 10 for k in head)  # a new head of 3 + 2 + 4 outputs

@@ -86,7 +86,9 @@ def test_the_api_description_says_what_every_endpoint_answers(classifier, tmp_pa
     assert predict["200"]["content"]["application/json"]["schema"]["items"]["$ref"].endswith("/FileResult")
     assert {"401", "408", "413", "415", "422", "503"} <= set(predict)
     result = spec["components"]["schemas"]["FileResult"]["properties"]
-    assert {"filename", "label", "confidence", "unknown", "probabilities", "error", "preview"} == set(result)
+    assert {"filename", "label", "confidence", "unknown", "probabilities", "error", "preview", "attributes"} == set(result)
+    assert spec["components"]["schemas"]["AttributeAnswer"]["properties"].keys() == {
+        "value", "values", "confidences", "probabilities"}
     assert spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
         .endswith("/ModelInfo")
     assert "/health" in spec["paths"] and "/" not in spec["paths"]

@@ -158,7 +158,7 @@ def cmd_predict(args) -> int:
     from fashionclf.inference.predict import TagSettings, tag_files, tag_to_file
 
     settings = TagSettings(args.format, args.top_k, args.batch_size, args.min_confidence, args.backend, args.device,
-                           review=args.review, dask=args.dask)
+                           review=args.review, review_attribute=args.review_attribute, dask=args.dask)
     if args.output:
         counts = tag_to_file(args.output, args.checkpoint, args.inputs, settings)
     else:
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review", metavar="DIR",
                    help="copy (hard-link) every photo that is unknown or below --min-confidence into "
                         "DIR/<predicted label>/ for a person to check; retrain with --data DIR")
+    p.add_argument("--review-attribute", metavar="NAME",
+                   help="a model of several attributes: --review files photos by this attribute's answer and "
+                        "its confidence (default: the first attribute's)")
     p.add_argument("--dask", metavar="ADDRESS",
                    help="tag on a Dask cluster: local:N (N worker processes here) or a scheduler address "
                         "(tcp://host:8786; the workers must see the files); same rows, same order "

@@ -21,29 +21,49 @@ from fashionclf.data.attributes import UNLABELLED, Schema
 from fashionclf.evaluation.metrics import EvalResult, result_from_logits
 
 
-def attribute_losses(logits: torch.Tensor, labels: torch.Tensor, schema: Schema,
-                     label_smoothing: float = 0.0) -> list[torch.Tensor]:
-    """Each attribute's mean loss over the photos labelled for it (0 where none is)."""
+def attribute_losses(logits: torch.Tensor, labels: torch.Tensor, schema: Schema, label_smoothing: float = 0.0,
+                     value_weights: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Each attribute's mean loss over the photos labelled for it (0 where none is);
+    ``value_weights`` (``balanced_weights``) weight a single-valued attribute's classes, or a
+    multi-label one's positives (``pos_weight``)."""
     losses = []
-    for attr, zs, ys in zip(schema.attributes, schema.logit_slices, schema.label_slices):
-        z = logits[:, zs].float()
+    for a, (attr, zs, ys) in enumerate(zip(schema.attributes, schema.logit_slices, schema.label_slices)):
+        z, w = logits[:, zs].float(), None if value_weights is None else value_weights[a]
         if attr.multi:
             t = labels[:, ys]
             mask = (t != UNLABELLED).all(1)
-            loss = F.binary_cross_entropy_with_logits(z[mask], t[mask].float(), reduction="sum")
+            loss = F.binary_cross_entropy_with_logits(z[mask], t[mask].float(), pos_weight=w, reduction="sum")
+            losses.append(loss / mask.sum().clamp(min=1))
         else:
             t = labels[:, ys.start]
             mask = t != UNLABELLED
-            loss = F.cross_entropy(z[mask], t[mask], label_smoothing=label_smoothing, reduction="sum")
-        losses.append(loss / mask.sum().clamp(min=1))
+            loss = F.cross_entropy(z[mask], t[mask], weight=w, label_smoothing=label_smoothing, reduction="sum")
+            total = mask.sum() if w is None else w[t[mask]].sum()
+            losses.append(loss / total.clamp(min=1e-6) if w is not None else loss / total.clamp(min=1))
     return losses
 
 
 def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, schema: Schema, label_smoothing: float = 0.0,
-                   weights: list[float] | None = None) -> torch.Tensor:
+                   weights: list[float] | None = None, value_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The training loss: the attributes' losses, weighted (equal weights by default)."""
-    losses = attribute_losses(logits, labels, schema, label_smoothing)
+    losses = attribute_losses(logits, labels, schema, label_smoothing, value_weights)
     return sum(w * loss for w, loss in zip(weights or [1.0] * len(losses), losses))
+
+
+def balanced_weights(schema: Schema, labels: np.ndarray) -> list[np.ndarray]:
+    """Per attribute, from its training photos: each value's class weight, ``n / (k * n_value)``
+    (scikit-learn's "balanced": a class of average size weighs 1; a value without training
+    photos, 0), or for a multi-label attribute each value's ``pos_weight``, negatives over
+    positives (1 for a value no photo has)."""
+    out = []
+    for a, attr in enumerate(schema.attributes):
+        counts = schema.counts(labels, a).astype(np.float64)
+        labelled = float(schema.labelled(labels, a).sum())
+        if attr.multi:
+            out.append(np.where(counts > 0, (labelled - counts) / np.maximum(counts, 1), 1.0))
+        else:
+            out.append(np.where(counts > 0, labelled / (len(counts) * np.maximum(counts, 1)), 0.0))
+    return out
 
 
 def first_hits(logits: torch.Tensor, labels: torch.Tensor, schema: Schema) -> torch.Tensor:

@@ -196,9 +196,11 @@ class ReviewFolder:
             self.csv.writerow(REVIEW_FIELDS)
         self.count = 0
 
-    def add(self, row: Prediction) -> None:
+    def add(self, row: Prediction, label: str, confidence: float, low: bool) -> None:
+        """File ``row``'s photo under ``label`` (the first attribute's value, or the attribute's
+        that ``--review-attribute`` names, with its ``confidence`` and whether it is ``low``)."""
         source = Path(row.path)
-        folder = self.root / folder_name(row.label)
+        folder = self.root / folder_name(label)
         folder.mkdir(exist_ok=True)
         target = folder / source.name
         n = 1
@@ -213,8 +215,8 @@ class ReviewFolder:
             except OSError:  # another file system, or links not allowed: a copy
                 shutil.copy2(source, target)
         self.csv.writerow([csv_cell(display_path(str(source))), csv_cell(display_path(str(target))),
-                           csv_cell(row.label), f"{row.confidence:.6f}",
-                           "" if row.unknown is None else str(row.unknown).lower(), str(row.low_confidence).lower()])
+                           csv_cell(label), f"{confidence:.6f}",
+                           "" if row.unknown is None else str(row.unknown).lower(), str(low).lower()])
         self.count += 1
 
     def close(self) -> None:
@@ -241,6 +243,7 @@ class TagSettings:
     device: str = "cpu"
     progress: bool | None = None  # None: a bar on a terminal only
     review: str | os.PathLike | None = None  # a folder for the photos a person should check
+    review_attribute: str | None = None  # a model of several attributes: review this one's answers (default: the first)
     dask: str | None = None  # a Dask scheduler address, or local:N
 
 
@@ -262,6 +265,7 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     if first is None:
         raise UsageError(f"no image files found in {', '.join(inputs)}")
     writer = RowWriter(out, s.fmt, s.top_k, flag_low=s.min_confidence is not None, schema=classifier.schema)
+    review_index = review_attribute(classifier, s.review_attribute)
     counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
     reviewer = ReviewFolder(s.review) if s.review is not None else None
     bar = tqdm(desc="tagging", unit="img", disable=None if s.progress is None else not s.progress, file=sys.stderr)
@@ -278,8 +282,10 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
         counts["failed"] += bool(row.error)
         counts["low_confidence"] += row.low_confidence
         counts["unknown"] += bool(row.unknown)
-        if reviewer is not None and not row.error and (row.unknown or row.low_confidence):
-            reviewer.add(row)
+        if reviewer is not None and not row.error:
+            label, confidence, low = reviewed_answer(row, review_index, s.min_confidence)
+            if row.unknown or low:
+                reviewer.add(row, label, confidence, low)
         bar.update()
     bar.close()
     writer.close()
@@ -287,6 +293,30 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
         reviewer.close()
         counts["review"] = reviewer.count
     return counts
+
+
+def review_attribute(classifier: Classifier, name: str | None) -> int:
+    """The index of the attribute ``--review-attribute`` names (0, the first, by default)."""
+    if name is None:
+        return 0
+    if classifier.schema is None:
+        raise UsageError(f"--review-attribute {name}: this model answers one question (its classes); "
+                         "leave the flag out")
+    try:
+        return classifier.schema.attribute(name)
+    except ValueError as exc:
+        raise UsageError(f"--review-attribute: {exc}") from None
+
+
+def reviewed_answer(row: Prediction, index: int, min_confidence: float | None) -> tuple[str, float, bool]:
+    """(label, confidence, below --min-confidence) of the answer a person reviews: the first
+    attribute's, or attribute ``index``'s (a multi-label one: its values joined, its least
+    confident value's confidence; "(none)" where no value reached its threshold)."""
+    if index == 0 or not row.attributes:
+        return row.label, row.confidence, row.low_confidence
+    answer = row.attributes[index]
+    confidence = min(answer.confidences) if answer.confidences else 0.0
+    return ";".join(answer.values) or "(none)", confidence, min_confidence is not None and confidence < min_confidence
 
 
 def tag_to_file(output: str | os.PathLike, checkpoint: str | os.PathLike, inputs: list[str],

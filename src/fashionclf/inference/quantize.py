@@ -125,6 +125,10 @@ def export_int8(checkpoint, output=None, data=None, calibration: int = CALIBRATI
     seconds = time.perf_counter() - start
     output = Path(output) if output else path.parent / f"{path.stem}.int8.onnx"
     write_bytes_atomic(output, int8)
-    comparison = compare_int8(fp32, int8, dataset.test.images, dataset.test.labels)
+    images, labels = dataset.test.images, dataset.test.labels
+    if dataset.schema is not None:  # a model of several attributes: compared on its first (the graph's first output)
+        first = dataset.schema.category(labels)
+        images, labels = images[first >= 0], first[first >= 0]
+    comparison = compare_int8(fp32, int8, images, labels)
     return {"output": str(output), "bytes": len(int8), "fp32_bytes": len(fp32), "quantize_seconds": seconds,
             "calibration_images": min(calibration, len(dataset.train.images)), **comparison}

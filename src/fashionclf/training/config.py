@@ -39,17 +39,19 @@ SPLITS = ("test", "val", "train")
 # and 256 decoded photos take little memory.
 PREDICT_BATCH_SIZE = 256
 STEM_INITS = ("random", "whiten")
+BALANCES = ("none", "weights")
 
 
 def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
-            flags: tuple[str, ...] = (), layered: bool = True):
+            flags: tuple[str, ...] = (), layered: bool = True, const=None):
     """A ``TrainConfig`` field. ``layered`` settings default to ``None`` in the dataclass
     (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
     them; the others take ``default`` directly. ``flags``: extra command-line spellings.
     A boolean setting (on by default) gets a flag that switches it off (``--no-verify``); a list
-    setting one that is repeated, an item per use (``--data A --data B``)."""
+    setting one that is repeated, an item per use (``--data A --data B``). ``const``: the value
+    of the flag given without one (``--balance`` = ``--balance weights``)."""
     meta = {"default": default, "help": help, "why": why, "type": kind or (str if default is None else type(default)),
-            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered}
+            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered, "const": const}
     return field(default=None if layered else default, metadata=meta)
 
 
@@ -125,6 +127,14 @@ class TrainConfig:
                               "with its mirror in evaluation and prediction",
                               "flip averaging doubles inference cost; a model or recipe opts in",
                               choices=TTA_CHOICES)
+    attribute_weights: str | None = setting(None, "data of several attributes: their losses' weights, e.g. "
+                                            "colour=2,pattern=0.5 (attributes not named: 1)",
+                                            "equal: each attribute's loss counts alike", layered=False)
+    balance: str | None = setting("none", "skewed classes or values: 'weights' (or the flag alone) weights each "
+                                  "class's loss by the inverse of its training photo count (sklearn's 'balanced'); "
+                                  "a multi-label value's by its negatives over positives",
+                                  "none: Fashion-MNIST's classes are balanced; a shop with few photos of some "
+                                  "classes opts in", choices=BALANCES, const="weights")
     precision: str | None = setting("fp32", "training arithmetic: fp32, bf16 (autocast; weights stay fp32), "
                                     "or auto: bf16 where the CPU/GPU has it in hardware; evaluation is fp32",
                                     "bit-for-bit repeatable everywhere; the recipes say auto",
@@ -165,6 +175,11 @@ class TrainConfig:
     def cuts(self) -> list[tuple[int, int]]:
         """``schedule_cut`` as (epochs planned, epoch after which they were cut) pairs."""
         return parse_schedule_cut(self.schedule_cut)
+
+    @functools.cached_property
+    def loss_weights(self) -> dict[str, float]:
+        """``attribute_weights`` as {attribute: weight}: ``"colour=2"`` -> ``{"colour": 2.0}``."""
+        return parse_attribute_weights(self.attribute_weights)
 
     @property
     def split(self) -> SplitSettings:
@@ -212,6 +227,8 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
             kwargs["action"] = "append"
         if m["choices"]:
             kwargs["choices"] = m["choices"]
+        if m.get("const") is not None:
+            kwargs.update(nargs="?", const=m["const"])
         if not m["layered"]:
             kwargs["default"] = default
         parser.add_argument(flag_of(f.name), *m["flags"], **kwargs)
@@ -235,6 +252,24 @@ def over_saved(path: str, config: TrainConfig, given: set[str]) -> TrainConfig:
                          "a run or the best.json of 'fashionclf tune'") from None
     names = {f.name for f in fields(TrainConfig)}
     return dataclasses.replace(saved, **{name: getattr(config, name) for name in given & names})
+
+
+def parse_attribute_weights(spec: str | None) -> dict[str, float]:
+    """``"colour=2,pattern=0.5"`` -> ``{"colour": 2.0, "pattern": 0.5}``; weights must be >= 0."""
+    out = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        name, eq, value = part.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not eq or not name.strip() or not weight >= 0:
+            raise UsageError(f"--attribute-weights takes NAME=WEIGHT pairs, comma-separated, each weight 0 or more, "
+                             f"e.g. colour=2,pattern=0.5; got {spec!r}")
+        out[name.strip()] = weight
+    return out
 
 
 def parse_augment(spec: str | None) -> list[str]:
@@ -345,6 +380,7 @@ def validate_config(config: TrainConfig) -> None:
         raise UsageError(f"--test-fraction must be in (0, 1) and leave photos to train on beside --val-fraction, "
                          f"got {config.test_fraction} and {config.val_fraction}")
     parse_augment(config.augment)
+    parse_attribute_weights(config.attribute_weights)
     parse_duration(config.time_budget)
     cuts = parse_schedule_cut(config.schedule_cut)
     ends = [n for n, _ in cuts] + [config.epochs]

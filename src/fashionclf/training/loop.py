@@ -17,8 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fashionclf.data.attributes import Schema
-from fashionclf.errors import TrainingDiverged
-from fashionclf.evaluation.attributes import attribute_loss, first_hits
+from fashionclf.errors import TrainingDiverged, UsageError
+from fashionclf.evaluation.attributes import attribute_loss, balanced_weights, first_hits
 from fashionclf.models.contract import InputContract, preprocess
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
@@ -100,6 +100,34 @@ def make_prepare(contract: InputContract, augmentations: list[str], generator: t
     return prepare
 
 
+def make_loss(config: TrainConfig, schema: Schema | None, classes: list[str], labels: torch.Tensor,
+              device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, str]:
+    """The training loss of a run, and a line for the log ("" when it is plain cross-entropy):
+    one head per attribute with masked losses, weighted by ``--attribute-weights``; with
+    ``--balance weights``, each class (or multi-label value) weighted from the training counts."""
+    if schema is None and config.loss_weights:
+        raise UsageError("--attribute-weights weighs the attributes of a manifest with several attribute "
+                         "columns; this data has one (its classes): leave it out")
+    unknown = [n for n in config.loss_weights if schema is not None and n not in schema.names]
+    if unknown:
+        raise UsageError(f"--attribute-weights names {', '.join(map(repr, unknown))}; the data's attributes are: "
+                         f"{', '.join(schema.names)}")
+    balanced = None
+    if config.balance == "weights":
+        counted = schema or Schema.one(classes)
+        balanced = [torch.as_tensor(w, dtype=torch.float32, device=device)
+                    for w in balanced_weights(counted, labels.cpu().numpy())]
+    note = "" if balanced is None else "--balance weights: " + "; ".join(
+        f"{a.name} " + ", ".join(f"{v} {w:.2f}" for v, w in zip(a.values, ws.tolist()))
+        for a, ws in zip((schema or Schema.one(classes)).attributes, balanced))
+    if schema is None:
+        weight = None if balanced is None else balanced[0]
+        return (None if weight is None else
+                lambda z, y: F.cross_entropy(z, y, weight=weight, label_smoothing=config.label_smoothing)), note
+    weights = [config.loss_weights.get(n, 1.0) for n in schema.names]
+    return (lambda z, y: attribute_loss(z, y, schema, config.label_smoothing, weights, balanced)), note
+
+
 # ---------------------------------------------------------------- one epoch
 
 
@@ -117,8 +145,8 @@ class TrainStep:
     lr_at: Callable[[float], float] | None = None  # fraction of the epoch done -> learning rate
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16: forward pass in that precision
     world: World = World()  # torchrun's ranks: each trains on its shard of every batch
-    schema: Schema | None = None  # several attributes: one head each, masked losses (``evaluation.attributes``)
-    attribute_weights: list[float] | None = None  # their losses' weights (equal when None)
+    schema: Schema | None = None  # several attributes: one head each (the first one's hits are counted)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: cross-entropy (``make_loss``)
 
 
 def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -149,10 +177,10 @@ def train_one_epoch(step: TrainStep, inputs: torch.Tensor, labels: torch.Tensor,
         lrs.append(optimizer.param_groups[0]["lr"])
         with torch.autocast(device.type, dtype=step.autocast) if step.autocast else contextlib.nullcontext():
             logits = model(x)
-            if step.schema is None:
+            if step.loss is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=step.label_smoothing)
             else:
-                loss = attribute_loss(logits, y, step.schema, step.label_smoothing, step.attribute_weights)
+                loss = step.loss(logits, y)
         if not torch.isfinite(loss):
             seen = max(start, 1)
             last = f"mean loss so far {total_loss.item() / seen:.4f}" if start else "at the first step"

@@ -41,7 +41,15 @@ from fashionclf.training.ddp import World, check_batch
 from fashionclf.training.ddp import from_env as world_from_env
 from fashionclf.training.ddp import start as start_ranks
 from fashionclf.training.ddp import wrap as wrap_ranks
-from fashionclf.training.loop import TrainStep, learning_rate, make_ema, make_optimizer, make_prepare, train_one_epoch
+from fashionclf.training.loop import (
+    TrainStep,
+    learning_rate,
+    make_ema,
+    make_loss,
+    make_optimizer,
+    make_prepare,
+    train_one_epoch,
+)
 
 HISTORY_FIELDS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -74,6 +82,7 @@ class Run:
     # Photos this model saw before this run's data (SHA-256 per split): an --init body's, or
     # those last.pt recorded when resuming; the checkpoint records them with this run's own.
     seen_before: dict[str, set[str]] = field(default_factory=dict)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # ``loop.make_loss``; None: cross-entropy
 
     @property
     def evaluated(self) -> nn.Module:
@@ -143,6 +152,9 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
               make_ema(model, config.ema) if config.ema else None, torch.Generator().manual_seed(config.seed), log)
     run.world = world
     run.seen_before = ((state or init).seen_photos() if (state or init) else None) or {}
+    run.loss, note = make_loss(config, dataset.schema, dataset.classes, run.data.train_y, device)
+    if note:
+        log(note)
     for warning in config_warnings(config):
         log(f"warning: {warning}")
     if config.stem_init == "whiten" and state is None:
@@ -283,7 +295,7 @@ def start_phase(run: Run, name: str) -> Phase:
                      run.device, eval_modules, config.label_smoothing,
                      (lambda: run.ema.update_parameters(model)) if run.ema is not None else None,
                      autocast=autocast_dtype(config.precision, run.device), world=run.world,
-                     schema=run.dataset.schema)
+                     schema=run.dataset.schema, loss=run.loss)
     if name == "head" and config.cache_features and not augmentations and hasattr(model, "base"):
         train = extract_features(model.base, data.train_x.to(run.device), run.contract, run.device, "features")
         val = extract_features(model.base, data.val_x, run.contract, run.device, "features val")
