@@ -297,3 +297,16 @@ def test_init_from_a_one_attribute_model_keeps_its_body_and_starts_every_head_fr
     before, after = load_checkpoint(one), load_checkpoint(tmp_path / "run" / "model.pt")
     head = [k for k, v in after.state_dict.items() if v.dim() and v.shape[0] == after.attributes.outputs]
     assert head and all(before.state_dict[k].shape[0] == 10 for k in head)  # a new head of 3 + 2 + 4 outputs
+
+
+@pytest.mark.slow
+def test_python_api_answers_per_attribute(tagged_model):
+    import fashionclf
+
+    model_path, shop = tagged_model
+    model = fashionclf.load(model_path)
+    assert model.attributes == ["category", "colour", "looks"] and model.classes == ["shoe", "top", "trousers"]
+    rows = model.predict(sorted((shop / "photos").glob("*.jpg"))[:3])
+    assert all(set(r["attributes"]) == {"category", "colour", "looks"} for r in rows)
+    assert rows.labels("colour")[0] in ("red", "blue") and rows.labels() == [r["label"] for r in rows]
+    assert "<th>colour</th>" in rows._repr_html_()

@@ -26,6 +26,7 @@ import numpy as np
 
 from fashionclf.data.photos import PhotoError
 from fashionclf.errors import UsageError
+from fashionclf.inference.tagging import answers
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.results import Evaluation
 
@@ -133,7 +134,14 @@ class Model:
 
     @property
     def classes(self) -> list[str]:
+        """The classes (a model of several attributes: its first attribute's values)."""
         return list(self.classifier.classes)
+
+    @property
+    def attributes(self) -> list[str] | None:
+        """A model of several attributes: their names (first: the one ``classes`` and ``label``
+        are of); None for a model of one."""
+        return None if self.classifier.schema is None else self.classifier.schema.names
 
     def predict(self, inputs, top_k: int = 1) -> "Predictions":
         """One row per input: a path (str or Path), a Pillow image, or a uint8 array (H x W grey
@@ -158,11 +166,14 @@ class Model:
                 row["error"] = str(exc)
             rows.append(row)
         if good:
-            probs, scores = self.classifier.predict(np.stack(arrays))
+            every, scores = self.classifier.predict_attributes(np.stack(arrays))
             unknown = self.classifier.unknown(scores)
-            for i, (row, best) in enumerate(zip(good, top(probs, self.classes, top_k))):
+            for i, (row, best) in enumerate(zip(good, top(every[0], self.classes, top_k))):
                 row.update(label=best[0][0], confidence=best[0][1], top=best, image=arrays[i],
                            unknown=None if unknown is None else bool(unknown[i]))
+                if self.classifier.schema is not None:  # {attribute: (values, confidences)}
+                    row["attributes"] = {a.name: (a.values, a.confidences)
+                                         for a in answers(self.classifier.schema, every, i)}
         return Predictions(rows)
 
     def evaluate(self, split: str = "test", data: str | os.PathLike | list | None = None,
@@ -187,19 +198,31 @@ class Model:
 
 
 class Predictions(list):
-    """``Model.predict``'s rows (dicts: input, label, confidence, unknown, error, top k), shown
-    in Jupyter as a table with the image each was made from."""
+    """``Model.predict``'s rows (dicts: input, label, confidence, unknown, error, top k; a model
+    of several attributes adds ``attributes``: {name: (values, confidences)}), shown in Jupyter
+    as a table with the image each was made from."""
 
-    def labels(self) -> list[str]:
-        return [row["label"] for row in self]
+    def labels(self, attribute: str | None = None) -> list[str]:
+        """Each row's label, or its value of ``attribute`` (several values ``;``-joined)."""
+        if attribute is None:
+            return [row["label"] for row in self]
+        return [";".join(row["attributes"][attribute][0]) if "attributes" in row else "" for row in self]
 
     def _repr_html_(self) -> str:
-        head = "<tr><th></th><th>input</th><th>label</th><th>confidence</th><th>unknown</th><th>error</th></tr>"
+        names = next((list(row["attributes"])[1:] for row in self if "attributes" in row), [])
+        head = ("<tr><th></th><th>input</th><th>label</th><th>confidence</th>"
+                + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "<th>unknown</th><th>error</th></tr>")
+
+        def answer(row, name) -> str:
+            values, confidences = row.get("attributes", {}).get(name, ([], []))
+            return html.escape(", ".join(f"{v} ({c:.0%})" for v, c in zip(values, confidences)))
+
         body = "".join(
             f"<tr><td>{_thumbnail(row.get('image'))}</td><td>{html.escape(row['input'])}</td>"
             f"<td>{html.escape(row['label'])}</td>"
             f"<td>{'' if row['confidence'] is None else format(row['confidence'], '.1%')}</td>"
-            f"<td>{'' if row['unknown'] is None else row['unknown']}</td><td>{html.escape(row['error'])}</td></tr>"
+            + "".join(f"<td>{answer(row, n)}</td>" for n in names)
+            + f"<td>{'' if row['unknown'] is None else row['unknown']}</td><td>{html.escape(row['error'])}</td></tr>"
             for row in self)
         return f"<table>{head}{body}</table>"
 

@@ -4,6 +4,6 @@ header deadline, the body limit, the API key), ``uploads`` (one request's CPU wo
 ``Limits``), ``serve`` (the FastAPI app: lifespan, state, response models; ``serve`` runs it)
 and ``web/index.html``.
 
-May import: ``inference``, ``data.photos``, ``models.contract``, ``training.config`` (shared
+May import: ``inference``, ``data.photos``, ``data.attributes``, ``models.contract``, ``training.config`` (shared
 constants) and the shared modules. Nothing imports it but the CLI.
 """
