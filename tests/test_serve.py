@@ -48,6 +48,16 @@ def running_server(model, *args):
         proc.wait(timeout=20)
 
 
+def find_chromium() -> str:
+    """Debian's chromium for the page tests: required under CI, a skip elsewhere without it."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required under CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    return chromium
+
+
 def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
     return catalogue_photo(dataset_like_image(), np.random.default_rng(seed), fmt)
 
@@ -173,11 +183,7 @@ def test_request_limits(server):
 
 def test_web_page_in_headless_chromium(server, tmp_path):
     """Choose a photo on the page; the preview, label and bar chart appear."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required under CI (apt-get install chromium)")
-        pytest.skip("chromium not installed")
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     (tmp_path / "dress.jpg").write_bytes(photo(3))
@@ -217,11 +223,7 @@ def test_web_page_tags_a_whole_folder_and_downloads_the_table(server, tmp_path):
     text file and a formula-like name: every photo gets a row, the CSV holds the same rows."""
     import csv
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required under CI (apt-get install chromium)")
-        pytest.skip("chromium not installed")
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     shop = tmp_path / "shop"
@@ -276,11 +278,7 @@ def test_a_model_of_several_attributes_answers_per_attribute_and_the_page_shows_
             assert item["attributes"]["colour"]["value"] in ("red", "blue")
             looks = item["attributes"]["looks"]
             assert looks["value"] is None and set(looks["probabilities"]) == {"cool", "lower", "upper", "warm"}
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        if chromium is None:
-            if os.environ.get("CI"):
-                pytest.fail("chromium is required under CI (apt-get install chromium)")
-            pytest.skip("chromium not installed")
+        chromium = find_chromium()
         from playwright.sync_api import sync_playwright
 
         folder = tmp_path / "photos"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionclf.evaluation.report import ReportParts, write_report
 from fashionclf.fileio import write_json
 from fashionclf.models.contract import InputContract, predict_logits
 
@@ -128,20 +129,18 @@ def overfitting_check(accuracies: dict[str, float]) -> dict:
 
 
 def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.PathLike,
-                     accuracies: dict[str, float], info: dict,
-                     history: list[dict] | None = None, problems: dict | None = None,
-                     unknown: dict | None = None, sections: str = "") -> dict:
+                     accuracies: dict[str, float], info: dict, parts: ReportParts = ReportParts()) -> dict:
     """Write the evaluation artefacts of ``result`` into ``out_dir``; return the paths written.
 
     ``images`` are the uint8 source images of ``result``'s split (for the mistakes gallery);
     ``accuracies`` the accuracies side by side (and their ``overfitting_check`` in the report);
-    ``info`` the run's settings shown in the report; ``problems`` what was found wrong with
-    the data (photo datasets: skipped files, label noise, leakage); ``unknown`` the model's
-    calibration and unknown-item figures (``fashionclf.evaluation.ood``), drawn as a reliability diagram;
-    ``sections`` more HTML for the report (a model of several attributes: one section each).
+    ``info`` the run's settings shown in the report; ``parts`` the rest of the report
+    (``ReportParts``: training curves, the data's problems, the calibration and unknown-item
+    figures drawn as a reliability diagram, a section per attribute).
     """
     from fashionclf.evaluation.plots import figure_curves, plot_confusion_matrix, plot_mistakes, plot_reliability, save
-    from fashionclf.evaluation.report import write_report
+
+    history, unknown = parts.history, parts.unknown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +167,5 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     if unknown and "reliability" in unknown:
         paths["reliability_png"] = out / "reliability.png"
         save(plot_reliability(unknown["reliability"]).figure, paths["reliability_png"])
-    write_report(result, accuracies, overfitting_check(accuracies), info, paths, history, problems, unknown,
-                 sections)
+    write_report(result, accuracies, overfitting_check(accuracies), info, paths, parts)
     return {k: str(v) for k, v in paths.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 STYLE = """
@@ -93,8 +94,21 @@ def attribute_sections(summary: dict, figures: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict, history=None,
-                 problems: dict | None = None, unknown: dict | None = None, sections: str = "") -> None:
+@dataclass
+class ReportParts:
+    """What a report shows beyond one split's result: the training ``history`` (curves), the
+    data's ``problems``, the calibration and ``unknown`` figures (``evaluation.ood``), and more
+    HTML ``sections`` (a model of several attributes: ``attribute_sections``)."""
+
+    history: list[dict] | None = None
+    problems: dict | None = None
+    unknown: dict | None = None
+    sections: str = ""
+
+
+def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict,
+                 parts: ReportParts = ReportParts()) -> None:
+    history, problems, unknown, sections = parts.history, parts.problems, parts.unknown, parts.sections
     acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
     if overfit.get("flag"):
         check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'

@@ -42,16 +42,24 @@ STEM_INITS = ("random", "whiten")
 BALANCES = ("none", "weights")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a setting is spelt on the command line beyond ``--its-name``: other ``spellings``,
+    and ``const``, the value of the flag given alone (``--balance`` = ``--balance weights``)."""
+
+    spellings: tuple[str, ...] = ()
+    const: object = None
+
+
 def setting(default, help: str, why: str = "", *, kind: type | None = None, choices: tuple = (), minimum=None,
-            flags: tuple[str, ...] = (), layered: bool = True, const=None):
+            flag: Flag = Flag(), layered: bool = True):
     """A ``TrainConfig`` field. ``layered`` settings default to ``None`` in the dataclass
     (meaning "not given") and take ``default`` only if neither a recipe nor the model sets
-    them; the others take ``default`` directly. ``flags``: extra command-line spellings.
+    them; the others take ``default`` directly. ``flag``: other command-line spellings (``Flag``).
     A boolean setting (on by default) gets a flag that switches it off (``--no-verify``); a list
-    setting one that is repeated, an item per use (``--data A --data B``). ``const``: the value
-    of the flag given without one (``--balance`` = ``--balance weights``)."""
+    setting one that is repeated, an item per use (``--data A --data B``)."""
     meta = {"default": default, "help": help, "why": why, "type": kind or (str if default is None else type(default)),
-            "choices": tuple(choices), "minimum": minimum, "flags": tuple(flags), "layered": layered, "const": const}
+            "choices": tuple(choices), "minimum": minimum, "flag": flag, "layered": layered}
     return field(default=None if layered else default, metadata=meta)
 
 
@@ -80,7 +88,7 @@ class TrainConfig:
                                 choices=INPUTS)
     epochs: int | None = setting(10, "epochs of the main (fine-tuning) phase; given, it overrides a time budget",
                                  "the reference programs' budget; the best epoch by val accuracy is kept",
-                                 minimum=1, flags=("--finetune-epochs",))
+                                 minimum=1, flag=Flag(("--finetune-epochs",)))
     time_budget: str | None = setting(None, "train within this wall-clock time, final evaluation included, e.g. "
                                       "90s, 10m, 1h30m: a few timed steps fix the number of epochs, which "
                                       "config.json records (repeat the run with --epochs N)",
@@ -94,7 +102,7 @@ class TrainConfig:
     batch_size: int | None = setting(32, "images per optimizer step", "Keras' default, used by both references",
                                      minimum=1)
     lr: float | None = setting(1e-3, "peak learning rate of the main (fine-tuning) phase",
-                               "Adam's usual default, as in the references", flags=("--finetune-lr",))
+                               "Adam's usual default, as in the references", flag=Flag(("--finetune-lr",)))
     optimizer: str | None = setting("adam", "SGD uses momentum 0.9, Nesterov", "as the references",
                                     choices=OPTIMIZERS)
     weight_decay: float | None = setting(0.0, "on weights only, not biases or BatchNorm", "the references use none",
@@ -134,7 +142,7 @@ class TrainConfig:
                                   "class's loss by the inverse of its training photo count (sklearn's 'balanced'); "
                                   "a multi-label value's by its negatives over positives",
                                   "none: Fashion-MNIST's classes are balanced; a shop with few photos of some "
-                                  "classes opts in", choices=BALANCES, const="weights")
+                                  "classes opts in", choices=BALANCES, flag=Flag(const="weights"))
     precision: str | None = setting("fp32", "training arithmetic: fp32, bf16 (autocast; weights stay fp32), "
                                     "or auto: bf16 where the CPU/GPU has it in hardware; evaluation is fp32",
                                     "bit-for-bit repeatable everywhere; the recipes say auto",
@@ -150,7 +158,7 @@ class TrainConfig:
                                      "of train|val|test split folders, a CSV manifest (path,label[,split]), or a "
                                      "folder with the four Fashion-MNIST IDX files (default: Fashion-MNIST, searched "
                                      "in the usual places, see 'fashionclf data')", kind=str, layered=False,
-                                     flags=("--data-dir",))
+                                     flag=Flag(("--data-dir",)))
     test_fraction: float = setting(SplitSettings.test_fraction, "photo data without its own test split: share of each class held out for "
                                    "testing (stratified, seeded)",
                                    "a few hundred photos per class leave 20% enough to measure on", layered=False)
@@ -227,11 +235,11 @@ def add_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -
             kwargs["action"] = "append"
         if m["choices"]:
             kwargs["choices"] = m["choices"]
-        if m.get("const") is not None:
-            kwargs.update(nargs="?", const=m["const"])
+        if m["flag"].const is not None:
+            kwargs.update(nargs="?", const=m["flag"].const)
         if not m["layered"]:
             kwargs["default"] = default
-        parser.add_argument(flag_of(f.name), *m["flags"], **kwargs)
+        parser.add_argument(flag_of(f.name), *m["flag"].spellings, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -36,7 +36,7 @@ from fashionclf.evaluation.ood import (
     reliability,
     softmax,
 )
-from fashionclf.evaluation.report import attribute_sections
+from fashionclf.evaluation.report import ReportParts, attribute_sections
 from fashionclf.fileio import write_json
 from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionclf.models import count_parameters
@@ -112,8 +112,8 @@ def finish_run(run: Run) -> dict:
         test_images = dataset.test.images[every["test"].masks[0]]
         sections = attribute_sections(every["test"].summary(), write_attribute_figures(
             every["test"], dataset.test.images, run.out))
-    write_evaluation(test, test_images, run.out, accuracies, info, run.history, dataset.problems,
-                     unknown, sections)
+    write_evaluation(test, test_images, run.out, accuracies, info,
+                     ReportParts(run.history, dataset.problems, unknown, sections))
     run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
             f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
             + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
@@ -328,7 +328,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
         out.mkdir(parents=True, exist_ok=True)
         sections = attribute_sections(every[split].summary(), write_attribute_figures(every[split], images, out))
         images = images[every[split].masks[0]]
-    paths = write_evaluation(result, images, out, accuracies, info, problems=dataset.problems, sections=sections)
+    paths = write_evaluation(result, images, out, accuracies, info, ReportParts(problems=dataset.problems,
+                                                                                sections=sections))
     summary = dict(result.summary(), model=ckpt.model, classes=ckpt.classes,
                    **({"attributes": every[split].summary()} if ckpt.attributes is not None else {}),
                    accuracies=accuracies, overfitting=overfit, files=paths,
