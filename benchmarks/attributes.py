@@ -2,6 +2,7 @@
 per attribute, and with --balance for a skewed attribute.
 
     python benchmarks/attributes.py --init runs/strong/model.pt --out runs/attributes [--seeds 0 1 2]
+                                    [--runs joint separate-colour ...]
 
 The shop (``make_tagged_shop``, catalogue JPEGs made from Fashion-MNIST: *training* images to
 learn from, *test* images to score on) tags:
@@ -13,8 +14,9 @@ learn from, *test* images to score on) tags:
   office, summer and party wear), finer than the category; 20% of the cells left empty.
 
 Runs, each over ``--seeds``, all ``--init`` from the given Fashion-MNIST checkpoint with recipe
-``shop``: ``joint`` (one model, three heads), ``joint-balance`` (the same with ``--balance``),
-and ``separate`` (one model per single-valued attribute, from a manifest of that attribute
+``shop``: ``joint`` (one model, three heads), ``joint-balance`` and ``joint-sqrt`` (the same
+with ``--balance weights`` / ``sqrt``), ``joint-occasion-0.3`` (the multi-label attribute's
+loss weighted 0.3), and ``separate`` (one model per single-valued attribute, from a manifest of that attribute
 alone; a multi-label attribute cannot be a model's only one, as the first attribute is the
 category the unknown score comes from). Printed
 as a Markdown table: per attribute its accuracy (colour: also the mean recall over its values,
@@ -97,13 +99,18 @@ def main() -> int:
     parser.add_argument("--init", required=True, help="a Fashion-MNIST checkpoint, e.g. the strong recipe's model.pt")
     parser.add_argument("--out", default="runs/attributes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", nargs="+", help="only these runs (default: all)")
     args = parser.parse_args()
     out = Path(args.out)
     shop = make_tagged_shop(out / "shop")
-    runs = {"joint": (shop / "tags.csv", [], None), "joint-balance": (shop / "tags.csv", ["--balance"], None),
+    runs = {"joint": (shop / "tags.csv", [], None), "joint-balance": (shop / "tags.csv", ["--balance", "weights"], None),
+            "joint-sqrt": (shop / "tags.csv", ["--balance", "sqrt"], None),
+            "joint-occasion-0.3": (shop / "tags.csv", ["--attribute-weights", "occasion=0.3"], None),
             **{f"separate-{a}": (shop / f"{a}.csv", [], a) for a in ("category", "colour")}}
     results = {}
     for name, (manifest, extra, attribute) in runs.items():
+        if args.runs and name not in args.runs:
+            continue
         run_seeds(["--data", str(manifest), "--init", args.init, *ARGS, *extra], args.seeds, out / name)
         results[name] = [figures(out / name / f"seed-{s}", attribute) for s in args.seeds]
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")

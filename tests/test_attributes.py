@@ -225,11 +225,12 @@ def test_balance_weights_each_class_from_its_training_count_and_attribute_weight
     c, m = balanced_weights(schema, y)
     assert c.tolist() == pytest.approx([4 / (3 * 3), 4 / 3, 0.0])  # "z" has no training photo
     assert m.tolist() == pytest.approx([1 / 2, 1 / 2])  # x: 2 of 3 photos have it, y: 2 of 3
+    assert balanced_weights(schema, y, 0.5)[0].tolist() == pytest.approx(np.sqrt(c).tolist())
     import argparse
 
     parser = argparse.ArgumentParser()
     add_flags(parser)
-    assert config_from_args(parser.parse_args(["--balance"])).balance == "weights"  # the flag alone
+    assert config_from_args(parser.parse_args(["--balance"])).balance == "sqrt"  # the flag alone
     config = dataclasses.replace(config_from_args(parser.parse_args([])), attribute_weights="colour=2")
     with pytest.raises(UsageError, match="'colour'.*c, m"):
         make_loss(config, schema, ["a", "b", "z"], torch.from_numpy(y), torch.device("cpu"))

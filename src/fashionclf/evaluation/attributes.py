@@ -50,19 +50,20 @@ def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, schema: Schema, l
     return sum(w * loss for w, loss in zip(weights or [1.0] * len(losses), losses))
 
 
-def balanced_weights(schema: Schema, labels: np.ndarray) -> list[np.ndarray]:
+def balanced_weights(schema: Schema, labels: np.ndarray, power: float = 1.0) -> list[np.ndarray]:
     """Per attribute, from its training photos: each value's class weight, ``n / (k * n_value)``
     (scikit-learn's "balanced": a class of average size weighs 1; a value without training
     photos, 0), or for a multi-label attribute each value's ``pos_weight``, negatives over
-    positives (1 for a value no photo has)."""
+    positives (1 for a value no photo has); each raised to ``power`` (0.5: the square root,
+    a softer balance)."""
     out = []
     for a, attr in enumerate(schema.attributes):
         counts = schema.counts(labels, a).astype(np.float64)
         labelled = float(schema.labelled(labels, a).sum())
         if attr.multi:
-            out.append(np.where(counts > 0, (labelled - counts) / np.maximum(counts, 1), 1.0))
+            out.append(np.where(counts > 0, (labelled - counts) / np.maximum(counts, 1), 1.0) ** power)
         else:
-            out.append(np.where(counts > 0, labelled / (len(counts) * np.maximum(counts, 1)), 0.0))
+            out.append(np.where(counts > 0, labelled / (len(counts) * np.maximum(counts, 1)), 0.0) ** power)
     return out
 
 

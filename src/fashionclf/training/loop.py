@@ -24,7 +24,8 @@ from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
 from fashionclf.training.transforms import augment
 
-ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
+ONECYCLE_WARMUP = 0.25
+BALANCE_POWERS = {"weights": 1.0, "sqrt": 0.5}  # --balance: the power the inverse-frequency weights are raised to  # share of a phase spent rising linearly from 0 to the peak learning rate
 
 
 # ---------------------------------------------------------------- schedule and optimizer
@@ -104,7 +105,7 @@ def make_loss(config: TrainConfig, schema: Schema | None, classes: list[str], la
               device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, str]:
     """The training loss of a run, and a line for the log ("" when it is plain cross-entropy):
     one head per attribute with masked losses, weighted by ``--attribute-weights``; with
-    ``--balance weights``, each class (or multi-label value) weighted from the training counts."""
+    ``--balance``, each class (or multi-label value) weighted from the training counts."""
     if schema is None and config.loss_weights:
         raise UsageError("--attribute-weights weighs the attributes of a manifest with several attribute "
                          "columns; this data has one (its classes): leave it out")
@@ -113,11 +114,11 @@ def make_loss(config: TrainConfig, schema: Schema | None, classes: list[str], la
         raise UsageError(f"--attribute-weights names {', '.join(map(repr, unknown))}; the data's attributes are: "
                          f"{', '.join(schema.names)}")
     balanced = None
-    if config.balance == "weights":
+    if config.balance in BALANCE_POWERS:
         counted = schema or Schema.one(classes)
         balanced = [torch.as_tensor(w, dtype=torch.float32, device=device)
-                    for w in balanced_weights(counted, labels.cpu().numpy())]
-    note = "" if balanced is None else "--balance weights: " + "; ".join(
+                    for w in balanced_weights(counted, labels.cpu().numpy(), BALANCE_POWERS[config.balance])]
+    note = "" if balanced is None else f"--balance {config.balance}: " + "; ".join(
         f"{a.name} " + ", ".join(f"{v} {w:.2f}" for v, w in zip(a.values, ws.tolist()))
         for a, ws in zip((schema or Schema.one(classes)).attributes, balanced))
     if schema is None:
