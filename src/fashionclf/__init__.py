@@ -14,7 +14,7 @@ free of torch until a function is called.
 
 from fashionclf._version import __version__
 
-API = ("train", "load", "load_dataset", "plot_sample_grid", "TrainedRun", "Model", "Predictions")
+API = ("train", "audit", "load", "load_dataset", "plot_sample_grid", "TrainedRun", "Model", "Predictions")
 __all__ = ["__version__", *API]
 
 

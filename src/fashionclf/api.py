@@ -44,14 +44,7 @@ def train(*, out: str | os.PathLike | None = None, exist_ok: bool = False, resum
     from fashionclf.training.fit import fit
     from fashionclf.training.rundir import is_run
 
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"]
-    unknown = sorted(set(settings) - set(names))
-    if unknown:
-        raise UsageError(f"unknown setting {unknown[0]!r}; valid: {', '.join(names)}")
-    if isinstance(settings.get("data"), (str, os.PathLike)):
-        settings["data"] = [settings["data"]]
-    if settings.get("data") is not None:
-        settings["data"] = [str(p) for p in settings["data"]]
+    settings = checked_settings(settings)
     if out is None and resume is None:
         out, n = DEFAULT_OUT, 2
         while is_run(out):
@@ -59,6 +52,34 @@ def train(*, out: str | os.PathLike | None = None, exist_ok: bool = False, resum
     config = TrainConfig(**settings, out=str(out or resume))
     fit(config, resume=resume, log=log or (lambda _: None), exist_ok=exist_ok)
     return TrainedRun(Path(resume or out))
+
+
+def checked_settings(settings: dict) -> dict:
+    """Keyword settings as ``TrainConfig`` takes them: unknown names refused (listing the valid
+    ones), ``data`` as a list of path strings."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise UsageError(f"unknown setting {unknown[0]!r}; valid: {', '.join(names)}")
+    data = settings.get("data")
+    if data is not None:
+        settings = {**settings, "data": [str(data)] if isinstance(data, (str, os.PathLike)) else [str(p) for p in data]}
+    return settings
+
+
+def audit(*, output: str | os.PathLike, out: str | os.PathLike = "runs/audit", folds: int = 5,
+          rank: str = "self_confidence", log: Callable[[str], None] | None = print, **settings):
+    """Find the photos whose label is probably wrong, near-duplicates and outliers, as
+    ``fashionclf audit`` does: K-fold out-of-sample answers (``folds`` training runs in
+    ``out``), then confident learning. ``settings`` are ``TrainConfig``'s fields (``data=``
+    the photos, default Fashion-MNIST's training set; ``init=`` a model to start each fold
+    from). Returns the ``AuditResult``: ``suspects`` (as written to ``output``, a CSV that
+    must not exist yet), ``noise_table()`` and the files written."""
+    from fashionclf.audit.find import AuditSettings
+    from fashionclf.audit.find import audit as run_audit
+
+    return run_audit(TrainConfig(**checked_settings(settings)), AuditSettings(str(output), str(out), folds, rank),
+                     log=log or (lambda _: None))
 
 
 @dataclass

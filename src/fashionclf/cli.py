@@ -22,6 +22,7 @@ from fashionclf.training.config import (
     PREDICT_BATCH_SIZE,
     SPLITS,
     TTA_CHOICES,
+    TrainConfig,
     add_flags,
     config_from_args,
     over_saved,
@@ -231,6 +232,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from fashionclf.audit.find import AuditSettings, audit
+
+    result = audit(config_from_args(args), AuditSettings(args.output, args.audit_out, args.folds, args.rank))
+    for attribute, value, photos, share, flagged in result.noise_table():
+        print(f"{attribute + ': ' if result.pool.schema is not None else ''}{value:<20} {photos:>7,} photos  "
+              f"about {share:5.1%} wrong labels  {flagged:>5} flagged")
+    kinds = {k: sum(s.kind == k for s in result.suspects) for k in ("label", "duplicate", "outlier")}
+    print(f"{kinds['label']} labels to check, {result.duplicate_pairs} near-duplicate pairs, {kinds['outlier']} "
+          f"outliers: {result.files['csv']} (most suspect first); report: {result.files['report_html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionclf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fashionclf {__version__}")
@@ -263,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with N data-parallel processes on this machine (torchrun; --batch-size is the "
                         "global batch); across machines run torchrun -m fashionclf train yourself")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("audit", help="find wrong labels, near-duplicates and outliers (K-fold, confident learning)",
+                       description="Judge every labelled photo with a model that did not learn from it (K-fold "
+                                   "training runs), then flag the labels confident learning doubts, near-duplicate "
+                                   "photos and outliers. Training flags set the folds' runs (default: recipe shop "
+                                   "with --init, else fast).")
+    add_flags(p, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"])
+    p.add_argument("--output", required=True, metavar="FILE.csv",
+                   help="the suspects, most suspect first: path,label,suggested,score,kind,other (never overwritten)")
+    p.add_argument("--out", dest="audit_out", default="runs/audit", metavar="DIR",
+                   help="the fold runs and report.html (default: runs/audit)")
+    p.add_argument("--folds", type=positive_int, default=5, help="K of the K-fold out-of-sample answers (default: 5)")
+    p.add_argument("--rank", choices=("self_confidence", "normalized_margin"), default="self_confidence",
+                   help="how label suspects are ranked (default: self_confidence)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("evaluate", help="evaluate a saved model: metrics, plots, report.html")
     p.add_argument("checkpoint", help="model.pt (or its run directory)")

@@ -126,6 +126,20 @@ def plot_mistakes(result, images: np.ndarray, limit: int = 24, cols: int = 8, ax
     return ax
 
 
+def plot_suspects(images: np.ndarray, captions: list[str], title: str, cols: int = 8, ax=None):
+    """Photos with a caption each (``fashionclf audit``'s top suspects: given label, suggested
+    one, score), in a grid."""
+    rows = max(1, -(-len(images) // cols))
+    ax = _axes(ax, (cols * 1.5, rows * 2.3))
+    if len(images):
+        _captioned_grid(ax, images, captions, cols, colour="firebrick", fontsize=6)
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing flagged", ha="center", fontsize=12)
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
 def plot_reliability(reliability: dict, ax=None):
     """Reliability diagram: accuracy against confidence per bin, before and after temperature
     scaling (``reliability``: ``{"before": ood.reliability(...), "after": ...}``); the diagonal

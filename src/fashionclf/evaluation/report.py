@@ -16,7 +16,7 @@ img{max-width:100%}section{margin-bottom:2em}
 """
 
 
-def _img(path) -> str:
+def image_tag(path) -> str:
     if path is None or not Path(path).is_file():
         return "<p>(not available)</p>"
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -29,7 +29,7 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def html_table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -42,13 +42,13 @@ def problems_section(problems: dict | None) -> str:
     parts = []
     if problems.get("skipped"):
         rows = [[s["path"], s["label"], s["error"]] for s in problems["skipped"]]
-        parts.append(f"<h3>{len(rows)} unreadable file(s), skipped</h3>" + _table(["file", "label", "error"], rows))
+        parts.append(f"<h3>{len(rows)} unreadable file(s), skipped</h3>" + html_table(["file", "label", "error"], rows))
     for key, title in (("label_noise", "identical photos under two labels (label noise)"),
                        ("leakage", "identical photos in two splits (leakage)")):
         if problems.get(key):
             rows = [[i["path"], i["label"], i["split"]] for group in problems[key] for i in group]
             parts.append(f'<h3 class="flag">{len(problems[key])} group(s) of {title}</h3>'
-                         + _table(["file", "label", "split"], rows))
+                         + html_table(["file", "label", "split"], rows))
     return "<section><h2>Data problems</h2>" + "".join(parts) + "</section>"
 
 
@@ -57,18 +57,18 @@ def unknown_section(unknown: dict | None, paths: dict) -> str:
     the stored threshold separates unknown items, per out-of-distribution set."""
     if not unknown:
         return ""
-    calib = _table(["", "before", "after"], [
+    calib = html_table(["", "before", "after"], [
         ["validation NLL", unknown["val_nll_before"], unknown["val_nll_after"]],
         ["validation ECE", unknown["val_ece_before"], unknown["val_ece_after"]]])
     ood = unknown.get("ood") or {}
     rows = [[name, v["images"], v["auroc"], f"{v['flagged']:.1%}"] for name, v in ood.items() if isinstance(v, dict)]
     flagged = ood.get("in_distribution_flagged")
-    table = _table(["out-of-distribution set", "images", "AUROC", "flagged unknown"], rows) if rows else ""
+    ood_table = html_table(["out-of-distribution set", "images", "AUROC", "flagged unknown"], rows) if rows else ""
     return (f"<section><h2>Calibration and unknown items</h2><p>Temperature {unknown['temperature']:.3f} "
             f"fitted on the validation split. An item is <b>unknown</b> when its score ({html.escape(unknown['score'])}) "
             f"is below {unknown['threshold']:.3f}, which keeps {unknown['keep']:.0%} of validation images"
-            + (f"; {flagged:.1%} of test images are flagged" if flagged is not None else "") + f".</p>{calib}{table}"
-            f"{_img(paths.get('reliability_png'))}</section>")
+            + (f"; {flagged:.1%} of test images are flagged" if flagged is not None else "") + f".</p>{calib}{ood_table}"
+            f"{image_tag(paths.get('reliability_png'))}</section>")
 
 
 def attribute_sections(summary: dict, figures: dict[str, dict]) -> str:
@@ -80,17 +80,17 @@ def attribute_sections(summary: dict, figures: dict[str, dict]) -> str:
         multi = a["kind"] == "multi-label"
         score = f"mAP {_fmt(a['mAP'])}" if multi else f"accuracy {_fmt(a['accuracy'])}"
         if multi:
-            table = _table(["value", "precision", "recall", "F1", "average precision", "threshold", "support"],
+            values = html_table(["value", "precision", "recall", "F1", "average precision", "threshold", "support"],
                            [[v, m["precision"], m["recall"], m["f1"], m["average_precision"] if m["average_precision"]
                              is not None else float("nan"), m["threshold"], m["support"]]
                             for v, m in a["per_value"].items()])
         else:
-            table = _table(["value", "precision", "recall", "F1", "support"],
+            values = html_table(["value", "precision", "recall", "F1", "support"],
                            [[v, m["precision"], m["recall"], m["f1"], m["support"]] for v, m in a["per_class"].items()])
-        pictures = "".join(_img(path) for path in figures.get(name, {}).values())
+        pictures = "".join(image_tag(path) for path in figures.get(name, {}).values())
         parts.append(f"<section><h2>Attribute {html.escape(name)}{' (several values per photo)' if multi else ''}</h2>"
                      f"<p>{html.escape(a['split'])}: {score} on {a['samples']} photos labelled for it "
-                     f"({a['unlabelled']} not labelled).</p>{table}{pictures}</section>")
+                     f"({a['unlabelled']} not labelled).</p>{values}{pictures}</section>")
     return "\n".join(parts)
 
 
@@ -109,21 +109,21 @@ class ReportParts:
 def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict,
                  parts: ReportParts = ReportParts()) -> None:
     history, problems, unknown, sections = parts.history, parts.problems, parts.unknown, parts.sections
-    acc_table = _table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
+    acc_table = html_table(["split", "accuracy"], [[k, v] for k, v in accuracies.items()])
     if overfit.get("flag"):
         check = f'<p class="flag"><b>Large train/held-out gap.</b> {html.escape(overfit["hint"])}</p>'
     elif overfit.get("gap") is not None:
         check = f'<p class="ok">Train accuracy is {overfit["gap"]:.1%} above the worst held-out split: no sign of strong overfitting.</p>'
     else:
         check = ""
-    per_class = _table(
+    per_class = html_table(
         ["class", "precision", "recall", "F1", "support"],
         [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in result.per_class.items()],
     )
-    settings = _table(["setting", "value"], [[k, v] for k, v in info.items()])
+    settings = html_table(["setting", "value"], [[k, v] for k, v in info.items()])
     curves = ""
     if history:
-        curves = f"<section><h2>Training curves</h2>{_img(paths.get('curves_png'))}</section>"
+        curves = f"<section><h2>Training curves</h2>{image_tag(paths.get('curves_png'))}</section>"
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>fashionclf report: {html.escape(str(info.get('model', '')))}</title>
 <style>{STYLE}</style></head><body>
@@ -132,9 +132,9 @@ def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dic
 <p>{html.escape(result.split)} loss {_fmt(result.loss)}, {len(result.y_true)} images.
 Train accuracy is measured in eval mode on the training split.</p></section>
 {curves}
-<section><h2>Confusion matrix ({html.escape(result.split)})</h2>{_img(paths.get('confusion_matrix_png'))}</section>
+<section><h2>Confusion matrix ({html.escape(result.split)})</h2>{image_tag(paths.get('confusion_matrix_png'))}</section>
 <section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
-<section><h2>Most confident mistakes</h2>{_img(paths.get('mistakes_png'))}</section>
+<section><h2>Most confident mistakes</h2>{image_tag(paths.get('mistakes_png'))}</section>
 {sections}
 {unknown_section(unknown, paths)}
 {problems_section(problems)}

@@ -20,6 +20,7 @@ import os
 import time
 from typing import Callable
 
+from fashionclf.data.fashion_mnist import Dataset
 from fashionclf.training.budget import plan_epochs, replan_epochs
 from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import finish as finish_ranks
@@ -32,7 +33,7 @@ from fashionclf.training.rundir import claim
 
 def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Callable[[str], None] = print,
         stop_after_epoch: int | None = None, after_epoch: Callable[[int, float], None] | None = None,
-        final_evaluation: bool = True, exist_ok: bool = False) -> dict:
+        final_evaluation: bool = True, exist_ok: bool = False, data: Dataset | None = None) -> dict:
     """Train ``config.model`` and write the run directory ``config.out``; return its metrics.
 
     ``config.out`` may not hold a run already (``fashionclf.training.rundir``) unless ``exist_ok``;
@@ -45,18 +46,20 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     ``final_evaluation=False`` trains without evaluating the best model on train/val/test
     (a tuner's trial: the test split must not be looked at until a winner is chosen; ``fit``
     with ``resume`` on the directory evaluates it later) and returns ``{"best": ...}``.
+    ``data``: train on this ``Dataset`` (already converted for the model's input) instead of
+    loading ``config.data`` (``fashionclf audit``'s folds: the same photos, split otherwise).
     """
     if not world_from_env().main:  # rank 0 alone checks and holds the folder
-        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
+        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation, data)
     with claim(resume if resume is not None else config.out, exist_ok, resume=resume is not None):
-        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation)
+        return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation, data)
 
 
 def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None],
          stop_after_epoch: int | None, after_epoch: Callable[[int, float], None] | None,
-         final_evaluation: bool) -> dict:
+         final_evaluation: bool, data: Dataset | None = None) -> dict:
     started = time.perf_counter()
-    run = start_run(config, resume, log)
+    run = start_run(config, resume, log, data)
     run.started = started
     budgeted = bool(run.config.time_budget) and resume is None
     if budgeted:

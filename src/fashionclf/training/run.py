@@ -109,10 +109,12 @@ class Run:
         return results_of(logits, labels, self.dataset.schema, split)
 
 
-def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None]) -> Run:
+def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None],
+              data: Dataset | None = None) -> Run:
     """Resolve the settings, load the data, build the model, optimizer and weight average;
     with ``resume``, restore them and every random state from the run's last.pt (its saved
-    settings are used, except ``epochs``, which may be raised to train longer)."""
+    settings are used, except ``epochs``, which may be raised to train longer). ``data``: this
+    dataset (converted for the run's input contract) instead of ``config.data``'s."""
     state = None
     if resume is not None:
         state = load_checkpoint(Path(resume) / "last.pt")
@@ -130,7 +132,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
     contract, model_kwargs = input_contract(config, state, init)
-    dataset = load_data(config.data, config.classes, config.verify, config.split, log=log, contract=contract)
+    dataset = data if data is not None else load_data(config.data, config.classes, config.verify, config.split,
+                                                      log=log, contract=contract)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     outputs = len(dataset.classes) if dataset.schema is None else dataset.schema.outputs
