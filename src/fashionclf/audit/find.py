@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,8 @@ import numpy as np
 
 from fashionclf.audit.confident import RANKINGS, LabelIssues, find_label_issues
 from fashionclf.audit.folds import OutOfSample, Pool, embed, out_of_sample, pool_of
-from fashionclf.data.attributes import UNLABELLED
+from fashionclf.audit.report import write_report, write_suspects
+from fashionclf.audit.result import AuditResult, Suspect, labels_of
 from fashionclf.errors import UsageError
 from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.training.config import TrainConfig, resolve_config
@@ -62,54 +63,6 @@ class AuditSettings:
     rank: str = "self_confidence"  # or normalized_margin
 
 
-@dataclass
-class Suspect:
-    """One row of the audit's CSV."""
-
-    path: str
-    label: str
-    suggested: str
-    score: float
-    kind: str  # label, duplicate or outlier
-    attribute: str = ""  # a model of several attributes: which one's label
-    other: str = ""  # a duplicate's twin
-
-
-@dataclass
-class AuditResult:
-    """What an audit found (``suspects``, in the CSV's order) and how (per attribute, the
-    confident-learning figures)."""
-
-    pool: Pool
-    issues: dict[str, LabelIssues]  # per single-valued attribute ("label" for one-attribute data)
-    suspects: list[Suspect]
-    duplicate_pairs: int
-    outliers: int
-    seconds: float
-    files: dict[str, str] = field(default_factory=dict)
-
-    def noise_table(self) -> list[tuple[str, str, int, float, int]]:
-        """(attribute, class, photos, estimated share of wrong labels, flagged) per class."""
-        rows = []
-        for name, found in self.issues.items():
-            a = 0 if self.pool.schema is None else self.pool.schema.attribute(name)
-            values = self.pool.classes if self.pool.schema is None else self.pool.schema.attributes[a].values
-            labels = labels_of(self.pool, a)[0]
-            for j, value in enumerate(values):
-                rows.append((name, value, int((labels == j).sum()), float(found.noise_share[j]),
-                             int((found.issues & (labels == j)).sum())))
-        return rows
-
-
-def labels_of(pool: Pool, a: int) -> tuple[np.ndarray, np.ndarray]:
-    """Attribute ``a``'s label per photo of the pool (over the labelled ones) and which photos those are."""
-    if pool.schema is None:
-        return pool.labels, np.arange(len(pool.labels))
-    col = pool.schema.column(pool.labels, a)
-    keep = np.flatnonzero(col != UNLABELLED)
-    return col[keep], keep
-
-
 def default_recipe(config: TrainConfig) -> TrainConfig:
     """The folds' training when no recipe is named: ``shop`` from an ``--init`` body, else ``fast``."""
     if config.recipe is not None:
@@ -122,8 +75,6 @@ def audit(config: TrainConfig, settings: AuditSettings, log: Callable[[str], Non
     it): K-fold out-of-sample answers, confident learning per single-valued attribute,
     near-duplicates and outliers; write ``settings.output`` (the suspects, ranked) and
     ``settings.out/report.html``."""
-    from fashionclf.audit.report import write_report, write_suspects
-
     if settings.rank not in RANKINGS:
         raise UsageError(f"unknown --rank {settings.rank!r}; valid: {', '.join(RANKINGS)}")
     if settings.folds < 2:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionclf.audit.find import AuditResult, Suspect
+from fashionclf.audit.result import AuditResult, Suspect
 from fashionclf.evaluation.plots import plot_suspects, save
 from fashionclf.evaluation.report import STYLE, html_table, image_tag
 from fashionclf.fileio import write_bytes_atomic
