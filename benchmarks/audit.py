@@ -90,8 +90,8 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from fashionclf.audit.find import AuditSettings, audit
     from fashionclf.device import cpu_info
+    from fashionclf.quality.find import AuditSettings, audit
     from fashionclf.training.config import TrainConfig
 
     out, results = Path(args.out), {}

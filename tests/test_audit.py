@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionclf.audit.confident import calibrate_joint, confident_joint, find_label_issues, per_class_thresholds
+from fashionclf.quality.confident import calibrate_joint, confident_joint, find_label_issues, per_class_thresholds
 
 
 def noisy_probabilities(n=4000, k=10, flip=0.08, strength=3.0, seed=0):
@@ -120,3 +120,23 @@ def test_the_likelier_rule_narrows_issues_to_labels_another_class_clearly_beats(
     others[np.arange(len(given)), given] = 0
     flagged = np.flatnonzero(narrow.issues)
     assert (others[flagged].max(1) >= 10 * probs[flagged, given[flagged]]).all()
+
+
+@pytest.mark.slow
+def test_audit_judges_each_single_valued_attribute_of_a_tagged_manifest(tmp_path):
+    from helpers import write_tagged_shop
+
+    import fashionclf
+
+    manifest = write_tagged_shop(tmp_path / "shop", per_category=20)
+    lines = manifest.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if ",red," in line)
+    lines[i] = lines[i].replace(",red,", ",blue,")  # a planted wrong colour
+    manifest.write_text("\n".join(lines) + "\n")
+    result = fashionclf.audit(data=manifest, output=tmp_path / "s.csv", out=tmp_path / "audit", model="fast-cnn",
+                              epochs=6, folds=3, log=None)
+    assert set(result.issues) == {"category", "colour"}  # looks is multi-label: no single label to doubt
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert list(rows[0]) == ["path", "label", "suggested", "score", "kind", "attribute", "other"]
+    assert {r["attribute"] for r in rows if r["kind"] == "label"} <= {"category", "colour"}
+    assert {name for name, *_ in result.noise_table()} == {"category", "colour"}

@@ -75,8 +75,8 @@ def audit(*, output: str | os.PathLike, out: str | os.PathLike = "runs/audit", f
     the photos, default Fashion-MNIST's training set; ``init=`` a model to start each fold
     from). Returns the ``AuditResult``: ``suspects`` (as written to ``output``, a CSV that
     must not exist yet), ``noise_table()`` and the files written."""
-    from fashionclf.audit.find import AuditSettings
-    from fashionclf.audit.find import audit as run_audit
+    from fashionclf.quality.find import AuditSettings
+    from fashionclf.quality.find import audit as run_audit
 
     return run_audit(TrainConfig(**checked_settings(settings)), AuditSettings(str(output), str(out), folds, rank),
                      log=log or (lambda _: None))

@@ -233,7 +233,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from fashionclf.audit.find import AuditSettings, audit
+    from fashionclf.quality.find import AuditSettings, audit
 
     result = audit(config_from_args(args), AuditSettings(args.output, args.audit_out, args.folds, args.rank))
     for attribute, value, photos, share, flagged in result.noise_table():

@@ -16,7 +16,7 @@ From out-of-sample probabilities ``p`` (N, K) and the given labels ``y``:
    ``likelier`` narrows them to those whose confident class is another (the joint's
    off-diagonal, as the paper's "both" narrows by it) and that another label is that many
    times as likely as the given one: a model that confuses two classes by itself otherwise
-   fills the list with photos labelled right (``fashionclf.audit.find.LIKELIER``).
+   fills the list with photos labelled right (``fashionclf.quality.find.LIKELIER``).
 
 Issues are ranked by self-confidence (``p[i, y_i]``, lowest first) or by normalised margin
 (``p[i, y_i] - max_{k != y_i} p[i, k]``); ``score`` is 1 minus the one or half of one minus

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashionclf.audit.confident import LabelIssues
-from fashionclf.audit.folds import Pool
 from fashionclf.data.attributes import UNLABELLED
+from fashionclf.quality.confident import LabelIssues
+from fashionclf.quality.folds import Pool
 
 
 @dataclass

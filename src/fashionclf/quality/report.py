@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionclf.audit.result import AuditResult, Suspect
 from fashionclf.evaluation.plots import plot_suspects, save
 from fashionclf.evaluation.report import STYLE, html_table, image_tag
 from fashionclf.fileio import write_bytes_atomic
 from fashionclf.inference.predict import csv_cell, display_path
+from fashionclf.quality.result import AuditResult, Suspect
 
 GRID = 32  # suspects drawn in report.html
 

@@ -25,12 +25,12 @@ from typing import Callable
 
 import numpy as np
 
-from fashionclf.audit.confident import RANKINGS, LabelIssues, find_label_issues
-from fashionclf.audit.folds import OutOfSample, Pool, embed, out_of_sample, pool_of
-from fashionclf.audit.report import write_report, write_suspects
-from fashionclf.audit.result import AuditResult, Suspect, labels_of
 from fashionclf.errors import UsageError
 from fashionclf.inference.checkpoint import load_checkpoint
+from fashionclf.quality.confident import RANKINGS, LabelIssues, find_label_issues
+from fashionclf.quality.folds import OutOfSample, Pool, embed, out_of_sample, pool_of
+from fashionclf.quality.report import write_report, write_suspects
+from fashionclf.quality.result import AuditResult, Suspect, labels_of
 from fashionclf.training.config import TrainConfig, resolve_config
 from fashionclf.training.run import config_from_init, input_contract
 
