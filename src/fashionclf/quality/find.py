@@ -149,8 +149,11 @@ def close_pairs(features: np.ndarray, fraction: float = DUPLICATE_FRACTION, chun
     of the median distance from a photo to its nearest neighbour in the set, with their
     closeness ``1 - distance / median``: a bar relative to how alike the set's photos are
     anyway, which an absolute similarity is not (it depends on the model and the shop)."""
+    from tqdm import tqdm
+
     nearest = np.empty(len(features), np.float32)
-    for start in range(0, len(features), chunk):
+    for start in tqdm(range(0, len(features), chunk), desc="near-duplicates", unit="chunk", leave=False,
+                      disable=None if len(features) > 4 * chunk else True):
         sims = features[start : start + chunk] @ features.T
         sims[np.arange(len(sims)), start + np.arange(len(sims))] = -1.0
         nearest[start : start + chunk] = sims.max(1)

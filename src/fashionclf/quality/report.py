@@ -41,7 +41,7 @@ def write_report(result: AuditResult, out: Path) -> Path:
     index = {name: i for i, name in enumerate(result.pool.names)}
     top = [s for s in result.suspects if s.kind == "label"][:GRID]
     images = result.pool.images[[index[s.path] for s in top]] if top else result.pool.images[:0]
-    captions = [f"{s.attribute + ': ' if s.attribute else ''}given {s.label}\nsuggested {s.suggested}\n{s.score:.2f}"
+    captions = [f"{s.attribute + ': ' if s.attribute else ''}given {s.label}\nsuggested {s.suggested}\n{s.score:.3f}"
                 for s in top]
     grid = out / "suspects.png"
     save(plot_suspects(np.asarray(images), captions, "Most suspect labels").figure, grid)
