@@ -85,6 +85,7 @@ ALLOWED = {
     "inference": {"data", "models", "evaluation", "training", "scale"},
     "service": {"data", "models", "inference", "training"},
     "scale": {"training", "inference"},
+    "quality": {"data", "models", "evaluation", "training", "inference"},
 }
 SHARED = {"fashionclf.errors", "fashionclf.fileio", "fashionclf.device", "fashionclf._version"}
 
