@@ -58,6 +58,17 @@ def find_chromium() -> str:
     return chromium
 
 
+def tag_folder_in_page(playwright, chromium: str, url: str, folder):
+    """Headless chromium on the service's page, ``folder`` chosen and every photo tagged: (browser, page)."""
+    browser = playwright.chromium.launch(executable_path=chromium, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+    page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+    page.goto(url + "/")
+    page.set_input_files("#folder", str(folder))
+    page.wait_for_selector("#batch[data-done=true]", timeout=60_000)
+    return browser, page
+
+
 def photo(seed: int = 0, fmt: str = "jpeg") -> bytes:
     return catalogue_photo(dataset_like_image(), np.random.default_rng(seed), fmt)
 
@@ -234,12 +245,7 @@ def test_web_page_tags_a_whole_folder_and_downloads_the_table(server, tmp_path):
     (shop / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (shop / "notes.txt").write_text("not a photo")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
-        page.goto(server + "/")
-        page.set_input_files("#folder", str(shop))
-        page.wait_for_selector("#batch[data-done=true]", timeout=60_000)
+        browser, page = tag_folder_in_page(p, chromium, server, shop)
         assert page.locator("#table tbody tr").count() == len(names) + 1  # the text file left out
         assert "1 could not be tagged" in page.text_content("#progress")
         assert "1 files that are not photos left out" in page.text_content("#progress")
@@ -286,12 +292,7 @@ def test_a_model_of_several_attributes_answers_per_attribute_and_the_page_shows_
         for p in photos:
             shutil.copy(p, folder / p.name)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
-            page.goto(url + "/")
-            page.set_input_files("#folder", str(folder))
-            page.wait_for_selector("#batch[data-done=true]", timeout=60_000)
+            browser, page = tag_folder_in_page(pw, chromium, url, folder)
             assert page.locator("#table thead th").all_text_contents() == [
                 "photo", "file", "category", "confidence", "unknown", "colour", "looks"]
             assert page.locator("#table tbody tr").count() == len(photos)
