@@ -140,3 +140,17 @@ def test_audit_judges_each_single_valued_attribute_of_a_tagged_manifest(tmp_path
     assert list(rows[0]) == ["path", "label", "suggested", "score", "kind", "attribute", "other"]
     assert {r["attribute"] for r in rows if r["kind"] == "label"} <= {"category", "colour"}
     assert {name for name, *_ in result.noise_table()} == {"category", "colour"}
+
+
+@pytest.mark.slow
+def test_audit_of_fashion_mnist_judges_its_training_images(real_data_dir, tmp_path):
+    import fashionclf
+
+    result = fashionclf.audit(data=real_data_dir, classes="trouser,bag", folds=2, output=tmp_path / "s.csv",
+                              out=tmp_path / "audit", log=None)
+    assert len(result.pool.names) == 12000 and result.pool.names[0] == "train[0]"
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    labels = [r for r in rows if r["kind"] == "label"]
+    assert labels and all(r["path"].startswith("train[") for r in labels)
+    assert {r["label"] for r in labels} | {r["suggested"] for r in labels} <= {"Trouser", "Bag"}
+    assert len(labels) < 0.02 * 12000  # two classes a model tells apart: few doubts

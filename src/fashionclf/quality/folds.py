@@ -53,7 +53,7 @@ def pool_of(config: TrainConfig, contract: InputContract, log: Callable[[str], N
     if is_fashion_mnist(config.data):
         ds = load_data(config.data, config.classes, config.verify, log=log, contract=contract)
         names = [f"train[{i}]" for i in range(len(ds.train.labels))]
-        return Pool(names, ds.train.images, ds.train.labels, names, ds.classes, None, f"{ds.source} (training set)",
+        return Pool(names, ds.train.images, ds.train.labels, names, ds.classes, None, str(ds.source),
                     ds.verification, list(ds.class_indices))
     paths = as_list(config.data)
     photos = gather_photos(paths, [kind_of(p) for p in paths], config.classes, contract)
