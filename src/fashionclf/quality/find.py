@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from fashionclf.errors import UsageError
+from fashionclf.evaluation.ood import softmax
 from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.quality.confident import RANKINGS, LabelIssues, find_label_issues
 from fashionclf.quality.folds import OutOfSample, Pool, embed, out_of_sample, pool_of
@@ -106,9 +107,7 @@ def audit(config: TrainConfig, settings: AuditSettings, log: Callable[[str], Non
 
 def calibrated(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
     """Softmax of each photo's logits over its fold model's temperature."""
-    z = logits / temperatures[:, None]
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
+    return softmax(logits / temperatures[:, None])
 
 
 def label_issues(pool: Pool, oos: OutOfSample, rank: str) -> dict[str, LabelIssues]:
