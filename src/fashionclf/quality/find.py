@@ -176,7 +176,7 @@ def duplicate_rows(pool: Pool, features: np.ndarray) -> tuple[list[Suspect], int
     """Near-duplicate pairs, found in either of two spaces (``close_pairs``): one fold model's
     features, and the model's input itself (the converted photo), most alike first (at most
     ``MAX_DUPLICATE_ROWS`` rows; the number of pairs found is returned beside them)."""
-    first = pool.labels if pool.schema is None else pool.schema.category(pool.labels)
+    first = pool.categories
     found = close_pairs(features)
     for pair, closeness in close_pairs(centred(pool.images)).items():
         found[pair] = max(closeness, found.get(pair, 0.0))
@@ -195,7 +195,7 @@ def outlier_rows(pool: Pool, oos: OutOfSample) -> list[Suspect]:
     ``OUTLIER_SHARE`` of the set at most; ``score``: how far below the set's median score."""
     limit = int(np.ceil(OUTLIER_SHARE * len(pool.names)))
     order = [i for i in np.argsort(oos.scores, kind="stable") if oos.below_threshold[i]][:limit]
-    first = pool.labels if pool.schema is None else pool.schema.category(pool.labels)
+    first = pool.categories
     median = float(np.median(oos.scores))
     return [Suspect(pool.names[i], pool.classes[first[i]] if first[i] >= 0 else "", "", median - float(oos.scores[i]),
                     "outlier") for i in order]

@@ -44,6 +44,11 @@ class Pool:
     verification: str  # the data's (``Dataset.verification``): Fashion-MNIST's checksum, or photos'
     class_indices: list[int]  # Fashion-MNIST's indices of ``classes`` (0..k-1 for photos)
 
+    @property
+    def categories(self) -> np.ndarray:
+        """Each photo's (first attribute's) class index; ``UNLABELLED`` where it has none."""
+        return self.labels if self.schema is None else self.schema.category(self.labels)
+
 
 def pool_of(config: TrainConfig, contract: InputContract, log: Callable[[str], None]) -> Pool:
     """The photos of ``config.data`` (every split: an audit judges them all), or
@@ -67,7 +72,7 @@ def assign_folds(pool: Pool, folds: int, seed: int) -> np.ndarray:
     """Each photo's fold, stratified by its (first attribute's) class, identical photos together."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    strata = pool.labels if pool.schema is None else pool.schema.category(pool.labels)
+    strata = pool.categories
     if len(pool.names) < 2 * folds:
         raise UsageError(f"--folds {folds} needs at least {2 * folds} photos; the data has {len(pool.names)}")
     fold = np.zeros(len(strata), np.int64)
@@ -96,7 +101,7 @@ def out_of_sample(pool: Pool, config: TrainConfig, folds: int, out: Path, log: C
     from fashionclf.training.fit import fit
 
     fold = assign_folds(pool, folds, config.seed)
-    strata = pool.labels if pool.schema is None else pool.schema.category(pool.labels)
+    strata = pool.categories
     logits, scores, below = [None] * len(pool.names), np.zeros(len(pool.names)), np.zeros(len(pool.names), bool)
     heads = 1 if pool.schema is None else len(pool.schema.attributes)
     temperatures = np.ones((len(pool.names), heads))
