@@ -120,8 +120,11 @@ def cmd_train(args) -> int:
             check_new(config.out, args.exist_ok)
         return launch(args.nproc, args.argv)
     metrics = fit(config, resume=args.resume, exist_ok=args.exist_ok)
-    if "test_accuracy" in metrics:  # under torchrun, rank 0's
-        print(f"test_accuracy {metrics['test_accuracy']:.4f}  ({args.resume or config.out}/metrics.json)")
+    where = f"({args.resume or config.out}/metrics.json)"
+    if "crossfit" in metrics:  # no test split: the fold models' estimate
+        print(f"out_of_sample_accuracy {metrics['crossfit']['accuracy']:.4f}  {where}")
+    elif "test_accuracy" in metrics:  # under torchrun, rank 0's
+        print(f"test_accuracy {metrics['test_accuracy']:.4f}  {where}")
     return 0
 
 

@@ -176,6 +176,32 @@ def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSetting
     return photo_dataset(photos, splits, log)
 
 
+def count_photos(sources, classes=None) -> tuple[int, bool]:
+    """How many photos ``sources`` label (of ``classes``, when a subset is chosen) and whether
+    any of them has a split of its own, from the folders' and manifests' listings alone (no
+    photo is opened): what ``train`` decides from before it loads them."""
+    paths = as_list(sources)
+    entries: list[Entry] = []
+    for path, kind in zip(paths, [kind_of(p) for p in paths]):
+        entries += read_manifest(Path(path)).entries if kind == "csv" else scan_folder(Path(path))[0]
+    if classes not in (None, "", "all"):
+        wanted = set(select_names(sorted({e.label for e in entries}), classes))
+        entries = [e for e in entries if e.label in wanted]
+    return sum(1 for e in entries if any(e.tags)), any(e.split for e in entries)
+
+
+def load_every_photo(paths: list[str], classes, log: Callable[[str], None],
+                     contract: PhotoTarget | None = None) -> Dataset:
+    """Every labelled photo of ``paths`` in the train split, none held out (a model trained on
+    all of them is calibrated on cross-fitted answers instead: ``fashionclf.training.crossfit``)."""
+    photos = gather_photos(paths, [kind_of(p) for p in paths], classes, contract)
+    given = sorted({e.split for e in photos.entries if e.split})
+    if given:
+        raise UsageError(f"--calibration crossfit trains on every photo, but the data gives splits of its own "
+                         f"({', '.join(given)}): leave --calibration out to keep them")
+    return photo_dataset(photos, np.full(len(photos.entries), "train"), log)
+
+
 def load_photos_to_score(sources, seen: dict[str, set[str]], contract: PhotoTarget | None = None,
                          log: Callable[[str], None] | None = None) -> Dataset:
     """Every labelled photo of ``sources`` for a model to be scored on, whatever split folder or

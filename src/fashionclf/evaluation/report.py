@@ -58,16 +58,20 @@ def unknown_section(unknown: dict | None, paths: dict) -> str:
     if not unknown:
         return ""
     calib = html_table(["", "before", "after"], [
-        ["validation NLL", unknown["val_nll_before"], unknown["val_nll_after"]],
-        ["validation ECE", unknown["val_ece_before"], unknown["val_ece_after"]]])
+        ["negative log-likelihood", unknown["val_nll_before"], unknown["val_nll_after"]],
+        ["expected calibration error", unknown["val_ece_before"], unknown["val_ece_after"]]])
     ood = unknown.get("ood") or {}
     rows = [[name, v["images"], v["auroc"], f"{v['flagged']:.1%}"] for name, v in ood.items() if isinstance(v, dict)]
     flagged = ood.get("in_distribution_flagged")
     ood_table = html_table(["out-of-distribution set", "images", "AUROC", "flagged unknown"], rows) if rows else ""
+    fitted_on = unknown.get("fitted_on", "the validation split")
+    held_out = fitted_on == "the validation split"  # else the answers it was fitted on are all there is
     return (f"<section><h2>Calibration and unknown items</h2><p>Temperature {unknown['temperature']:.3f} "
-            f"fitted on the validation split. An item is <b>unknown</b> when its score ({html.escape(unknown['score'])}) "
-            f"is below {unknown['threshold']:.3f}, which keeps {unknown['keep']:.0%} of validation images"
-            + (f"; {flagged:.1%} of test images are flagged" if flagged is not None else "") + f".</p>{calib}{ood_table}"
+            f"fitted on {html.escape(fitted_on)}. An item is <b>unknown</b> when its score "
+            f"({html.escape(unknown['score'])}) is below {unknown['threshold']:.3f}, which keeps "
+            f"{unknown['keep']:.0%} of them"
+            + (f"; {flagged:.1%} of test images are flagged" if flagged is not None and held_out else "")
+            + f".</p>{calib}{ood_table}"
             f"{image_tag(paths.get('reliability_png'))}</section>")
 
 

@@ -27,13 +27,12 @@ import numpy as np
 
 from fashionclf.errors import UsageError
 from fashionclf.evaluation.ood import softmax
-from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.quality.confident import RANKINGS, LabelIssues, find_label_issues
 from fashionclf.quality.folds import OutOfSample, Pool, embed, out_of_sample, pool_of
 from fashionclf.quality.report import write_report, write_suspects
 from fashionclf.quality.result import AuditResult, Suspect, labels_of
-from fashionclf.training.config import TrainConfig, resolve_config
-from fashionclf.training.run import config_from_init, input_contract
+from fashionclf.training.config import TrainConfig
+from fashionclf.training.run import planned_contract
 
 # Near-duplicates: a pair whose cosine distance is under this share of the set's median
 # nearest-neighbour distance, in the model's features or in its input (``close_pairs``).
@@ -87,9 +86,7 @@ def audit(config: TrainConfig, settings: AuditSettings, log: Callable[[str], Non
         raise UsageError(f"--out {out} holds an earlier audit; pass another folder")
     started = time.perf_counter()
     config = default_recipe(config)
-    init = load_checkpoint(config.init) if config.init else None
-    resolved = resolve_config(config_from_init(config, init) if init is not None else config)
-    contract, _ = input_contract(resolved, None, init)
+    resolved, contract = planned_contract(config)
     pool = pool_of(resolved, contract, log)
     oos = out_of_sample(pool, resolved, settings.folds, out, log)
     save_out_of_sample(out / "out_of_sample.npz", pool, oos)

@@ -27,6 +27,7 @@ from fashionclf.evaluation.ood import energy_score
 from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.models import head_of
 from fashionclf.models.contract import InputContract, predict_logits
+from fashionclf.training import crossfit
 from fashionclf.training.config import TrainConfig
 
 
@@ -70,16 +71,7 @@ def pool_of(config: TrainConfig, contract: InputContract, log: Callable[[str], N
 
 def assign_folds(pool: Pool, folds: int, seed: int) -> np.ndarray:
     """Each photo's fold, stratified by its (first attribute's) class, identical photos together."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    strata = pool.categories
-    if len(pool.names) < 2 * folds:
-        raise UsageError(f"--folds {folds} needs at least {2 * folds} photos; the data has {len(pool.names)}")
-    fold = np.zeros(len(strata), np.int64)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, held) in enumerate(splitter.split(np.zeros(len(strata)), strata, pool.groups)):
-        fold[held] = k
-    return fold
+    return crossfit.assign_folds(pool.categories, pool.groups, folds, seed)
 
 
 @dataclass

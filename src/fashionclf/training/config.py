@@ -40,6 +40,11 @@ SPLITS = ("test", "val", "train")
 PREDICT_BATCH_SIZE = 256
 STEM_INITS = ("random", "whiten")
 BALANCES = ("none", "weights", "sqrt")
+CALIBRATIONS = ("auto", "split", "crossfit")
+# Photo sets under this many labelled photos (and without splits of their own) are calibrated
+# on cross-fitted answers by default (``fashionclf.training.crossfit``: docs/results.md).
+SMALL_SET = 1000
+CROSSFIT_FOLDS = 5  # the folds' models learn from 80% of the photos: near what the final model learns from
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,14 @@ class TrainConfig:
     test_fraction: float = setting(SplitSettings.test_fraction, "photo data without its own test split: share of each class held out for "
                                    "testing (stratified, seeded)",
                                    "a few hundred photos per class leave 20% enough to measure on", layered=False)
+    calibration: str = setting("auto", "where the temperature and the unknown-item threshold come from: 'split', "
+                               "the validation split (the model learns from the photos left after val and test "
+                               f"are carved out); 'crossfit', every photo's answer from one of {CROSSFIT_FOLDS} "
+                               "models that did not learn from it, the final model learning from every photo "
+                               f"({CROSSFIT_FOLDS + 1} trainings, no held-out test split); 'auto': crossfit for "
+                               f"photo data under {SMALL_SET} labelled photos without splits of its own, else split",
+                               "with 50 photos a class, carving leaves 35 to learn from and sets the threshold on "
+                               "5 a class (docs/results.md)", choices=CALIBRATIONS, layered=False)
     verify: bool = setting(True, "check the SHA-256 of the decompressed data", layered=False)
     threads: int | None = setting(None, "CPU threads (default: all cores)", kind=int, minimum=1, layered=False)
     device: str = setting("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N", layered=False)

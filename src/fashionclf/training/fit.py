@@ -16,13 +16,19 @@ versions may differ in the last digits.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from fashionclf.data.fashion_mnist import Dataset
+from fashionclf.training import crossfit
 from fashionclf.training.budget import plan_epochs, replan_epochs
-from fashionclf.training.config import TrainConfig
+from fashionclf.training.config import CROSSFIT_FOLDS, TrainConfig
 from fashionclf.training.ddp import finish as finish_ranks
 from fashionclf.training.ddp import from_env as world_from_env
 from fashionclf.training.loop import phase_of
@@ -48,17 +54,25 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None, log: Calla
     with ``resume`` on the directory evaluates it later) and returns ``{"best": ...}``.
     ``data``: train on this ``Dataset`` (already converted for the model's input) instead of
     loading ``config.data`` (``fashionclf audit``'s folds: the same photos, split otherwise).
+    ``config.calibration``: ``crossfit`` (``auto`` on a small photo set) trains fold models first
+    (``fashionclf.training.crossfit``).
     """
-    if not world_from_env().main:  # rank 0 alone checks and holds the folder
+    world = world_from_env()
+    if resume is None and data is None:
+        plain = stop_after_epoch is None and after_epoch is None and final_evaluation and world.size == 1
+        config = crossfit.resolve(config, plain)
+    if not world.main:  # rank 0 alone checks and holds the folder
         return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation, data)
     with claim(resume if resume is not None else config.out, exist_ok, resume=resume is not None):
+        if resume is None and data is None and config.calibration == "crossfit":
+            return _fit_crossfit(config, log, exist_ok)
         return _fit(config, resume, log, stop_after_epoch, after_epoch, final_evaluation, data)
 
 
 def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[str], None],
          stop_after_epoch: int | None, after_epoch: Callable[[int, float], None] | None,
-         final_evaluation: bool, data: Dataset | None = None) -> dict:
-    started = time.perf_counter()
+         final_evaluation: bool, data: Dataset | None = None, started: float | None = None) -> dict:
+    started = started or time.perf_counter()
     run = start_run(config, resume, log, data)
     run.started = started
     budgeted = bool(run.config.time_budget) and resume is None
@@ -81,6 +95,35 @@ def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[s
     if not run.world.main:  # rank 0 evaluates and writes the run's results
         finish_ranks(run.world)
         return {"rank": run.world.rank, "best": dict(run.best)}
-    result = finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs}
+    result = finish_run(run) if final_evaluation else {"best": dict(run.best), "epochs": run.total_epochs,
+                                                       "main_epochs": run.config.epochs}
     finish_ranks(run.world)
     return result
+
+
+def _fit_crossfit(config: TrainConfig, log: Callable[[str], None], exist_ok: bool = False) -> dict:
+    """``--calibration crossfit``: one model per fold on the other folds' photos, each photo's
+    answer from the one that did not learn it (``crossfit.npz``), then the final model on
+    every photo, calibrated on those answers by ``finish_run``."""
+    started = time.perf_counter()
+    out, dataset = Path(config.out), crossfit.every_photo(config, log)
+    fold = crossfit.folds_of(dataset, config.seed)
+    logits, seconds, epochs = [np.empty(0)] * len(fold), [], None
+    log(f"calibration crossfit: {CROSSFIT_FOLDS} fold models, each learning from about "
+        f"{len(fold) * (CROSSFIT_FOLDS - 1) // CROSSFIT_FOLDS} of the {len(fold)} photos, answer for the photos they "
+        "did not learn from; then the final model learns from all of them")
+    for k in range(CROSSFIT_FOLDS):
+        t0, held = time.perf_counter(), fold == k
+        fold_config = crossfit.fold_config(config, out, k, epochs)
+        epochs = fit(fold_config, log=crossfit.fold_log(log), final_evaluation=False, exist_ok=exist_ok,
+                     data=crossfit.fold_data(dataset, held))["main_epochs"]
+        for i, row in zip(np.flatnonzero(held), crossfit.held_out_logits(Path(fold_config.out) / "model.pt",
+                                                                         dataset.train.images[held])):
+            logits[i] = row
+        seconds.append(time.perf_counter() - t0)
+        left = (CROSSFIT_FOLDS - k - 1 + 1.25) * statistics.fmean(seconds)
+        log(f"fold {k + 1}/{CROSSFIT_FOLDS}: {len(fold) - held.sum()} photos learnt, {held.sum()} answered, in "
+            f"{seconds[-1]:.0f} s; about {left:.0f} s left")
+    crossfit.CrossFit(np.stack(logits), dataset.train.labels, fold, seconds, epochs).save(out / crossfit.FILE)
+    final = dataclasses.replace(config, val_fraction=0.0, time_budget=None, epochs=epochs)
+    return _fit(final, None, log, None, None, True, dataset, started)

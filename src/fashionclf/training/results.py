@@ -41,6 +41,8 @@ from fashionclf.fileio import write_json
 from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fashionclf.models import count_parameters
 from fashionclf.models.contract import InputContract, predict_logits
+from fashionclf.training import crossfit
+from fashionclf.training.crossfit import CrossFit
 from fashionclf.training.run import Run
 
 
@@ -80,19 +82,29 @@ def calibrate_heads(best: Checkpoint, results: dict[str, AttributeResults]) -> C
 
 
 def finish_run(run: Run) -> dict:
-    """Evaluate the best model on train (in eval mode), val and test; write metrics, plots, report."""
+    """Evaluate the best model on train (in eval mode), val and test (a cross-fitted run: on
+    train, and the fold models' out-of-sample answers in place of val and test); calibrate;
+    write metrics, plots, report."""
     config, data, dataset = run.config, run.data, run.dataset
     best = load_checkpoint(run.out / "model.pt")
     model = best.build_model().to(run.device)
-    every = score_splits(model, data, dataset.classes, best.contract, ("train", "val", "test"), run.device,
-                         best.attributes)
+    fits = CrossFit.load(run.out / crossfit.FILE) if config.calibration == "crossfit" else None
+    every = score_splits(model, data, dataset.classes, best.contract, ("train",) if fits else ("train", "val", "test"),
+                         run.device, best.attributes)
+    if fits is not None:
+        every["val"] = every["test"] = run.score(torch.from_numpy(fits.logits), torch.from_numpy(fits.labels),
+                                                 crossfit.SPLIT)
     if best.attributes is not None:
         best = calibrate_heads(best, every)
     results = {split: primary(r) for split, r in every.items()}
     accuracies = {split: r.accuracy for split, r in results.items()}
+    if fits is not None:
+        accuracies = {"train": accuracies["train"], crossfit.SPLIT: accuracies["test"]}
     overfit = overfitting_check(accuracies)
     unknown = calibrate_run(run, model, best.contract, results)
     metrics = run_metrics(run, model, results, overfit)
+    if fits is not None:
+        metrics.update(crossfit_metrics(fits, results["test"]))
     if best.attributes is not None:
         metrics["attributes"] = attribute_metrics(every, best.attributes)
         log_attributes(metrics["attributes"], run.log)
@@ -107,20 +119,38 @@ def finish_run(run: Run) -> dict:
             "best_epoch": run.best["epoch"], "train_seconds": round(metrics["train_seconds"], 1),
             "data": f"{dataset.source} ({dataset.verification})"}
     test = results["test"]
-    test_images, sections = dataset.test.images, ""
+    test_images, sections = (dataset.train if fits else dataset.test).images, ""
     if best.attributes is not None:
-        test_images = dataset.test.images[every["test"].masks[0]]
-        sections = attribute_sections(every["test"].summary(), write_attribute_figures(
-            every["test"], dataset.test.images, run.out))
+        sections = attribute_sections(every["test"].summary(), write_attribute_figures(every["test"], test_images,
+                                                                                       run.out))
+        test_images = test_images[every["test"].masks[0]]
     write_evaluation(test, test_images, run.out, accuracies, info,
                      ReportParts(run.history, dataset.problems, unknown, sections))
-    run.log(f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
-            f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}"
-            + (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}")
+    run.log(result_line(run, results, accuracies, overfit, fits))
     elapsed = time.perf_counter() - run.started
     run.log(f"run took {elapsed:.0f} s" + (f" of its {run.budget['budget_seconds']:.0f} s budget"
                                            if run.budget is not None else ""))
     return metrics
+
+
+def result_line(run: Run, results: dict[str, EvalResult], accuracies: dict[str, float], overfit: dict,
+                fits: CrossFit | None) -> str:
+    test = results["test"]
+    hint = (f"; warning: {overfit['hint']}" if overfit["flag"] else "") + f"; report: {run.out / 'report.html'}"
+    if fits is not None:
+        return (f"out-of-sample accuracy {test.accuracy:.4f} (loss {test.loss:.4f}): the answers of {fits.summary()['folds']} "
+                f"fold models for the {len(test.y_true)} photos each did not learn from, the estimate of accuracy on "
+                f"new photos (no test split is held out: the model learnt from every photo); train "
+                f"{accuracies['train']:.4f}" + hint)
+    return (f"test accuracy {test.accuracy:.4f} (loss {test.loss:.4f}), best epoch {run.best['epoch']}; "
+            f"train {accuracies['train']:.4f} / val {accuracies['val']:.4f} / test {test.accuracy:.4f}" + hint)
+
+
+def crossfit_metrics(fits: CrossFit, answers: EvalResult) -> dict:
+    """metrics.json of a cross-fitted run: no val or test split of its own (null), the fold
+    models' out-of-sample answers instead (``per_class`` and ``confusion_matrix`` are theirs)."""
+    return {"val_accuracy": None, "val_loss": None, "test_accuracy": None, "test_loss": None,
+            "crossfit": {**fits.summary(), "accuracy": answers.accuracy, "loss": answers.loss}}
 
 
 def calibrate_run(run: Run, model: nn.Module, contract: InputContract, results: dict[str, EvalResult]) -> dict | None:
@@ -132,6 +162,8 @@ def calibrate_run(run: Run, model: nn.Module, contract: InputContract, results: 
         run.log("no validation split, so no calibration and no unknown threshold (--val-fraction above 0 gives both)")
         return None
     unknown = calibrate(val.logits, val.y_true)
+    unknown["fitted_on"] = ("the out-of-sample answers of every photo (cross-fitted)" if val.split == crossfit.SPLIT
+                            else "the validation split")
     t = unknown["temperature"]
     unknown["reliability"] = {"before": reliability(softmax(val.logits), val.y_true),
                               "after": reliability(softmax(val.logits, t), val.y_true)}
@@ -150,7 +182,7 @@ def calibrate_run(run: Run, model: nn.Module, contract: InputContract, results: 
     far = [v for k, v in unknown["ood"].items() if k.startswith("far")]
     run.log(f"calibration: temperature {t:.3f}, validation ECE {unknown['val_ece_before']:.3f} -> "
             f"{unknown['val_ece_after']:.3f}; unknown below score {unknown['threshold']:.3f}: "
-            f"{unknown['ood']['in_distribution_flagged']:.1%} of test images, "
+            f"{unknown['ood']['in_distribution_flagged']:.1%} of {'test images' if test.split == 'test' else 'photos'}, "
             f"{statistics.fmean(v['flagged'] for v in far):.1%} of non-garment images "
             f"(AUROC {statistics.fmean(v['auroc'] for v in far):.3f})")
     return unknown
@@ -304,7 +336,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     model = ckpt.build_model().to(dev)
     dataset = dataset_of_checkpoint(ckpt, data, verify)
     data = make_splits(dataset, config.val_fraction, config.seed)
-    left_out = photos_left_out(dataset, split)
+    left_out = photos_left_out(dataset, split, ckpt.metrics if config.calibration == "crossfit" else None)
     scored = [s for s in SPLITS if s != "train" or score_train or split == "train"]
     every = score_splits(model, data, ckpt.classes, contract, scored, dev, ckpt.attributes)
     results = {name: primary(r) for name, r in every.items()}
@@ -340,15 +372,24 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
     return Evaluation(result, images, summary)
 
 
-def photos_left_out(dataset, split: str) -> dict | None:
+def photos_left_out(dataset, split: str, crossfit_metrics: dict | None = None) -> dict | None:
     """Photo data scored by a model (``dataset_of_checkpoint``): how many photos were left out
     of the test split because the model trained or validated on them; a split with no photo
-    is a usage error that says why."""
+    is a usage error that says why (``crossfit_metrics``: the metrics of a model that learnt
+    from every photo of its set, whose estimate the error quotes)."""
     from fashionclf.errors import UsageError
 
     if not dataset.hashes:
         return None  # Fashion-MNIST: its own splits
     counts = {s: len(getattr(dataset, s).labels) for s in ("train", "val", "test")}
+    if not counts[split] and crossfit_metrics is not None and split != "train":
+        estimate = (crossfit_metrics or {}).get("crossfit", {}).get("accuracy")
+        raise UsageError(
+            f"--split {split}: nothing to score: this model learnt from every photo of {dataset.source} "
+            f"({counts['train']}; --calibration crossfit), so no split of it is held out"
+            + (f"; its fold models' out-of-sample accuracy, the estimate for new photos, is {estimate:.4f} "
+               "(metrics.json: crossfit)" if estimate is not None else "")
+            + "; pass --data with photos it has not seen to score it")
     if not counts[split]:
         why = (f"every photo of {dataset.source} is one the model trained on ({counts['train']}) or validated on "
                f"({counts['val']}); score it on photos it has not seen" if split == "test" else

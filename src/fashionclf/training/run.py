@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fashionclf.data.fashion_mnist import Dataset, Splits, make_splits
-from fashionclf.data.sources import is_fashion_mnist, load_data
+from fashionclf.data.sources import as_list, is_fashion_mnist, load_data, load_every_photo
 from fashionclf.device import autocast_dtype, cpu_info, resolve_device
 from fashionclf.errors import UsageError
 from fashionclf.evaluation.attributes import AttributeResults, results_of
@@ -132,6 +132,8 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
     contract, model_kwargs = input_contract(config, state, init)
+    if data is None and config.calibration == "crossfit":  # resuming a cross-fitted run's final model
+        data = load_every_photo(as_list(config.data), config.classes, log, contract)
     dataset = data if data is not None else load_data(config.data, config.classes, config.verify, config.split,
                                                       log=log, contract=contract)
     torch.manual_seed(config.seed)
@@ -227,6 +229,14 @@ def input_contract(config: TrainConfig, state: Checkpoint | None, init: Checkpoi
     if "image_size" in inspect.signature(entry.builder).parameters:  # its dense layer's size depends on it
         kwargs["image_size"] = config.image_size
     return contract, kwargs  # weights are not needed to rebuild the model
+
+
+def planned_contract(config: TrainConfig) -> tuple[TrainConfig, InputContract]:
+    """The settings a new run of ``config`` resolves to and its input contract, before it starts
+    (an ``--init`` checkpoint is read for both): what its photos are converted for."""
+    init = load_checkpoint(config.init) if config.init else None
+    resolved = resolve_config(config_from_init(config, init) if init is not None else config)
+    return resolved, input_contract(resolved, None, init)[0]
 
 
 def config_from_init(config: TrainConfig, init: Checkpoint) -> TrainConfig:
