@@ -58,7 +58,7 @@ def shop_test(root: Path) -> tuple[list[bytes], np.ndarray]:
 def judge(model: Path, shop: tuple[list[bytes], np.ndarray], others: list[bytes], seed: int) -> dict:
     from backdrops import convert_all
 
-    from fashionclf.evaluation.ood import far_ood_images
+    from fashionclf.evaluation.ood import auroc, far_ood_images
     from fashionclf.inference.classifier import load_classifier
 
     clf = load_classifier(model, "torch")
@@ -68,9 +68,15 @@ def judge(model: Path, shop: tuple[list[bytes], np.ndarray], others: list[bytes]
     out = {"accuracy": float((ok & (probabilities.argmax(1) == shop[1])).mean()),
            "shop_unknown": float((unknown & ok).mean())}
     ox, ok_others, _ = convert_all(clf.to_input, others)
-    out["non_garment_photos_flagged"] = float((clf.unknown(clf.predict(ox)[1]) | ~ok_others).mean())
+    other_scores = clf.predict(ox)[1]
+    out["non_garment_photos_flagged"] = float((clf.unknown(other_scores) | ~ok_others).mean())
     far = far_ood_images(seed, clf.contract)
     out["far_ood_flagged"] = {name: float(clf.unknown(clf.predict(images)[1]).mean()) for name, images in far.items()}
+    # How well the score tells them apart, whatever the threshold: the model's part, not the calibration's.
+    out["non_garment_photos_auroc"] = auroc(scores[ok], other_scores[ok_others])
+    # The best any threshold could do here: the one that calls exactly 5% of these shop photos unknown.
+    at_5 = np.quantile(scores[ok], 0.05)
+    out["non_garment_photos_flagged_at_5pct"] = float(((other_scores < at_5) | ~ok_others).mean())
     out["non_garments_flagged"] = statistics.fmean([out["non_garment_photos_flagged"], *out["far_ood_flagged"].values()])
     return out
 

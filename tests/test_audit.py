@@ -154,3 +154,21 @@ def test_audit_of_fashion_mnist_judges_its_training_images(real_data_dir, tmp_pa
     assert labels and all(r["path"].startswith("train[") for r in labels)
     assert {r["label"] for r in labels} | {r["suggested"] for r in labels} <= {"Trouser", "Bag"}
     assert len(labels) < 0.02 * 12000  # two classes a model tells apart: few doubts
+
+
+def test_near_duplicates_stand_out_from_their_surroundings_not_from_the_set():
+    """A dense cluster of similar photos (as Fashion-MNIST's plain items) gives no pair; a copy
+    far closer to its original than to anything else does, and so do identical photos."""
+    from fashionclf.quality.find import close_pairs
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=32)
+    dense = centre + 0.05 * rng.normal(size=(200, 32))  # all alike, none a copy of another
+    spread = rng.normal(size=(50, 32))
+    copy = spread[0] + 0.001 * rng.normal(size=32)
+    twin = dense[5].copy()
+    x = np.vstack([dense, spread, copy, twin])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = close_pairs(x)
+    assert set(pairs) == {(200, 250), (5, 251)}
+    assert pairs[(5, 251)] == pytest.approx(1.0, abs=1e-3) and 0.8 < pairs[(200, 250)] <= 1.0

@@ -200,7 +200,7 @@ def test_train_on_a_folder_then_predict_and_evaluate_with_its_class_names(tmp_pa
     (root / "knitwear" / "broken.jpg").write_bytes(b"\xff\xd8 no")
     out = tmp_path / "run"
     assert main(["train", "--data", str(root), "--model", "fast-cnn", "--epochs", "2", "--batch-size", "16",
-                 "--threads", "1", "--out", str(out)]) == 0
+                 "--threads", "1", "--calibration", "split", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == ["knitwear", "sacs à main"]
     assert [s["path"] for s in metrics["data"]["problems"]["skipped"]] == [str(root / "knitwear" / "broken.jpg")]
@@ -283,7 +283,7 @@ def test_evaluate_scores_every_photo_the_model_has_not_seen(tmp_path, capsys):
     write_photo_folder(shop, {"bags": 25, "shoes": 25})
     run = tmp_path / "run"
     assert main(["train", "--data", str(shop), "--model", "fast-cnn", "--epochs", "1", "--threads", "1",
-                 "--out", str(run)]) == 0
+                 "--calibration", "split", "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     tested = sum(metrics["data"]["test_counts"])
     seen = load_checkpoint(run / "model.pt").seen_photos()
@@ -331,10 +331,10 @@ def test_a_model_started_from_another_records_the_photos_its_body_learned_from(t
     first, second = tmp_path / "first", tmp_path / "second"
     write_photo_folder(first, {"bags": 15, "shoes": 15}, seed=1)
     write_photo_folder(second, {"bags": 15, "shoes": 15}, seed=2)
-    base = ["--model", "fast-cnn", "--epochs", "1", "--threads", "1"]
+    base = ["--model", "fast-cnn", "--epochs", "1", "--threads", "1", "--calibration", "split"]
     assert main(["train", "--data", str(first), *base, "--out", str(tmp_path / "a")]) == 0
     assert main(["train", "--data", str(second), "--init", str(tmp_path / "a" / "model.pt"), "--epochs", "1",
-                 "--threads", "1", "--out", str(tmp_path / "b")]) == 0
+                 "--threads", "1", "--calibration", "split", "--out", str(tmp_path / "b")]) == 0
     a, b = (load_checkpoint(tmp_path / run / "model.pt").seen_photos() for run in ("a", "b"))
     assert a["train"] <= b["train"] and a["val"] <= b["val"] and len(b["train"]) > len(a["train"])
     capsys.readouterr()

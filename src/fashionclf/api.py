@@ -108,8 +108,17 @@ class TrainedRun:
             return [{k: v if k == "phase" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
     @property
-    def test_accuracy(self) -> float:
+    def test_accuracy(self) -> float | None:
+        """Accuracy on the held-out test split; None for a run that learnt from every photo
+        (``calibration="crossfit"``: see ``estimated_accuracy``)."""
         return self.metrics["test_accuracy"]
+
+    @property
+    def estimated_accuracy(self) -> float:
+        """What to expect on new photos: the test accuracy, or for a cross-fitted run (no test
+        split) the fold models' accuracy on the photos each did not learn from."""
+        crossfit = self.metrics.get("crossfit")
+        return crossfit["accuracy"] if crossfit else self.metrics["test_accuracy"]
 
     @cached_property
     def model(self) -> "Model":
@@ -136,7 +145,9 @@ class TrainedRun:
         m = self.metrics
         rows = [("folder", str(self.folder)), ("model", f"{m['model']} ({m['parameters']:,} parameters)"),
                 ("classes", ", ".join(m["classes"])),
-                ("accuracy", " / ".join(f"{s} {m[f'{s}_accuracy']:.4f}" for s in ("train", "val", "test"))),
+                ("accuracy", " / ".join(f"{s} {m[f'{s}_accuracy']:.4f}" for s in ("train", "val", "test"))
+                 if not m.get("crossfit") else f"train {m['train_accuracy']:.4f} / out-of-sample "
+                 f"{m['crossfit']['accuracy']:.4f} ({m['crossfit']['folds']} folds, every photo learnt from)"),
                 ("epochs", f"{m['total_epochs']} (best: {m['best_epoch']})"),
                 ("training", f"{m['train_seconds']:.1f} s on {m['cpu']}"), ("report", str(self.folder / "report.html"))]
         return _table(rows)

@@ -65,6 +65,12 @@ def cmd_data(args) -> int:
         print_count_table(table)
     if "grid" in info:
         print(f"sample grid: {info['grid']}")
+    from fashionclf.training.config import SMALL_SET, TrainConfig
+    from fashionclf.training.crossfit import resolve
+
+    if resolve(TrainConfig(data=args.data, classes=args.classes), plain=True).calibration == "crossfit":
+        print(f"note: under {SMALL_SET} photos without splits of their own, train learns from every photo and "
+              "calibrates on cross-fitted answers (no val or test split); --calibration split carves them as shown")
     return 0
 
 

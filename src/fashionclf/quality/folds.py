@@ -22,7 +22,6 @@ import torch
 
 from fashionclf.data.attributes import Schema
 from fashionclf.data.fashion_mnist import Dataset, ImageSet
-from fashionclf.errors import UsageError
 from fashionclf.evaluation.ood import energy_score
 from fashionclf.inference.checkpoint import load_checkpoint
 from fashionclf.models import head_of
