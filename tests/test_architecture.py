@@ -86,6 +86,7 @@ ALLOWED = {
     "service": {"data", "models", "inference", "training"},
     "scale": {"training", "inference"},
     "quality": {"data", "models", "evaluation", "training", "inference"},
+    "review": {"data", "inference", "service", "training"},
 }
 SHARED = {"fashionclf.errors", "fashionclf.fileio", "fashionclf.device", "fashionclf._version"}
 

@@ -254,6 +254,15 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from fashionclf.review.app import ReviewSettings, review
+    from fashionclf.service.settings import read_api_key
+
+    review(ReviewSettings(args.queue, args.model, args.decisions, args.host, args.port,
+                          read_api_key(args.api_key_file), args.insecure))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionclf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fashionclf {__version__}")
@@ -341,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH_SIZE,
                    help=f"images per inference call (default: {PREDICT_BATCH_SIZE})")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("review", help="a web page to decide photos' labels by keyboard, written to a decisions manifest",
+                       description="Open a local page over QUEUE (a predict --review folder, an audit CSV, or any "
+                                   "folder of photos): cards ordered by the queue's score, the model's suggestions, "
+                                   "keyboard and bulk decisions written at once to the decisions manifest, which "
+                                   "train --data reads beside the shop's data.")
+    p.add_argument("queue", help="a predict --review folder, a fashionclf audit CSV, or a folder of photos")
+    p.add_argument("--model", required=True, help="model.pt (or its run folder, or model.onnx): its suggestions")
+    p.add_argument("--decisions", metavar="FILE.csv",
+                   help="the decisions manifest (default: QUEUE/decisions.csv, or beside an audit CSV); an "
+                        "earlier review's is carried on")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="beyond this machine: require 'Authorization: Bearer KEY' (the page asks for it), KEY being "
+                        "the file's first line (default: $FASHIONCLF_API_KEY if set)")
+    p.add_argument("--insecure", action="store_true", help="allow a --host beyond this machine without an API key")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")
     p.add_argument("checkpoint", help="model.pt (or its run directory), or model.onnx")

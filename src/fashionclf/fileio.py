@@ -86,3 +86,19 @@ def safe_torch_load(path: str | os.PathLike, what: str, missing_hint: str):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's messages run for lines
         raise UsageError(f"{path}: not a readable {what} ({type(exc).__name__}: {first[:200]}); "
                          f"{missing_hint}") from None
+
+
+# Spreadsheets run a cell that starts like a formula: such text cells get a leading apostrophe
+# (OWASP "CSV injection"), and readers of our CSVs take it off again.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: one that starts like a formula (``= + - @``,
+    tab, carriage return) gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def plain_cell(text: str) -> str:
+    """A cell as it was before ``csv_cell`` defused it."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES) else text

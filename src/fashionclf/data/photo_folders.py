@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from fashionclf.data.photos import IMAGE_SUFFIXES, PhotoError, PhotoTarget, photo_converter, photo_to_28
 from fashionclf.errors import DataError, UsageError
-from fashionclf.fileio import write_bytes_atomic
+from fashionclf.fileio import plain_cell, write_bytes_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 PARALLEL_FROM = 400  # photos to convert before worker processes pay for themselves
@@ -160,6 +160,7 @@ def header_columns(path: Path, header: list[str]) -> tuple[tuple[str, ...], int 
 
 def manifest_entry(path: Path, line: int, row: list[str], attributes: int, split_col: int | None) -> Entry:
     """One row of a manifest as an Entry; a row that cannot be one is a DataError naming it."""
+    row = [plain_cell(cell) for cell in row]  # a cell our CSVs defused for spreadsheets, as it was
     cells = tuple((row[i] if i < len(row) else "").strip() for i in range(1, attributes + 1))
     if not row[0].strip() or not any(cells):
         want = "path,label[,split]" if attributes == 1 else "a path and at least one attribute's value"

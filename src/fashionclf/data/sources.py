@@ -86,11 +86,12 @@ class Photos:
     ignored: list[str]
     cached: int
     schema: Schema  # the attributes; one single-valued attribute: ``labels`` is (N,), else (N, width)
+    decisions: dict = dataclasses.field(default_factory=dict)  # ``apply_decisions``' counts, when a source is one
 
 
 def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTarget | None = None) -> Photos:
     """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
-    entries, images, hashes, skipped, ignored, cached = [], [], [], [], [], 0
+    entries, images, hashes, skipped, ignored, cached, decided = [], [], [], [], [], 0, []
     attributes: tuple[str, ...] = ("label",)
     for path, kind in zip(paths, kinds):
         p = Path(path)
@@ -104,17 +105,22 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
             raise DataError(f"--data {path}: no photos found; expected {p}/<class>/*.jpg (or .png, .webp, ...), "
                             f"{p}/train/<class>/..., or a CSV manifest")
         converted = convert_photos(found, p, contract)
+        decided += [kind == "csv" and is_decisions(p)] * len(converted.entries)
         entries += converted.entries
         images.append(converted.images)
         hashes += converted.hashes
         skipped += converted.skipped
         ignored += ign
         cached += converted.from_cache
+    images = [np.concatenate(images)]
+    decisions = {}
+    if any(decided):
+        entries, images[0], hashes, decisions = apply_decisions(entries, images[0], hashes, decided, len(attributes))
     rows = [e.tags + ("",) * (len(attributes) - len(e.tags)) for e in entries]
     schema = Schema.from_cells(list(attributes), rows)
     if not schema.single:
         return tagged_photos(paths, entries, np.concatenate(images), hashes, schema, rows, classes,
-                             (skipped, ignored, cached))
+                             (skipped, ignored, cached), decisions)
     names = sorted({e.label for e in entries} | {s["label"] for s in skipped})
     wanted = select_names(names, classes)
     for name in wanted:
@@ -126,7 +132,43 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
     entries = [entries[i] for i in keep]
     return Photos(paths, entries, np.concatenate(images)[keep], np.array([wanted.index(e.label) for e in entries],
                   dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached,
-                  Schema.one(wanted, attributes[0]))
+                  Schema.one(wanted, attributes[0]), decisions)
+
+
+DECISIONS_NAME = "decisions.csv"  # a manifest whose name ends so is a review's decisions
+NOT_OURS = "_unknown"  # a review's "not one of our items"
+
+
+def is_decisions(path: Path) -> bool:
+    return path.name.lower().endswith(DECISIONS_NAME)
+
+
+def apply_decisions(entries: list[Entry], images: np.ndarray, hashes: list[str], decided: list[bool],
+                    attributes: int) -> tuple[list[Entry], np.ndarray, list[str], dict]:
+    """A review's decisions (``fashionclf review``) over the other sources: a decided photo
+    (the same file, by SHA-256) takes the decision's values where it gives one and keeps its
+    other values; one marked ``_unknown`` (not one of our items) is left out; a decided photo
+    no other source has is added. So a corrected label is not identical photos under two
+    labels (label noise): it is one photo, decided."""
+    decision = {h: e for h, e, d in zip(hashes, entries, decided) if d}
+    merged, keep, covered = [], [], set()
+    for i, (e, h, d) in enumerate(zip(entries, hashes, decided)):
+        if d and h in covered:
+            continue  # merged into the photo another source has
+        if not d and h in decision:
+            theirs = decision[h].tags + ("",) * (attributes - len(decision[h].tags))
+            ours = e.tags + ("",) * (attributes - len(e.tags))
+            cells = tuple(t or o for t, o in zip(theirs, ours))
+            e = dataclasses.replace(e, label=cells[0], cells=cells if attributes > 1 or ";" in cells[0] else ())
+            covered.add(h)
+        if e.label == NOT_OURS:
+            continue
+        merged.append(e)
+        keep.append(i)
+    counts = {"decided": len(decision), "overriding": len(covered),
+              "not_ours": sum(e.label == NOT_OURS for e in decision.values()),
+              "added": len(decision) - len(covered)}
+    return merged, images[keep], [hashes[i] for i in keep], counts
 
 
 def merged_attributes(so_far: tuple[str, ...], found: tuple[str, ...], path: str) -> tuple[str, ...]:
@@ -142,7 +184,7 @@ def merged_attributes(so_far: tuple[str, ...], found: tuple[str, ...], path: str
 
 
 def tagged_photos(paths: list[str], entries: list, images: np.ndarray, hashes: list[str], schema: Schema,
-                  rows: list[tuple[str, ...]], classes, problems: tuple) -> Photos:
+                  rows: list[tuple[str, ...]], classes, problems: tuple, decisions: dict) -> Photos:
     """Photos of several attributes (or a multi-label one): a label matrix (``Schema.encode``)."""
     if classes not in (None, "", "all"):
         raise UsageError("--classes chooses among one attribute's classes; this data has attributes "
@@ -157,7 +199,7 @@ def tagged_photos(paths: list[str], entries: list, images: np.ndarray, hashes: l
                             "a single-valued attribute needs 2 or more (give its photos their values, or drop the column)")
     skipped, ignored, cached = problems
     return Photos(paths, entries, images, schema.encode(rows), hashes, list(schema.first.values), skipped, ignored,
-                  cached, schema)
+                  cached, schema, decisions)
 
 
 def load_photos(paths: list[str], kinds: list[str], classes, split: SplitSettings, log: Callable[[str], None],
@@ -218,7 +260,8 @@ def load_photos_to_score(sources, seen: dict[str, set[str]], contract: PhotoTarg
 def photo_dataset(photos: Photos, splits: np.ndarray, log: Callable[[str], None]) -> Dataset:
     """``photos`` as a Dataset split by ``splits`` (one split name per photo), their problems logged."""
     sets = {s: ImageSet(photos.images[splits == s], photos.labels[splits == s]) for s in SPLIT_NAMES}
-    problems = {"skipped": photos.skipped, "ignored": photos.ignored,
+    problems = {"skipped": photos.skipped, "ignored": photos.ignored, **({"decisions": photos.decisions}
+                                                                         if photos.decisions else {}),
                 **find_duplicates(photos.entries, photos.hashes, splits)}
     log_problems(len(photos.entries), len(photos.classes), photos.paths, photos.cached, problems, log)
     hashes = {s: [h for h, where in zip(photos.hashes, splits) if where == s] for s in SPLIT_NAMES}
@@ -249,6 +292,10 @@ def log_problems(count: int, k: int, paths: list[str], cached: int, problems: di
         first = problems["skipped"][0]
         log(f"warning: {len(problems['skipped'])} unreadable file(s) skipped (listed in metrics.json), "
             f"e.g. {first['path']}: {first['error']}")
+    if problems.get("decisions"):
+        d = problems["decisions"]
+        log(f"decisions: {d['decided']} photo(s) decided in review, {d['overriding']} over their folder's or "
+            f"manifest's values, {d['not_ours']} not one of our items (left out)")
     if problems["ignored"]:
         log(f"note: {len(problems['ignored'])} file(s) without an image suffix ignored, e.g. {problems['ignored'][0]}")
     for key, what in (("label_noise", "under two labels (label noise)"), ("leakage", "in two splits (leakage)")):
@@ -331,7 +378,7 @@ def describe(sources=None, classes: str | None = None, verify: bool = True, spli
         "verification": dataset.verification,
         "classes": dataset.classes,
         "counts": {s: class_counts(first_labels(dataset, splits.of(s)[1].numpy()), k) for s in ("train", "val", "test")},
-        "problems": {key: len(v) for key, v in dataset.problems.items()},
+        "problems": {key: len(v) for key, v in dataset.problems.items() if isinstance(v, list)},
     }
     if dataset.schema is not None:
         info["attributes"] = attribute_tables(dataset.schema, {s: splits.of(s)[1].numpy() for s in ("train", "val", "test")})

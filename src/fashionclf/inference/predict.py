@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fashionclf.data.attributes import Schema
 from fashionclf.data.photos import IMAGE_SUFFIXES
 from fashionclf.errors import UsageError
-from fashionclf.fileio import fsync_dir
+from fashionclf.fileio import csv_cell, fsync_dir
 from fashionclf.inference.classifier import Classifier, load_classifier
 from fashionclf.inference.tagging import Prediction, classify
 from fashionclf.training.config import PREDICT_BATCH_SIZE
@@ -78,19 +78,12 @@ def _split_pattern(pattern: Path) -> tuple[Path, str]:
     return Path(*parts[:i]) if i else Path("."), "/".join(parts[i:])
 
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def display_path(path: str) -> str:
     """A path as text that any output can carry: bytes that are not UTF-8 (kept by Python as
     lone surrogates) are shown as ``\\xNN`` instead of crashing the writer."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def csv_cell(text: str) -> str:
-    """A text cell safe to open in a spreadsheet: one that starts like a formula (``= + - @``,
-    tab, carriage return) gets a leading apostrophe (OWASP "CSV injection")."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 class RowWriter:

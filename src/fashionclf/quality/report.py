@@ -13,8 +13,8 @@ import numpy as np
 
 from fashionclf.evaluation.plots import plot_suspects, save
 from fashionclf.evaluation.report import STYLE, html_table, image_tag
-from fashionclf.fileio import write_bytes_atomic
-from fashionclf.inference.predict import csv_cell, display_path
+from fashionclf.fileio import csv_cell, write_bytes_atomic
+from fashionclf.inference.predict import display_path
 from fashionclf.quality.result import AuditResult, Suspect
 
 GRID = 32  # suspects drawn in report.html

@@ -127,10 +127,13 @@ class Guard:
     the API key on the guarded endpoints, ``X-Content-Type-Options: nosniff`` on every answer,
     and the request metrics."""
 
-    GUARDED = ("/predict", "/model", "/metrics")
+    GUARDED = ("/predict", "/model", "/metrics")  # a path ending in "/" guards every path below it
 
-    def __init__(self, app, api_key: str | None, metrics):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app, api_key: str | None, metrics=None, guarded: tuple[str, ...] = GUARDED):
+        self.app, self.api_key, self.metrics, self.guarded = app, api_key, metrics, guarded
+
+    def guards(self, path: str) -> bool:
+        return any(path == g or (g.endswith("/") and path.startswith(g)) for g in self.guarded)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -144,7 +147,7 @@ class Guard:
                                                   (b"x-content-type-options", b"nosniff")]}
             await send(message)
 
-        if (self.api_key is not None and path in self.GUARDED
+        if (self.api_key is not None and self.guards(path)
                 and not authorised(dict(scope["headers"]).get(b"authorization", b""), self.api_key)):
             body = json.dumps({"detail": "missing or wrong API key: send the header 'Authorization: Bearer KEY'"})
             await marked({"type": "http.response.start", "status": 401,
@@ -153,6 +156,8 @@ class Guard:
             await send({"type": "http.response.body", "body": body.encode()})
         else:
             await self.app(scope, receive, marked)
+        if self.metrics is None:
+            return
         endpoint = path if path in ENDPOINTS else "other"
         self.metrics.requests.labels(endpoint, str(status[0])).inc()
         self.metrics.seconds.labels(endpoint).observe(time.perf_counter() - start)
