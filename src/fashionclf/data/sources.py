@@ -91,7 +91,7 @@ class Photos:
 
 def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTarget | None = None) -> Photos:
     """Find and convert the photos of every source (``kinds``: "csv" or "folder")."""
-    entries, images, hashes, skipped, ignored, cached, decided = [], [], [], [], [], 0, []
+    entries, arrays, hashes, skipped, ignored, cached, decided = [], [], [], [], [], 0, []
     attributes: tuple[str, ...] = ("label",)
     for path, kind in zip(paths, kinds):
         p = Path(path)
@@ -107,20 +107,19 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
         converted = convert_photos(found, p, contract)
         decided += [kind == "csv" and is_decisions(p)] * len(converted.entries)
         entries += converted.entries
-        images.append(converted.images)
+        arrays.append(converted.images)
         hashes += converted.hashes
         skipped += converted.skipped
         ignored += ign
         cached += converted.from_cache
-    images = [np.concatenate(images)]
-    decisions = {}
+    images, decisions = np.concatenate(arrays), {}
     if any(decided):
-        entries, images[0], hashes, decisions = apply_decisions(entries, images[0], hashes, decided, len(attributes))
+        entries, images, hashes, decisions = apply_decisions(entries, images, hashes, decided, len(attributes))
     rows = [e.tags + ("",) * (len(attributes) - len(e.tags)) for e in entries]
     schema = Schema.from_cells(list(attributes), rows)
     if not schema.single:
-        return tagged_photos(paths, entries, np.concatenate(images), hashes, schema, rows, classes,
-                             (skipped, ignored, cached), decisions)
+        return tagged_photos(paths, entries, images, hashes, schema, rows, classes,
+                             (skipped, ignored, cached, decisions))
     names = sorted({e.label for e in entries} | {s["label"] for s in skipped})
     wanted = select_names(names, classes)
     for name in wanted:
@@ -130,7 +129,7 @@ def gather_photos(paths: list[str], kinds: list[str], classes, contract: PhotoTa
                             f"{next(s for s in skipped if s['label'] == name)['error']}); fix or remove them")
     keep = [i for i, e in enumerate(entries) if e.label in wanted]
     entries = [entries[i] for i in keep]
-    return Photos(paths, entries, np.concatenate(images)[keep], np.array([wanted.index(e.label) for e in entries],
+    return Photos(paths, entries, images[keep], np.array([wanted.index(e.label) for e in entries],
                   dtype=np.int64), [hashes[i] for i in keep], wanted, skipped, ignored, cached,
                   Schema.one(wanted, attributes[0]), decisions)
 
@@ -184,7 +183,7 @@ def merged_attributes(so_far: tuple[str, ...], found: tuple[str, ...], path: str
 
 
 def tagged_photos(paths: list[str], entries: list, images: np.ndarray, hashes: list[str], schema: Schema,
-                  rows: list[tuple[str, ...]], classes, problems: tuple, decisions: dict) -> Photos:
+                  rows: list[tuple[str, ...]], classes, problems: tuple) -> Photos:
     """Photos of several attributes (or a multi-label one): a label matrix (``Schema.encode``)."""
     if classes not in (None, "", "all"):
         raise UsageError("--classes chooses among one attribute's classes; this data has attributes "
@@ -197,7 +196,7 @@ def tagged_photos(paths: list[str], entries: list, images: np.ndarray, hashes: l
         if len(attr.values) < (1 if attr.multi else 2):
             raise DataError(f"attribute {attr.name!r} has {len(attr.values)} value(s) ({', '.join(attr.values)}); "
                             "a single-valued attribute needs 2 or more (give its photos their values, or drop the column)")
-    skipped, ignored, cached = problems
+    skipped, ignored, cached, decisions = problems
     return Photos(paths, entries, images, schema.encode(rows), hashes, list(schema.first.values), skipped, ignored,
                   cached, schema, decisions)
 

@@ -132,10 +132,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     entry = get_model_entry(config.model)
     contract, model_kwargs = input_contract(config, state, init)
-    if data is None and config.calibration == "crossfit":  # resuming a cross-fitted run's final model
-        data = load_every_photo(as_list(config.data), config.classes, log, contract)
-    dataset = data if data is not None else load_data(config.data, config.classes, config.verify, config.split,
-                                                      log=log, contract=contract)
+    dataset = data if data is not None else run_data(config, contract, log)
     torch.manual_seed(config.seed)
     weights = {"weights": config.weights} if entry.weights and state is None and init is None else {}
     outputs = len(dataset.classes) if dataset.schema is None else dataset.schema.outputs
@@ -191,6 +188,14 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
         + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
     return run
+
+
+def run_data(config: TrainConfig, contract: InputContract, log: Callable[[str], None]) -> Dataset:
+    """``config.data`` converted for ``contract``: split, or every photo in train for a
+    cross-fitted run (its final model, resumed)."""
+    if config.calibration == "crossfit":
+        return load_every_photo(as_list(config.data), config.classes, log, contract)
+    return load_data(config.data, config.classes, config.verify, config.split, log=log, contract=contract)
 
 
 def describe_outputs(dataset: Dataset) -> str:
