@@ -97,8 +97,13 @@ def test_a_person_decides_by_keyboard_and_every_decision_is_written_at_once(shop
         assert not manifest.exists()  # nothing is written before a decision
         names = [cards.nth(i).locator(".name").text_content() for i in range(6)]
         assert HOSTILE in names and page.title() == "fashionclf review"  # shown as text, never run
-        assert page.locator(".card img").count() == 6  # no element came from a file name
+        assert page.locator(".card img").count() == 12  # a photo and its heatmap a card: no element came from a name
 
+        page.keyboard.press("h")  # where the model looked, in place of the photo
+        page.wait_for_selector(".card[data-id='0'][data-heatmap=true] img.heat", timeout=30_000)
+        assert page.evaluate("document.querySelector('.card img.heat').naturalWidth") == 112
+        page.keyboard.press("h")
+        page.wait_for_selector(".card[data-id='0'][data-heatmap=false]")
         press_and_wait(page, "2")  # the second value, "shoes", for the first card
         assert decisions_of(manifest) == {f"{rel(queue, page, 0)}": {"label": "shoes"}}
         assert page.evaluate("document.activeElement.dataset.id") == "1"  # on to the next card

@@ -168,7 +168,8 @@ def cmd_predict(args) -> int:
     from fashionclf.inference.predict import TagSettings, tag_files, tag_to_file
 
     settings = TagSettings(args.format, args.top_k, args.batch_size, args.min_confidence, args.backend, args.device,
-                           review=args.review, review_attribute=args.review_attribute, dask=args.dask)
+                           review=args.review, review_attribute=args.review_attribute, dask=args.dask,
+                           explain=args.explain)
     if args.output:
         counts = tag_to_file(args.output, args.checkpoint, args.inputs, settings)
     else:
@@ -182,6 +183,9 @@ def cmd_predict(args) -> int:
     if args.review:
         print(f"{counts['review']} photos to review in {args.review}/<label>/ (listed in {args.review}/review.csv); "
               f"move misplaced ones, then: fashionclf train --data YOUR_DATA --data {args.review}", file=sys.stderr)
+    if args.explain:
+        print(f"{counts['explained']} heatmaps of where the model looked in {args.explain}/ (listed in "
+              f"{args.explain}/explained.csv)", file=sys.stderr)
     if counts["failed"]:
         print(f"{counts['failed']} of {counts['rows']} inputs failed (see the error column)", file=sys.stderr)
     return 1 if counts["failed"] else 0
@@ -340,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review", metavar="DIR",
                    help="copy (hard-link) every photo that is unknown or below --min-confidence into "
                         "DIR/<predicted label>/ for a person to check; retrain with --data DIR")
+    p.add_argument("--explain", metavar="DIR",
+                   help="write DIR/<photo>.png per photo: what the model saw, with where it looked for its answer "
+                        "(Grad-CAM heatmap), listed in DIR/explained.csv; needs the model.pt")
     p.add_argument("--review-attribute", metavar="NAME",
                    help="a model of several attributes: --review files photos by this attribute's answer and "
                         "its confidence (default: the first attribute's)")

@@ -161,6 +161,14 @@ def write_evaluation(result: EvalResult, images: np.ndarray, out_dir: str | os.P
     )
     save(plot_confusion_matrix(result).figure, paths["confusion_matrix_png"])
     save(plot_mistakes(result, images).figure, paths["mistakes_png"])
+    if parts.heatmaps is not None and len(parts.heatmaps):
+        from fashionclf.evaluation.plots import plot_suspects
+
+        paths["mistakes_heatmaps_png"] = out / "mistakes_heatmaps.png"
+        picks = result.mistakes(len(parts.heatmaps))
+        captions = [f"pred {result.classes[result.y_pred[i]]}\n{result.confidence[i]:.0%}" for i in picks]
+        save(plot_suspects(parts.heatmaps, captions, f"Where the model looked ({result.split})").figure,
+             paths["mistakes_heatmaps_png"])
     if history:
         paths["curves_png"] = out / "curves.png"
         save(figure_curves(history), paths["curves_png"])

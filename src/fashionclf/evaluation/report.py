@@ -108,6 +108,9 @@ class ReportParts:
     problems: dict | None = None
     unknown: dict | None = None
     sections: str = ""
+    # Grad-CAM overlays of the most confident mistakes, in ``result.mistakes()``' order
+    # (``fashionclf.models.explain``): where the model looked when it was wrong.
+    heatmaps: object = None
 
 
 def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dict,
@@ -125,6 +128,8 @@ def write_report(result, accuracies: dict, overfit: dict, info: dict, paths: dic
         [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in result.per_class.items()],
     )
     settings = html_table(["setting", "value"], [[k, v] for k, v in info.items()])
+    heatmap_note = ("<p>Where the model looked (Grad-CAM): the brighter a region, the more it raised the score of "
+                    "the class the model wrongly chose.</p>")
     curves = ""
     if history:
         curves = f"<section><h2>Training curves</h2>{image_tag(paths.get('curves_png'))}</section>"
@@ -138,7 +143,8 @@ Train accuracy is measured in eval mode on the training split.</p></section>
 {curves}
 <section><h2>Confusion matrix ({html.escape(result.split)})</h2>{image_tag(paths.get('confusion_matrix_png'))}</section>
 <section><h2>Per-class metrics ({html.escape(result.split)})</h2>{per_class}</section>
-<section><h2>Most confident mistakes</h2>{image_tag(paths.get('mistakes_png'))}</section>
+<section><h2>Most confident mistakes</h2>{image_tag(paths.get('mistakes_png'))}
+{heatmap_note if paths.get('mistakes_heatmaps_png') else ''}{image_tag(paths.get('mistakes_heatmaps_png'))}</section>
 {sections}
 {unknown_section(unknown, paths)}
 {problems_section(problems)}

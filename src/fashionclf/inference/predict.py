@@ -238,6 +238,7 @@ class TagSettings:
     review: str | os.PathLike | None = None  # a folder for the photos a person should check
     review_attribute: str | None = None  # a model of several attributes: review this one's answers (default: the first)
     dask: str | None = None  # a Dask scheduler address, or local:N
+    explain: str | os.PathLike | None = None  # a folder for a heatmap per photo (``inference.explain``)
 
 
 def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout,
@@ -261,6 +262,11 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     review_index = review_attribute(classifier, s.review_attribute)
     counts = {"rows": 0, "failed": 0, "low_confidence": 0, "unknown": 0, "review": 0}
     reviewer = ReviewFolder(s.review) if s.review is not None else None
+    explainer = None
+    if s.explain is not None:
+        from fashionclf.inference.explain import ExplainFolder
+
+        explainer = ExplainFolder(s.explain, checkpoint, list(classifier.classes))
     bar = tqdm(desc="tagging", unit="img", disable=None if s.progress is None else not s.progress, file=sys.stderr)
     if s.dask:
         from fashionclf.scale.cluster import dask_classify
@@ -279,9 +285,14 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
             label, confidence, low = reviewed_answer(row, review_index, s.min_confidence)
             if row.unknown or low:
                 reviewer.add(row, label, confidence, low)
+        if explainer is not None and not row.error:
+            explainer.add(row.path, row.label)
         bar.update()
     bar.close()
     writer.close()
+    if explainer is not None:
+        explainer.close()
+        counts["explained"] = explainer.count
     if reviewer is not None:
         reviewer.close()
         counts["review"] = reviewer.count

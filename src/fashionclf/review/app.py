@@ -5,7 +5,9 @@ a content security policy that runs only the page's own script; photos sent as t
 re-encoded here (never a file's own bytes); file names shown as text, never as markup.
 
 Endpoints: ``GET /`` the page; ``GET /api/queue`` the cards and attributes;
-``GET /api/photo/{id}`` a card's thumbnail (PNG); ``POST /api/decide`` ``{"ids", "attribute",
+``GET /api/photo/{id}`` a card's thumbnail (PNG); ``GET /api/heatmap/{id}?attribute=NAME``
+what the model saw with where it looked for that attribute's answer (Grad-CAM, PNG: torch
+and the model.pt are loaded at the first one); ``POST /api/decide`` ``{"ids", "attribute",
 "value"}`` decides one or more cards at once (written before the answer);
 ``POST /api/undo`` takes back this session's last decision.
 """
@@ -127,6 +129,32 @@ def create_review_app(queue: Queue, decisions: Decisions, settings: ReviewSettin
             raise HTTPException(404, f"no card {id}") from None
         except Exception:  # an unreadable photo: the card shows its error instead
             raise HTTPException(422, "this photo cannot be shown") from None
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    explainer: list = []  # the model.pt's network, loaded at the first heatmap asked for
+
+    @app.get("/api/heatmap/{id}")
+    def heatmap(id: int, attribute: str | None = None) -> Response:  # a thread: a backward pass
+        from fashionclf.data.photos import photo_converter
+        from fashionclf.inference.explain import Explainer
+
+        names = [a.name for a in queue.schema.attributes]
+        if attribute not in (None, *names):
+            raise HTTPException(422, f"unknown attribute {attribute!r}; valid: {', '.join(names)}")
+        try:
+            card = queue.card(id)
+        except KeyError:
+            raise HTTPException(404, f"no card {id}") from None
+        if not explainer:
+            try:
+                explainer.append(Explainer(settings.model))
+            except UsageError as exc:
+                raise HTTPException(404, f"no heatmaps: {exc}") from None
+        try:
+            image = photo_converter(explainer[0].contract)[0](card.path)
+        except Exception:
+            raise HTTPException(422, "this photo cannot be shown") from None
+        data = explainer[0].png(image, names.index(attribute) if attribute else 0)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/decide", response_model=Decided)

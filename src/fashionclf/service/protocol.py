@@ -16,7 +16,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when insta
 
 from fashionclf.service.settings import ServeSettings
 
-ENDPOINTS = ("/", "/health", "/model", "/predict", "/metrics")
+ENDPOINTS = ("/", "/health", "/model", "/predict", "/explain", "/metrics")
 
 
 class HeaderDeadline(AutoHTTPProtocol):
@@ -127,7 +127,7 @@ class Guard:
     the API key on the guarded endpoints, ``X-Content-Type-Options: nosniff`` on every answer,
     and the request metrics."""
 
-    GUARDED = ("/predict", "/model", "/metrics")  # a path ending in "/" guards every path below it
+    GUARDED = ("/predict", "/explain", "/model", "/metrics")  # a path ending in "/" guards every path below it
 
     def __init__(self, app, api_key: str | None, metrics=None, guarded: tuple[str, ...] = GUARDED):
         self.app, self.api_key, self.metrics, self.guarded = app, api_key, metrics, guarded

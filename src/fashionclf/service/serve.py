@@ -160,7 +160,8 @@ def create_app(settings: ServeSettings, limits: Limits | None = None, classifier
     page = (Path(__file__).parent / "web" / "index.html").read_text()
     app.state.classifier, app.state.limits, app.state.admitted = classifier, limits, 0
     app.state.limiter, app.state.metrics = anyio.CapacityLimiter(limits.concurrency), Metrics()
-    add_routes(app, page, content_security_policy(page))
+    app.state.explainer = None  # a model.pt's network for /explain, loaded at its first call
+    add_routes(app, page, content_security_policy(page), settings)
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
     app.add_middleware(Guard, api_key=settings.api_key, metrics=app.state.metrics)
     if settings.loopback:
@@ -168,7 +169,7 @@ def create_app(settings: ServeSettings, limits: Limits | None = None, classifier
     return app
 
 
-def add_routes(app: FastAPI, page: str, csp: str) -> None:
+def add_routes(app: FastAPI, page: str, csp: str, settings: ServeSettings) -> None:
     state = app.state
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -205,29 +206,9 @@ def add_routes(app: FastAPI, page: str, csp: str) -> None:
 
     async def answer(request: Request, preview: bool) -> JSONResponse:
         limits, classifier = state.limits, state.classifier
-        content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
-                                           f"got Content-Type {content_type or 'none'!r}"}, 415)
-        try:
-            form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 8)
-        except Exception as exc:  # the form parser's errors (too many files, malformed body, cut short)
-            if request.scope.get(TOO_LARGE):
-                return JSONResponse({"detail": too_large_message(limits.max_request_bytes)}, 413)
-            if request.scope.get(TOO_SLOW):
-                return JSONResponse({"detail": f"the request body stalled for {limits.body_timeout:g} s; "
-                                               "send it at once"}, 408)
-            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-            status = 413 if "Too many" in str(detail) else 422
-            return JSONResponse({"detail": f"could not read the form: {detail} "
-                                           f"(at most {limits.max_files} files per request)"}, status)
-        try:
-            files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
-            if not files:
-                return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
-            uploads = [(f.filename, await f.read()) for f in files]
-        finally:
-            await form.close()
+        uploads = await read_uploads(request, limits)
+        if isinstance(uploads, JSONResponse):
+            return uploads
         if sum(header_pixels(data) for _, data in uploads) <= limits.inline_pixels:
             # about a millisecond of work: handing it to a thread would cost 20% of the requests/s
             results, status = tag_uploads(classifier, uploads, limits, preview)
@@ -236,6 +217,71 @@ def add_routes(app: FastAPI, page: str, csp: str) -> None:
                 functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=state.limiter)
         state.metrics.count_files(results)
         return JSONResponse(public(results), status)
+
+    @app.post("/explain", responses={200: {"content": {"image/png": {}}, "description": "the heatmap, a PNG"},
+                                     **{k: v for k, v in PREDICT_ANSWERS.items() if k != 503},
+                                     404: {"model": Detail, "description": "an ONNX graph is served: no heatmaps"}})
+    async def explain(request: Request, attribute: str | None = None) -> Response:
+        """The first file's heatmap (Grad-CAM): what the model saw, and where it looked for its
+        answer (``attribute``'s, for a model of several; default the first). Loads torch and the
+        model.pt at the first call."""
+        uploads = await read_uploads(request, state.limits)
+        if isinstance(uploads, JSONResponse):
+            return uploads
+        return await anyio.to_thread.run_sync(functools.partial(explain_upload, state, settings.model,
+                                                                uploads[0][1], attribute), limiter=state.limiter)
+
+
+async def read_uploads(request: Request, limits: Limits) -> list[tuple[str | None, bytes]] | JSONResponse:
+    """The request's ``file`` fields (name, bytes), or the JSON error answer that says why not."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
+                                       f"got Content-Type {content_type or 'none'!r}"}, 415)
+    try:
+        form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 8)
+    except Exception as exc:  # the form parser's errors (too many files, malformed body, cut short)
+        if request.scope.get(TOO_LARGE):
+            return JSONResponse({"detail": too_large_message(limits.max_request_bytes)}, 413)
+        if request.scope.get(TOO_SLOW):
+            return JSONResponse({"detail": f"the request body stalled for {limits.body_timeout:g} s; "
+                                           "send it at once"}, 408)
+        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        status = 413 if "Too many" in str(detail) else 422
+        return JSONResponse({"detail": f"could not read the form: {detail} "
+                                       f"(at most {limits.max_files} files per request)"}, status)
+    try:
+        files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
+        if not files:
+            return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
+        return [(f.filename, await f.read()) for f in files]
+    finally:
+        await form.close()
+
+
+def explain_upload(state, model: str, data: bytes, attribute: str | None) -> Response:
+    """``/explain``'s work, in a worker thread: the heatmap of one photo as a PNG."""
+    from fashionclf.data.photos import PhotoError
+    from fashionclf.service.uploads import STATUS_OF, convert_upload
+
+    if getattr(state, "explainer", None) is None:
+        from fashionclf.inference.explain import Explainer
+
+        try:
+            state.explainer = Explainer(model)
+        except UsageError as exc:
+            return JSONResponse({"detail": f"no heatmaps here: {exc}"}, 404)
+    schema = state.classifier.schema
+    try:
+        index = 0 if attribute is None or schema is None and attribute == "label" else schema.attribute(attribute)
+    except (ValueError, AttributeError):
+        names = schema.names if schema is not None else ["label"]
+        return JSONResponse({"detail": f"unknown attribute {attribute!r}; valid: {', '.join(names)}"}, 422)
+    try:
+        image = convert_upload(state.classifier, data, state.limits, [state.limits.max_request_pixels])
+    except PhotoError as exc:
+        return JSONResponse({"detail": str(exc)}, STATUS_OF.get(exc.kind, 422))
+    return Response(state.explainer.png(image, index), media_type="image/png")
 
 
 def app_from_env() -> FastAPI:

@@ -45,6 +45,8 @@ from fashionclf.training import crossfit
 from fashionclf.training.crossfit import CrossFit
 from fashionclf.training.run import Run
 
+MISTAKES_SHOWN = 16  # mistakes drawn with the model's heatmap in report.html
+
 
 def score_splits(model: nn.Module, data, classes: list[str], contract: InputContract, splits, device,
                  schema: Schema | None = None) -> dict:
@@ -125,12 +127,27 @@ def finish_run(run: Run) -> dict:
                                                                                        run.out))
         test_images = test_images[every["test"].masks[0]]
     write_evaluation(test, test_images, run.out, accuracies, info,
-                     ReportParts(run.history, dataset.problems, unknown, sections))
+                     ReportParts(run.history, dataset.problems, unknown, sections,
+                                 None if fits else mistake_heatmaps(model, best, test, test_images)))
     run.log(result_line(run, results, accuracies, overfit, fits))
     elapsed = time.perf_counter() - run.started
     run.log(f"run took {elapsed:.0f} s" + (f" of its {run.budget['budget_seconds']:.0f} s budget"
                                            if run.budget is not None else ""))
     return metrics
+
+
+def mistake_heatmaps(model: nn.Module, ckpt: Checkpoint, result: EvalResult, images: np.ndarray,
+                     limit: int = MISTAKES_SHOWN) -> np.ndarray:
+    """Grad-CAM overlays of ``result``'s most confident mistakes (the report draws them beside
+    the mistakes themselves), each for the class the model wrongly chose."""
+    from fashionclf.models.explain import grad_cam, overlay
+
+    picks = result.mistakes(limit)
+    if not len(picks):
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    outputs = slice(None) if ckpt.attributes is None else ckpt.attributes.logit_slices[0]
+    heat, _ = grad_cam(model.cpu(), images[picks], ckpt.contract, result.y_pred[picks], outputs)
+    return np.stack([overlay(image, h, scale=2) for image, h in zip(images[picks], heat)])
 
 
 def result_line(run: Run, results: dict[str, EvalResult], accuracies: dict[str, float], overfit: dict,
@@ -360,8 +377,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", out:
         out.mkdir(parents=True, exist_ok=True)
         sections = attribute_sections(every[split].summary(), write_attribute_figures(every[split], images, out))
         images = images[every[split].masks[0]]
-    paths = write_evaluation(result, images, out, accuracies, info, ReportParts(problems=dataset.problems,
-                                                                                sections=sections))
+    paths = write_evaluation(result, images, out, accuracies, info, ReportParts(
+        problems=dataset.problems, sections=sections, heatmaps=mistake_heatmaps(model, ckpt, result, images)))
     summary = dict(result.summary(), model=ckpt.model, classes=ckpt.classes,
                    **({"attributes": every[split].summary()} if ckpt.attributes is not None else {}),
                    accuracies=accuracies, overfitting=overfit, files=paths,
