@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -227,3 +228,48 @@ def test_training_reads_the_decisions_over_the_shops_folders(tmp_path, capsys):
     assert not ds.problems["label_noise"]  # a decision is not label noise
     assert ds.problems["decisions"] == {"decided": 3, "overriding": 3, "not_ours": 1, "added": 0}
     assert any("3 photo(s) decided in review" in line for line in logged)
+
+
+def test_label_studio_tasks_out_and_its_json_min_export_back_as_decisions(tagged_model, tmp_path, capsys):
+    import json
+    import xml.etree.ElementTree as ET
+
+    from fashionclf.cli import main
+
+    model, shop = tagged_model
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    for photo in sorted((shop / "photos").glob("*.jpg"))[:5]:
+        (queue / photo.name).write_bytes(photo.read_bytes())
+    tasks = tmp_path / "tasks.json"
+    assert main(["review", str(queue), "--model", str(model), "--export-label-studio", str(tasks)]) == 0
+    exported = json.loads(tasks.read_text())
+    assert len(exported) == 5 and exported[0]["data"]["image"].startswith("/data/local-files/?d=")
+    prediction = exported[0]["predictions"][0]
+    assert {r["from_name"] for r in prediction["result"]} <= {"category", "colour", "looks"}
+    assert all(r["type"] == "choices" and r["to_name"] == "image" for r in prediction["result"])
+    scores = [t["predictions"][0]["score"] for t in exported]
+    assert scores == sorted(scores, reverse=True)
+    view = ET.fromstring(tasks.with_suffix(".xml").read_text())
+    choices = {c.get("name"): (c.get("choice"), [v.get("value") for v in c]) for c in view.iter("Choices")}
+    assert choices["looks"][0] == "multiple" and choices["category"][0] == "single"
+    assert not (queue / "decisions.csv").exists()  # an export decides nothing
+
+    # Label Studio's JSON-MIN export: the task's data fields, one field per attribute, its own fields.
+    first, second = exported[0]["data"], exported[1]["data"]
+    export = [{**first, "id": 1, "category": choices["category"][1][0], "looks": {"choices": ["warm", "upper"]},
+               "annotator": 1, "annotation_id": 7, "created_at": "2026-11-30T10:00:00Z", "lead_time": 3.2},
+              {"image": second["image"], "id": 2, "colour": "red"},  # found again by its image URL
+              {"id": 3, "image": "/data/upload/1/other.jpg"}]  # not of this queue
+    min_json = tmp_path / "export.json"
+    min_json.write_text(json.dumps(export))
+    assert main(["review", str(queue), "--model", str(model), "--import-label-studio", str(min_json)]) == 0
+    assert "2 of 3 tasks decided" in capsys.readouterr().out
+    rows = decisions_of(queue / "decisions.csv")
+    one = rows[str(Path(first["fashionclf_path"]).relative_to(queue.resolve()))]
+    in_order = ";".join(v for v in choices["looks"][1] if v in ("warm", "upper"))  # the attribute's value order
+    assert one == {"category": choices["category"][1][0], "colour": "", "looks": in_order}
+    assert sum(r["colour"] == "red" for r in rows.values()) == 1
+    min_json.write_text(json.dumps([{**first, "category": "hat"}]))
+    assert main(["review", str(queue), "--model", str(model), "--import-label-studio", str(min_json)]) == 2
+    assert "task 1" in capsys.readouterr().err

@@ -263,7 +263,8 @@ def cmd_review(args) -> int:
     from fashionclf.service.settings import read_api_key
 
     review(ReviewSettings(args.queue, args.model, args.decisions, args.host, args.port,
-                          read_api_key(args.api_key_file), args.insecure))
+                          read_api_key(args.api_key_file), args.insecure, args.export_label_studio,
+                          args.import_label_studio, args.document_root))
     return 0
 
 
@@ -374,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beyond this machine: require 'Authorization: Bearer KEY' (the page asks for it), KEY being "
                         "the file's first line (default: $FASHIONCLF_API_KEY if set)")
     p.add_argument("--insecure", action="store_true", help="allow a --host beyond this machine without an API key")
+    p.add_argument("--export-label-studio", metavar="TASKS.json",
+                   help="instead of the page: write the queue as Label Studio tasks with the model's predictions "
+                        "and scores (and TASKS.xml, the labelling interface)")
+    p.add_argument("--import-label-studio", metavar="EXPORT.json",
+                   help="instead of the page: read Label Studio's JSON-MIN export into the decisions manifest")
+    p.add_argument("--document-root", metavar="DIR",
+                   help="Label Studio's local-files root the task images are given below (default: the queue's folder)")
     p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, GET /model, web page at /")

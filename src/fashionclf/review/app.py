@@ -45,6 +45,9 @@ class ReviewSettings:
     port: int = 8100
     api_key: str | None = None
     insecure: bool = False
+    export_label_studio: str | None = None  # write the queue as Label Studio tasks here, and stop
+    import_label_studio: str | None = None  # read a Label Studio JSON-MIN export into the decisions, and stop
+    document_root: str | None = None  # Label Studio's local-files root (default: the queue's folder)
 
     @property
     def loopback(self) -> bool:
@@ -178,10 +181,11 @@ def create_review_app(queue: Queue, decisions: Decisions, settings: ReviewSettin
 
 
 def review(settings: ReviewSettings, log=print) -> None:
-    """Load the queue (the model answers every photo), then serve the page until Ctrl-C."""
-    import uvicorn
-
+    """Load the queue (the model answers every photo), then serve the page until Ctrl-C; or
+    export it to Label Studio, or import Label Studio's answers into the decisions."""
+    from fashionclf.data.attributes import Schema
     from fashionclf.inference.classifier import load_classifier
+    from fashionclf.review import labelstudio
     from fashionclf.review.decisions import default_decisions
     from fashionclf.review.queue import load_queue
 
@@ -189,16 +193,34 @@ def review(settings: ReviewSettings, log=print) -> None:
         raise UsageError(f"--host {settings.host} opens the review page to the network without an API key: give "
                          f"--api-key-file PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
     classifier = load_classifier(settings.model, "auto")
-    queue = load_queue(settings.queue, classifier)
-    schema = queue.schema
-    path = Path(settings.decisions) if settings.decisions else default_decisions(Path(settings.queue))
+    schema = classifier.schema or Schema.one(list(classifier.classes))
+    source = Path(settings.queue)
+    path = Path(settings.decisions) if settings.decisions else default_decisions(source)
+    root = Path(settings.document_root) if settings.document_root else source.parent if source.is_file() else source
     try:
         decisions = Decisions.open(path, [a.name for a in schema.attributes])
+        if settings.import_label_studio:
+            counts = labelstudio.import_min(settings.import_label_studio, decisions, schema, root)
+            log(f"label studio: {counts['decided']} of {counts['tasks']} tasks decided into {path} "
+                f"({counts['skipped']} without an answer or not of this queue)")
+            return
+        queue = load_queue(source, classifier)
+        if settings.export_label_studio:
+            out = labelstudio.export_tasks(queue, settings.export_label_studio, root, str(settings.model))
+            log(f"label studio: {len(queue.cards)} tasks in {out}, most to look at first, with the model's "
+                f"predictions; the labelling interface in {out.with_suffix('.xml')}; images below {root} "
+                "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT)")
+            return
     except DataError as exc:
         raise UsageError(str(exc)) from None
     log(f"review: {len(queue.cards)} photos from {queue.source} ({queue.kind}), most to look at first; decisions go "
         f"to {path} ({len(decisions.rows)} already there)")
     log(f"open http://{settings.host}:{settings.port}/ (Ctrl-C to stop)")
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(create_review_app(queue, decisions, settings), host=settings.host, port=settings.port,
-                    log_level="warning")
+        uvicorn_run(create_review_app(queue, decisions, settings), settings)
+
+
+def uvicorn_run(app: FastAPI, settings: ReviewSettings) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

@@ -63,8 +63,9 @@ class Decisions:
     def value(self, photo: Path, attribute: str) -> str:
         return self.rows.get(str(photo), {}).get(attribute, "")
 
-    def decide(self, photos: list[Path], attribute: str, value: str) -> None:
-        """Give ``photos`` ``value`` for ``attribute`` (one undo step), and write the file."""
+    def decide(self, photos: list[Path], attribute: str, value: str, write: bool = True) -> None:
+        """Give ``photos`` ``value`` for ``attribute`` (one undo step), and write the file
+        (``write=False``: the caller writes once after many, as an import does)."""
         if attribute not in self.attributes:
             raise DataError(f"unknown attribute {attribute!r}; this model's are {', '.join(self.attributes)}")
         step = []
@@ -73,7 +74,8 @@ class Decisions:
             step.append((str(photo), attribute, row.get(attribute, "")))
             row[attribute] = value
         self.history.append(step)
-        self.write()
+        if write:
+            self.write()
 
     def undo(self) -> list[str]:
         """Take back this session's last decision; the photos it concerned (none left: [])."""
