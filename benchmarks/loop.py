@@ -62,8 +62,10 @@ def train(args: list[str], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def review_by_keyboard(suspects: Path, model: Path, truth) -> tuple[int, float, list[float]]:
-    """Every card decided by the key of its photo's true class; (decisions, seconds, page timings)."""
+def review_by_keyboard(suspects: Path, model: Path, truth, screenshot: Path | None = None
+                       ) -> tuple[int, float, list[float]]:
+    """Every card decided by the key of its photo's true class; (decisions, seconds, page timings).
+    ``screenshot``: a picture of the page first."""
     from playwright.sync_api import sync_playwright
     from test_review import open_page, review_server
 
@@ -72,6 +74,18 @@ def review_by_keyboard(suspects: Path, model: Path, truth) -> tuple[int, float, 
         browser, page = open_page(p, url)
         queue = page.evaluate("fetch('/api/queue').then(r => r.json())")
         values = queue["attributes"][0]["values"]
+        if screenshot is not None:  # the page as a person sees it: a heatmap shown, two cards selected
+            page.keyboard.press("h")
+            page.wait_for_selector(".card[data-id='0'][data-heatmap=true]", timeout=30_000)
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("Space")
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("Space")
+            page.wait_for_timeout(500)  # the thumbnails
+            page.screenshot(path=str(screenshot))
+            page.keyboard.press("Escape")
+            page.keyboard.press("ArrowUp")
+            page.keyboard.press("ArrowUp")
         for i, card in enumerate(queue["cards"]):
             page.keyboard.press(str((values.index(truth(card["path"])) + 1) % 10))
             page.wait_for_selector(f".card[data-id='{i}'].done", timeout=20_000)
@@ -112,7 +126,8 @@ def main() -> int:
     def truth(path: str) -> str:
         return planted.get(path, Path(path).parent.name)
 
-    decided, seconds["review"], timings = review_by_keyboard(suspects, out / "before" / "model.pt", truth)
+    decided, seconds["review"], timings = review_by_keyboard(suspects, out / "before" / "model.pt", truth,
+                                                             out / "review-page.png")
     decisions = out / "decisions.csv"
     decided_paths = {str((decisions.parent / r["path"]).resolve()) for r in csv.DictReader(decisions.open())}
     corrected = sum(1 for p in planted if p in decided_paths)

@@ -197,7 +197,7 @@ def test_queues_from_an_audit_csv_and_a_predict_review_folder(shop, tmp_path):
         w.writerow([csv_cell(str(queue / "bags" / "=cmd.jpg")), "bags", "shoes", "0.9", "label", ""])
         w.writerow([str(queue / "bags" / "b2.jpg"), "bags", "", "0.95", "duplicate", str(queue / "bags" / "b1.jpg")])
     q = load_queue(audit, classifier)
-    assert q.kind == "audit" and [c.path.name for c in q.cards] == ["b2.jpg", "=cmd.jpg"]  # by score, one card a photo
+    assert q.kind == "audit" and [c.path.name for c in q.cards] == ["b2.jpg", "=cmd.jpg"]  # its order, a card a photo
     assert q.cards[0].why == "label, duplicate" and q.cards[1].suggested == {"label": "shoes"}
     assert q.cards[1].current == {"label": "bags"}
 

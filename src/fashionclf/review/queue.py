@@ -5,9 +5,9 @@ Three kinds of queue (``load_queue``):
 
 * a ``predict --review`` folder (its ``review.csv``): the photos predict filed there; the
   current value is the folder predict filed each under, the score its uncertainty;
-* an audit CSV (``fashionclf audit --output``): its photos (one card per photo, however many
-  rows name it); the current value is the given label, the suggestion the audit's, the score
-  the audit's;
+* an audit CSV (``fashionclf audit --output``): its photos in its order (one card per photo,
+  however many rows name it); the current value is the given label, the suggestion the
+  audit's, the score the audit's (each kind of row has its own scale);
 * any folder of photos: every photo below it; the current value is the class folder a photo
   is in (when the folder is a tree of class folders), the score the model's uncertainty.
 """
@@ -84,7 +84,8 @@ def load_queue(source: str | os.PathLike, classifier: Classifier) -> Queue:
         raise DataError(f"review {source}: no photos in it")
     queue = Queue(source, kind, schema)
     answer(queue, entries, classifier)
-    queue.cards.sort(key=lambda c: (-c.score, str(c.path)))
+    if kind != "audit":  # an audit CSV is in its own order: wrong labels, near-duplicates, outliers, each ranked
+        queue.cards.sort(key=lambda c: (-c.score, str(c.path)))
     for i, card in enumerate(queue.cards):
         card.id = i
     return queue
