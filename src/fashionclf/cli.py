@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.header_timeout:g})")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="require 'Authorization: Bearer KEY' on /predict, /model and /metrics, KEY being the file's first "
+                   help="require 'Authorization: Bearer KEY' on /predict, /explain, /model and /metrics, KEY being the file's first "
                         "line (default: $FASHIONCLF_API_KEY if set, else no key)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a --host other than loopback without an API key")
