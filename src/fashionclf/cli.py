@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per inference call (default: {PREDICT_BATCH_SIZE})")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("review", help="a web page to decide photos' labels by keyboard, written to a decisions manifest",
+    p = sub.add_parser("review", help="a web page to decide photos' labels by keyboard, into a decisions manifest",
                        description="Open a local page over QUEUE (a predict --review folder, an audit CSV, or any "
                                    "folder of photos): cards ordered by the queue's score, the model's suggestions, "
                                    "keyboard and bulk decisions written at once to the decisions manifest, which "
@@ -404,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.header_timeout:g})")
     p.add_argument("--docs", action="store_true", help="serve the API's documentation at /docs and /openapi.json")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="require 'Authorization: Bearer KEY' on /predict, /explain, /model and /metrics, KEY being the file's first "
-                        "line (default: $FASHIONCLF_API_KEY if set, else no key)")
+                   help="require 'Authorization: Bearer KEY' on /predict, /explain, /model and /metrics, KEY being "
+                        "the file's first line (default: $FASHIONCLF_API_KEY if set, else no key)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a --host other than loopback without an API key")
     p.set_defaults(func=cmd_serve)

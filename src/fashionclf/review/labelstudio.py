@@ -62,8 +62,8 @@ def labeling_config(schema: Schema) -> str:
     parts = ['<View>', '  <Image name="image" value="$image"/>']
     for a in schema.attributes:
         parts.append(f'  <Header value={quoteattr(a.name)}/>')
-        parts.append(f'  <Choices name={quoteattr(a.name)} toName="image" choice="{"multiple" if a.multi else "single"}"'
-                     ' showInline="true">')
+        choice = "multiple" if a.multi else "single"
+        parts.append(f'  <Choices name={quoteattr(a.name)} toName="image" choice="{choice}" showInline="true">')
         parts += [f"    <Choice value={quoteattr(v)}/>" for v in a.values]
         parts.append("  </Choices>")
     return "\n".join([*parts, "</View>", ""])
