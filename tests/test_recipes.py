@@ -215,8 +215,13 @@ def test_a_cut_schedule_goes_on_from_where_it_was_straight_down_to_zero():
         with pytest.raises(UsageError, match="--schedule-cut"):
             validate_config(resolve_config(dataclasses.replace(planned, model="fast-cnn", schedule_cut=bad,
                                                                epochs=7)))
-    with pytest.raises(UsageError, match="does not fit --epochs 12"):
-        validate_config(resolve_config(dataclasses.replace(cut, model="fast-cnn", epochs=12)))
+    with pytest.raises(UsageError, match="does not fit --epochs 3"):  # ends before the epoch it was re-planned at
+        validate_config(resolve_config(dataclasses.replace(cut, model="fast-cnn", epochs=3)))
+    longer = dataclasses.replace(planned, epochs=14, schedule_cut="10@4")  # lengthened: the same rule, a gentler slope
+    validate_config(resolve_config(dataclasses.replace(longer, model="fast-cnn")))
+    assert learning_rate(longer, 5) == pytest.approx(at_cut)
+    assert learning_rate(longer, 9, 0.5) == pytest.approx(at_cut * (1 - 4.5 / 10))
+    assert learning_rate(longer, 14, 1.0) == pytest.approx(0)
 
 
 @pytest.mark.slow
@@ -244,6 +249,36 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
     rows = lambda d: [{k: v for k, v in r.items() if k != "seconds"}
                       for r in csv.DictReader(open(tmp_path / d / "history.csv"))]
     assert rows("budget") == rows("again") and len(rows("again")) == config["epochs"]
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
+    for key in a.state_dict:
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_planned_too_short_is_lengthened_and_repeats_exactly(tiny_data, tmp_path, monkeypatch):
+    """The timed steps foresaw epochs 4x slower than they turned out (a fresh install's cold
+    first steps): after an epoch the run takes more epochs, ends nearer its budget, records
+    --epochs and --schedule-cut, and those repeat it bit for bit."""
+    import fashionclf.training.budget as budget
+    from fashionclf.training.fit import fit
+
+    timed = budget.time_steps
+    monkeypatch.setattr(budget, "time_steps", lambda run: {k: 4 * v for k, v in timed(run).items()})
+    base = dict(model="fast-cnn", data=[str(tiny_data)], verify=False, batch_size=32, threads=1, device="cpu",
+                seed=5, lr_schedule="onecycle")
+    lines = []
+    fit(TrainConfig(**base, time_budget="10s", out=str(tmp_path / "budget")), log=lines.append)
+    config = json.loads((tmp_path / "budget" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    plan = metrics["time_budget"]
+    longer = [r for r in plan["replanned"] if r["epochs_to"] > r["epochs_from"]]
+    assert longer and config["epochs"] > plan["epochs"] and metrics["total_epochs"] == config["epochs"]
+    # never before the one-cycle warm-up has ended (the rate would turn down before its peak)
+    assert all(r["after_epoch"] >= 0.25 * r["epochs_from"] for r in longer)
+    assert any("would end at" in line and "epochs, the learning rate going linearly to 0" in line for line in lines)
+    monkeypatch.setattr(budget, "time_steps", timed)
+    fit(TrainConfig(**base, epochs=config["epochs"], schedule_cut=config["schedule_cut"], out=str(tmp_path / "again")),
+        log=lambda *_: None)
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("budget", "again"))
     for key in a.state_dict:
         torch.testing.assert_close(a.state_dict[key], b.state_dict[key], rtol=0, atol=0)

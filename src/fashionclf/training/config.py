@@ -99,11 +99,12 @@ class TrainConfig:
                                       "config.json records (repeat the run with --epochs N)",
                                       "none: epochs decide; the strong recipe says 10m, so it ends in time on any "
                                       "CPU")
-    schedule_cut: str | None = setting(None, "how a time budget shortened a run that fell behind its plan: "
-                                       "'N@K' = the learning-rate schedule was planned for N epochs until epoch "
-                                       "K, then decays linearly to 0 by --epochs (comma-separated when it "
-                                       "happened more than once); config.json records it, so --epochs with it "
-                                       "repeats such a run", layered=False)
+    schedule_cut: str | None = setting(None, "how a time budget re-planned a run on its measured pace (shorter "
+                                       "when it would end late, longer when early): 'N@K' = the learning-rate "
+                                       "schedule was planned for N epochs until epoch K, then goes linearly to 0 "
+                                       "by the next plan, or --epochs (comma-separated when it happened more than "
+                                       "once); config.json records it, so --epochs with it repeats such a run",
+                                       layered=False)
     batch_size: int | None = setting(32, "images per optimizer step", "Keras' default, used by both references",
                                      minimum=1)
     lr: float | None = setting(1e-3, "peak learning rate of the main (fine-tuning) phase",
@@ -407,11 +408,11 @@ def validate_config(config: TrainConfig) -> None:
     parse_duration(config.time_budget)
     cuts = parse_schedule_cut(config.schedule_cut)
     ends = [n for n, _ in cuts] + [config.epochs]
-    if cuts and not all(k < n and k <= end < n and (i == 0 or k > cuts[i - 1][1])
+    if cuts and not all(k < n and k <= end != n and (i == 0 or k > cuts[i - 1][1])
                         for i, ((n, k), end) in enumerate(zip(cuts, ends[1:]))):
         raise UsageError(f"--schedule-cut {config.schedule_cut} does not fit --epochs {config.epochs}: each N@K "
-                         "needs K < N, later cuts later epochs, and the next plan (or --epochs) between K and N; "
-                         "copy both from the run's config.json")
+                         "needs K < N, later cuts later epochs, and the next plan (or --epochs) at least K and "
+                         "other than N; copy both from the run's config.json")
     if config.stem_init == "whiten" and config.init:
         raise UsageError("--stem-init whiten sets up a network trained from scratch; --init keeps the checkpoint's "
                          "first layer: leave one out")

@@ -90,7 +90,7 @@ def _fit(config: TrainConfig, resume: str | os.PathLike | None, log: Callable[[s
         if epoch == stop_after_epoch:
             return {"stopped_after_epoch": epoch}
         if budgeted:
-            replan_epochs(run, epoch)
+            replan_epochs(run, epoch, stats.get("val_seconds", 0.0))
         epoch += 1
     if not run.world.main:  # rank 0 evaluates and writes the run's results
         finish_ranks(run.world)

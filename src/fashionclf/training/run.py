@@ -338,7 +338,10 @@ def run_epoch(run: Run, phase: Phase, epoch: int) -> tuple[dict, EvalResult | At
     lr_at = (lambda f: learning_rate(config, epoch, f)) if config.lr_schedule == "onecycle" else None
     stats = train_one_epoch(dataclasses.replace(phase.step, lr_at=lr_at), phase.inputs, phase.labels,
                             config.batch_size, run.generator, f"epoch {epoch}/{run.total_epochs} {phase.name}")
-    return stats, phase.validate()
+    t0 = time.perf_counter()
+    val = phase.validate()
+    stats["val_seconds"] = time.perf_counter() - t0  # a time budget re-estimates the final evaluation from it
+    return stats, val
 
 
 def keep_best(run: Run, epoch: int, phase: str, stats: dict, val: EvalResult | AttributeResults,
