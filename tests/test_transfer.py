@@ -81,6 +81,26 @@ def test_imagenet_weights_load_offline_from_a_filled_torch_home(weights_file, tm
     saved = torch.load(weights_file, weights_only=True)
     torch.testing.assert_close(model.state_dict()["base.0.18.1.running_var"], saved["features.18.1.running_var"])
 
+def test_weights_auto_is_imagenet_where_cached_else_a_random_start(weights_file, tmp_path, monkeypatch):
+    from fashionclf.models.mobilenet import MOBILENET_DEFAULTS, imagenet_unavailable
+    from fashionclf.training.config import resolve_config
+
+    monkeypatch.setenv("HTTPS_PROXY", DEAD_PROXY)
+    monkeypatch.setenv("https_proxy", DEAD_PROXY)
+    imagenet_unavailable.cache_clear()
+    offline = resolve_config(TrainConfig(model="mobilenet_v2"))  # nothing cached, no download
+    assert offline.weights == "none" and offline.time_budget == MOBILENET_DEFAULTS["none"]["time_budget"]
+    assert "could not be downloaded" in imagenet_unavailable()
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / os.path.basename(imagenet_weights().url)).write_bytes(weights_file.read_bytes())
+    imagenet_unavailable.cache_clear()
+    cached = resolve_config(TrainConfig(model="mobilenet_v2"))
+    assert cached.weights == "imagenet" and cached.head_epochs == MOBILENET_DEFAULTS["pretrained"]["head_epochs"]
+    assert resolve_config(TrainConfig(model="mobilenet_v2", weights="none")).weights == "none"  # asked for: kept
+    imagenet_unavailable.cache_clear()
+
+
 @pytest.mark.slow
 
 def test_imagenet_weights_missing_offline_exit_2_with_the_fix(tmp_path):

@@ -35,6 +35,9 @@ class ModelEntry:
     min_image_size: int | None = None  # None: only the default size works (fixed Flatten)
     phases: bool = False  # exposes base/head/blocks: --head-epochs and --unfreeze N apply
     photo_source: str = "colour"  # what it sees of a photo in colour (``contract.SOURCES``)
+    # named weights -> None when they can be had now (cached, or downloaded by this call), else
+    # why not: ``--weights auto`` (a pretrained model's default) starts from random weights then
+    unavailable: Callable[[str], str | None] = lambda name: None
 
     @property
     def input_size(self) -> int:
@@ -46,13 +49,14 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(name: str, description: str, contract: InputContract = GREY_28,
                    train_defaults: Callable[[str], dict] | None = None, weights: tuple[str, ...] = (),
-                   min_image_size: int | None = None, phases: bool = False, photo_source: str = "colour"):
+                   min_image_size: int | None = None, phases: bool = False, photo_source: str = "colour",
+                   unavailable: Callable[[str], str | None] | None = None):
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelEntry(name, builder, description, contract,
                                      train_defaults or (lambda weights: {}), tuple(weights), min_image_size,
-                                     phases, photo_source)
+                                     phases, photo_source, unavailable or (lambda name: None))
         return builder
 
     return decorator

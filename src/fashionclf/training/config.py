@@ -82,8 +82,9 @@ class TrainConfig:
                                "head is made for this data's classes; the model and, unless given, the input "
                                "size come from it (a grey model's first layer is adapted to --input rgb)",
                                layered=False)
-    weights: str | None = setting("none", "pretrained start: imagenet, none, or PATH of a state-dict file",
-                                  "a model with pretrained weights defaults to its first named weights")
+    weights: str | None = setting("none", "pretrained start: auto, imagenet, none, or PATH of a state-dict file",
+                                  "auto for a model with pretrained weights: its first named weights where they "
+                                  "are cached or can be downloaded, else a random start (the log says so)")
     image_size: int | None = setting(None, "input side the model sees (photos are cut out at this size; "
                                      "the 28x28 dataset images resized)", "the model's (28 for the CNNs)",
                                      kind=int, minimum=1)
@@ -319,7 +320,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     base = defaults()
     model = given.get("model") or recipe.get("model") or base["model"]
     entry = get_model_entry(model)  # raises on an unknown name, listing valid ones
-    weights = given.get("weights") or recipe.get("weights") or (entry.weights[0] if entry.weights else "none")
+    weights = given.get("weights") or recipe.get("weights") or ("auto" if entry.weights else "none")
+    if weights == "auto":  # the model's first named weights where they can be had, else a random start
+        weights = entry.weights[0] if entry.weights and entry.unavailable(entry.weights[0]) is None else "none"
     layers = {**base, "image_size": entry.input_size, "input": default_input(entry, given.get("data")),
               **entry.train_defaults(weights), **recipe, "model": model, "weights": weights}
     if "epochs" in given and "time_budget" in given:

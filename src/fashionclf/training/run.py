@@ -123,14 +123,18 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     init = load_checkpoint(config.init) if config.init and state is None else None
     if init is not None:
         config = config_from_init(config, init)
+    asked = config.weights
     config = resolve_config(config)
     world, device = start_ranks(world_from_env(), resolve_device(config.device))
     if not world.main:
         log = _quiet
+    entry = get_model_entry(config.model)
+    if asked in (None, "auto") and entry.weights and config.weights == "none":
+        log(f"--weights auto: {entry.unavailable(entry.weights[0])} So {config.model} starts from random weights "
+            "(--weights none) with the training settings for that start.")
     check_batch(config.batch_size, world)
     if config.threads or world.local_size > 1:  # processes of one machine share its cores
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
-    entry = get_model_entry(config.model)
     contract, model_kwargs = input_contract(config, state, init)
     dataset = data if data is not None else run_data(config, contract, log)
     torch.manual_seed(config.seed)
