@@ -60,7 +60,8 @@ def main() -> None:
     rows = [one(b, train_args, args.out, args.cold) for b in args.budgets]
     result = {"cpu": cpu_info()["label"], "train_args": train_args, "cold": args.cold, "runs": rows}
     (args.out / "budget.json").write_text(json.dumps(result, indent=2))
-    print(f"CPU: {result['cpu']}; `fashionclf train {' '.join(train_args)}`{' (file cache dropped first)' if args.cold else ''}\n")
+    cold = " (file cache dropped first)" if args.cold else ""
+    print(f"CPU: {result['cpu']}; `fashionclf train {' '.join(train_args)}`{cold}\n")
     print("| budget | epochs planned -> run | re-plans | epoch s (planned / median) | run took | command | test acc |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

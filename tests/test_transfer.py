@@ -91,8 +91,8 @@ def test_weights_auto_is_imagenet_where_cached_else_a_random_start(weights_file,
     offline = resolve_config(TrainConfig(model="mobilenet_v2"))  # nothing cached, no download
     assert offline.weights == "none" and offline.time_budget == MOBILENET_DEFAULTS["none"]["time_budget"]
     assert "could not be downloaded" in imagenet_unavailable()
-    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"  # TORCH_HOME (conftest); the failed download made it
+    cache.mkdir(parents=True, exist_ok=True)
     (cache / os.path.basename(imagenet_weights().url)).write_bytes(weights_file.read_bytes())
     imagenet_unavailable.cache_clear()
     cached = resolve_config(TrainConfig(model="mobilenet_v2"))

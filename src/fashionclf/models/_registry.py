@@ -47,16 +47,22 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+def _availability(weights: tuple[str, ...] | dict[str, Callable[[], str | None]]) -> Callable[[str], str | None]:
+    """``weights`` as a dict maps each name to its check (None: can be had now, else why not)."""
+    checks = weights if isinstance(weights, dict) else {}
+    return lambda name: checks[name]() if name in checks else None
+
+
 def register_model(name: str, description: str, contract: InputContract = GREY_28,
-                   train_defaults: Callable[[str], dict] | None = None, weights: tuple[str, ...] = (),
-                   min_image_size: int | None = None, phases: bool = False, photo_source: str = "colour",
-                   unavailable: Callable[[str], str | None] | None = None):
+                   train_defaults: Callable[[str], dict] | None = None,
+                   weights: tuple[str, ...] | dict[str, Callable[[], str | None]] = (),
+                   min_image_size: int | None = None, phases: bool = False, photo_source: str = "colour"):
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelEntry(name, builder, description, contract,
                                      train_defaults or (lambda weights: {}), tuple(weights), min_image_size,
-                                     phases, photo_source, unavailable or (lambda name: None))
+                                     phases, photo_source, _availability(weights))
         return builder
 
     return decorator

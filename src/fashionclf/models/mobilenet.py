@@ -81,7 +81,7 @@ DOWNLOAD_TIMEOUT = 30  # seconds without an answer before --weights auto gives u
 
 
 @functools.lru_cache(maxsize=None)
-def imagenet_unavailable(name: str = "imagenet") -> str | None:
+def imagenet_unavailable() -> str | None:
     """None when the ImageNet weights are cached or could be downloaded now; else why not
     (once per process: a re-resolved config does not try again)."""
     previous = socket.getdefaulttimeout()
@@ -123,11 +123,10 @@ def features_state(state: dict, source: str) -> dict:
     "torchvision MobileNetV2 + new head; transfer learning (--weights imagenet|none|PATH)",
     contract=IMAGENET_3CH,
     train_defaults=lambda weights: MOBILENET_DEFAULTS["none" if weights == "none" else "pretrained"],
-    weights=("imagenet",),
+    weights={"imagenet": imagenet_unavailable},
     min_image_size=32,  # five stride-2 stages: 32 px leaves a 1x1 feature map
     phases=True,
     photo_source="rgb",  # ImageNet features were learnt on photos as they are
-    unavailable=imagenet_unavailable,
 )
 def mobilenet_v2(num_classes: int = 10, in_chans: int = 3, weights: str = "none", dropout: float = 0.2) -> nn.Module:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2

@@ -13,8 +13,8 @@ import time
 import torch
 
 from fashionclf.evaluation.metrics import evaluate
-from fashionclf.training.ddp import broadcast_int
 from fashionclf.training.config import TrainConfig
+from fashionclf.training.ddp import broadcast_int
 from fashionclf.training.loop import ONECYCLE_WARMUP, make_ema, make_optimizer, phase_of, train_one_epoch
 from fashionclf.training.results import TRAIN_SCORED
 from fashionclf.training.run import Run, save_last, start_phase, write_config
@@ -27,8 +27,8 @@ BUDGET_TIMED_STEPS = 10  # about 1-2 s of a strong-recipe run; the mean of 10 st
 # timed ones (2-core AMD EPYC Zen 4, strong recipe: 45 ms against 42 ms), and the process's
 # start-up (imports) comes before the budget's clock starts.
 BUDGET_MARGIN = 0.92
-# The final evaluation: train, val and test images, plus up to ~5,000 non-garment and held-out
-# images for the unknown threshold; then plots, report and checkpoint saves, measured at
+# The final evaluation: a 10,000-image sample of train, val and test, plus ~5,000 non-garment and
+# held-out images for the unknown threshold; then plots, report and checkpoint saves, measured at
 # 3-4 s on 2 cores (AMD EPYC Zen 4), so 5 s.
 FINISH_EXTRA_IMAGES = 5000
 FINISH_FIXED_SECONDS = 5.0
@@ -108,8 +108,8 @@ def plan_epochs(run: Run) -> None:
         write_config(run)
     run.epoch_ends = [time.perf_counter()]
     run.budget = {"budget": config.time_budget, "budget_seconds": budget, "spent_before_training": spent, **speed,
-                  "steps_per_epoch": steps, "epoch_seconds": epoch, "final_seconds": final, "final_images": final_images,
-                  "epochs": epochs, "planned_seconds": planned}
+                  "steps_per_epoch": steps, "epoch_seconds": epoch, "final_seconds": final,
+                  "final_images": final_images, "epochs": epochs, "planned_seconds": planned}
     run.log(f"time budget {config.time_budget} ({budget:.0f} s): {1000 * speed['step_seconds']:.0f} ms per step x "
             f"{steps} steps + {speed['image_seconds'] * len(data.val_y):.1f} s validation = {epoch:.1f} s per "
             f"epoch; final evaluation ~{final:.0f} s; {config.head_epochs + epochs} epochs, planned to end at "

@@ -24,8 +24,8 @@ from fashionclf.training.config import TrainConfig
 from fashionclf.training.ddp import World, all_sum, shard
 from fashionclf.training.transforms import augment
 
-ONECYCLE_WARMUP = 0.25
-BALANCE_POWERS = {"weights": 1.0, "sqrt": 0.5}  # --balance: the power the inverse-frequency weights are raised to  # share of a phase spent rising linearly from 0 to the peak learning rate
+ONECYCLE_WARMUP = 0.25  # share of a phase spent rising linearly from 0 to the peak learning rate
+BALANCE_POWERS = {"weights": 1.0, "sqrt": 0.5}  # --balance: the power the inverse-frequency weights are raised to
 
 
 # ---------------------------------------------------------------- schedule and optimizer

@@ -129,9 +129,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     if not world.main:
         log = _quiet
     entry = get_model_entry(config.model)
-    if asked in (None, "auto") and entry.weights and config.weights == "none":
-        log(f"--weights auto: {entry.unavailable(entry.weights[0])} So {config.model} starts from random weights "
-            "(--weights none) with the training settings for that start.")
+    log_weights_fallback(asked, config, entry, log)
     check_batch(config.batch_size, world)
     if config.threads or world.local_size > 1:  # processes of one machine share its cores
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
@@ -192,6 +190,13 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
         f"{torch.get_num_threads()} threads, training in {'bf16' if autocast_dtype(config.precision, device) else 'fp32'}"
         + (f"; {world.size} processes ({world.backend}), global batch {config.batch_size}" if world.size > 1 else ""))
     return run
+
+
+def log_weights_fallback(asked: str | None, config: TrainConfig, entry, log: Callable[[str], None]) -> None:
+    """``--weights auto`` (or the default) that found no pretrained weights says so, and why."""
+    if asked in (None, "auto") and entry.weights and config.weights == "none":
+        log(f"--weights auto: {entry.unavailable(entry.weights[0])} So {config.model} starts from random weights "
+            "(--weights none) with the training settings for that start.")
 
 
 def run_data(config: TrainConfig, contract: InputContract, log: Callable[[str], None]) -> Dataset:
