@@ -168,7 +168,6 @@ MOBILENET_DEFAULTS = {
         # 2x2 final feature map as 64 px at 0.64x the cost of a step (2 AVX2 cores, channels-last).
         "time_budget": "10m",
         "image_size": 48,
-        "lr_schedule": "onecycle",  # warm-up, then linear to 0: a budget re-plans it after the warm-up
         "batch_size": 64,  # BatchNorm wants more than 32 per batch; 128 at lr 3e-3 was no better
         "lr": 2e-3,
         "weight_decay": 5e-4,
