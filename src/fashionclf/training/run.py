@@ -123,8 +123,7 @@ def start_run(config: TrainConfig, resume: str | os.PathLike | None, log: Callab
     init = load_checkpoint(config.init) if config.init and state is None else None
     if init is not None:
         config = config_from_init(config, init)
-    asked = config.weights
-    config = resolve_config(config)
+    config, asked = resolve_config(config), config.weights  # asked: the --weights given, before "auto" resolves
     world, device = start_ranks(world_from_env(), resolve_device(config.device))
     if not world.main:
         log = _quiet
