@@ -241,7 +241,8 @@ def test_a_budgeted_run_that_falls_behind_is_replanned_shorter_and_repeats_exact
     config = json.loads((tmp_path / "budget" / "config.json").read_text())
     metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
     planned, first = metrics["time_budget"]["epochs"], metrics["time_budget"]["replanned"][0]
-    assert first["after_epoch"] == 1 and first["epochs_from"] == planned > first["epochs_to"] >= config["epochs"]
+    # (a later re-plan may lengthen it again once the pace is known: the first epoch was the slowest)
+    assert first["after_epoch"] == 1 and first["epochs_from"] == planned > first["epochs_to"]
     assert config["schedule_cut"].startswith(f"{planned}@1") and metrics["total_epochs"] == config["epochs"]
     assert any(f"--epochs {config['epochs']} --schedule-cut {config['schedule_cut']}" in line for line in lines)
     fit(TrainConfig(**base, epochs=config["epochs"], schedule_cut=config["schedule_cut"], out=str(tmp_path / "again")),

@@ -164,10 +164,7 @@ def replan_epochs(run: Run, epoch: int, val_seconds: float = 0.0) -> None:
 
 def may_lengthen(config: TrainConfig, i: int, n: int) -> bool:
     """Whether main epoch ``i`` of ``n`` may be followed by more epochs than planned: not in a
-    one-cycle warm-up (the rate would turn down before reaching its peak) and not with a
-    constant rate (nothing to re-plan)."""
-    if config.lr_schedule == "constant":
-        return False
+    one-cycle warm-up (the rate would turn down before reaching its peak)."""
     return config.lr_schedule != "onecycle" or i >= ONECYCLE_WARMUP * n
 
 
