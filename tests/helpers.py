@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +73,42 @@ def save_untrained_checkpoint(path: Path, model: str = "fast-cnn", classes: list
                          class_indices=list(range(len(classes))), contract=contract, config={}, **extra)
     save_checkpoint(ckpt, path)
     return path
+
+
+@contextmanager
+def server_process(model, *args):
+    """`fashionclf serve MODEL ARGS` in its own process, on a free port; yields (base URL, process)."""
+    import httpx
+
+    port = free_port()
+    log_path = Path(model).parent / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(model), "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log_path.read_text()}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"server did not start: {log_path.read_text()}")
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
+def running_server(model, *args):
+    """`fashionclf serve MODEL ARGS` in its own process, on a free port; yields the base URL."""
+    with server_process(model, *args) as (url, _):
+        yield url
 
 
 def free_port() -> int:

@@ -97,8 +97,7 @@ def test_predict_explain_writes_a_heatmap_per_photo(small_model, tmp_path, capsy
 
 @pytest.mark.slow
 def test_serve_answers_explain_with_a_png_and_keeps_the_key_rule(small_model):
-    from helpers import catalogue_photo, dataset_like_image
-    from test_serve import running_server
+    from helpers import catalogue_photo, dataset_like_image, running_server
 
     photo = catalogue_photo(dataset_like_image(), np.random.default_rng(0))
     with running_server(small_model) as url:

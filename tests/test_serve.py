@@ -14,38 +14,18 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pytest
-from helpers import catalogue_photo, dataset_like_image, free_port, png_header_only, save_untrained_checkpoint
+from helpers import (
+    catalogue_photo,
+    dataset_like_image,
+    free_port,
+    png_header_only,
+    running_server,
+    save_untrained_checkpoint,
+)
 
 from fashionclf.data.fashion_mnist import CLASSES
 
 pytestmark = pytest.mark.slow  # starts servers and a browser
-
-
-@contextmanager
-def running_server(model, *args):
-    """`fashionclf serve MODEL ARGS` in its own process, on a free port; yields the base URL."""
-    port = free_port()
-    log_path = model.parent / f"server-{port}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", str(model), "--port", str(port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"server did not start: {log_path.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def find_chromium() -> str:

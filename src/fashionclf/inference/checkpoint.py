@@ -31,7 +31,6 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,8 +38,10 @@ from torch import nn
 from fashionclf.data.attributes import Schema
 from fashionclf.errors import UsageError
 from fashionclf.fileio import safe_torch_load, save_torch_atomic
+from fashionclf.inference.graphs import checkpoint_file  # noqa: F401  (re-exported)
 from fashionclf.models import adapt_input_conv, create_model, get_model_entry, head_of
 from fashionclf.models.contract import InputContract, ServingNet
+from fashionclf.models.inputs import contract_of_info  # noqa: F401  (re-exported)
 
 FORMAT = "fashionclf-checkpoint"
 VERSION = 1  # raised when the layout changes; load_checkpoint refuses other versions with the fix
@@ -297,11 +298,6 @@ def _check_unknown(unknown, bad) -> None:
         raise bad(f"calibration temperature {t!r} / threshold {threshold!r} must be finite, the temperature > 0")
 
 
-def contract_of_info(info: dict) -> InputContract:
-    """The input contract of a model's ``Checkpoint.info`` dict (the ONNX graph's metadata)."""
-    return InputContract.from_dict(info.get("preprocessing"))
-
-
 def record_seen(hashes: dict[str, list[str]]) -> dict[str, torch.Tensor]:
     """The photos a model trained and validated on, for ``Checkpoint.photos_seen``: per split,
     the SHA-256 of each file as a (N, 32) uint8 tensor (a tenth of the size of the hex strings,
@@ -311,12 +307,6 @@ def record_seen(hashes: dict[str, list[str]]) -> dict[str, torch.Tensor]:
 
     return {split: torch.from_numpy(np.frombuffer(bytes.fromhex("".join(hashes.get(split, []))), np.uint8)
                                     .reshape(-1, 32).copy()) for split in SEEN_SPLITS}
-
-
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """``path``, or the model.pt in it when it is a run directory."""
-    path = Path(path)
-    return path / "model.pt" if path.is_dir() and (path / "model.pt").is_file() else path
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

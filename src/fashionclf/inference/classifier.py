@@ -3,8 +3,10 @@ images to ``(N, k)`` class probabilities, through PyTorch or ONNX Runtime.
 
 ``load_classifier(path, backend)``: ``path`` is a checkpoint (model.pt or its run directory)
 or an ONNX file written by ``fashionclf export``; ``backend`` is ``torch``, ``onnx`` or
-``auto`` (the file's own kind). A checkpoint asked for with ``backend="onnx"`` is exported in
-memory first. Both backends compute ``fashionclf.models.contract.InferenceNet`` with its softmax;
+``auto`` (the file's own kind). A checkpoint asked for with ``backend="onnx"`` runs the graph
+kept beside it (``graphs.graph_bytes``: exported by a child process the first time), so a
+process that serves ONNX never imports torch; only the torch backend and ``check_parity`` do,
+when called. Both backends compute ``fashionclf.models.contract.InferenceNet`` with its softmax;
 ``check_parity`` measures how closely they agree.
 
 Adding a backend: a ``Classifier`` subclass here and its name in ``config.BACKENDS``.
@@ -14,16 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fashionclf.data.attributes import Schema
 from fashionclf.errors import DataError, UsageError
-from fashionclf.inference.checkpoint import Checkpoint, contract_of_info, load_checkpoint
-from fashionclf.models.contract import InputContract
+from fashionclf.models.inputs import InputContract, contract_of_info
 from fashionclf.training.config import BACKENDS
+
+if TYPE_CHECKING:
+    from fashionclf.inference.checkpoint import Checkpoint
 
 NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
 PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
@@ -91,13 +96,15 @@ class TorchClassifier(Classifier):
         self.schema = ckpt.attributes
         self.net = ckpt.serving_net().to(device)
 
-    @torch.no_grad()
     def predict_attributes(self, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
+        import torch
+
         if len(images) == 0:
             return self.empty()
         x = torch.from_numpy(np.ascontiguousarray(images))
         n = self.contract.eval_batch
-        out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
+        with torch.no_grad():
+            out = [self.net(x[i : i + n].to(self.device)) for i in range(0, len(x), n)]
         *probabilities, scores = [torch.cat(parts).cpu().numpy() for parts in zip(*out)]
         return probabilities, scores
 
@@ -150,7 +157,7 @@ class OnnxClassifier(Classifier):
                              "(or use --backend torch)") from None
         import onnx
 
-        from fashionclf.inference.export import METADATA_KEY
+        from fashionclf.inference.graphs import METADATA_KEY
 
         proto = onnx.load_from_string(model_bytes)
         check_onnx(proto, len(model_bytes))
@@ -163,7 +170,10 @@ class OnnxClassifier(Classifier):
         self.schema = Schema.from_dict(self.info["attributes"]) if self.info.get("attributes") else None
         self.contract = contract_of_info(self.info)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # default: torch's thread count where torch is loaded (``--threads`` sets it), else ONNX
+        # Runtime's own choice (0: one per physical core)
+        torch = sys.modules.get("torch")
+        options.intra_op_num_threads = threads or (torch.get_num_threads() if torch else 0)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
@@ -189,9 +199,15 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
             raise UsageError(f"ONNX model {path} not found; write one with 'fashionclf export MODEL.pt'")
         return OnnxClassifier(path.read_bytes(), threads)
     if backend == "onnx":
-        from fashionclf.inference.export import cached_onnx_bytes
+        if "torch" in sys.modules:  # exporting here costs nothing more
+            from fashionclf.inference.export import cached_onnx_bytes as graph_bytes
+        else:
+            from fashionclf.inference.graphs import graph_bytes
+        return OnnxClassifier(graph_bytes(path), threads)
+    import torch
 
-        return OnnxClassifier(cached_onnx_bytes(path), threads)
+    from fashionclf.inference.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(path)
     if threads:
         torch.set_num_threads(threads)

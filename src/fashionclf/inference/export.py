@@ -11,23 +11,20 @@ preprocessing, model name, test accuracy) travel in the file's metadata under "f
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from fashionclf._version import __version__
-from fashionclf.errors import UsageError
+from fashionclf.errors import FashionclfError, UsageError
 from fashionclf.fileio import write_bytes_atomic
-from fashionclf.inference.checkpoint import Checkpoint, checkpoint_file, load_checkpoint
-
-OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
-METADATA_KEY = "fashionclf"
+from fashionclf.inference.checkpoint import Checkpoint, load_checkpoint
+from fashionclf.inference.graphs import METADATA_KEY, OPSET, cache_file, checkpoint_file
 
 
 def onnx_bytes(ckpt: Checkpoint) -> bytes:
@@ -59,19 +56,17 @@ def output_names(ckpt: Checkpoint) -> list[str]:
 
 
 def cached_onnx_bytes(checkpoint: str | os.PathLike) -> bytes:
-    """The checkpoint's ONNX graph, exported once and then read from a file beside it,
-    ``.<name>.<key>.onnx``, the key being a hash of the checkpoint's bytes, the fashionclf
-    version and the opset (a changed checkpoint or fashionclf exports anew; older cache files
-    of the same checkpoint name are removed). Exporting takes seconds to minutes, reading
-    milliseconds: this is what lets ``serve`` and ``predict --backend onnx`` start at once.
-    A folder that cannot be written to only means exporting every time."""
+    """The checkpoint's ONNX graph, exported once and then read from a file beside it
+    (``graphs.cache_file``; older cache files of the same checkpoint name are removed).
+    Exporting takes seconds to minutes, reading milliseconds: this is what lets ``serve`` and
+    ``predict --backend onnx`` start at once. A folder that cannot be written to only means
+    exporting every time."""
     path = checkpoint_file(checkpoint)
     try:
         raw = path.read_bytes()
     except OSError:
         return onnx_bytes(load_checkpoint(path))  # load_checkpoint says what is wrong, in one line
-    key = hashlib.sha256(raw + f"fashionclf {__version__} opset {OPSET}".encode()).hexdigest()[:16]
-    cache = path.parent / f".{path.stem}.{key}.onnx"
+    cache = cache_file(path, raw)
     if cache.is_file():
         return cache.read_bytes()
     data = onnx_bytes(load_checkpoint(path))
@@ -97,3 +92,20 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike | None 
     write_bytes_atomic(output, data)
     return {"output": str(output), "bytes": len(data), "export_seconds": seconds, "opset": OPSET,
             "checkpoint": ckpt, "onnx": data}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m fashionclf.inference.export MODEL.pt``: the checkpoint's graph on stdout (kept
+    beside it too, where possible): ``graphs.export_in_child`` runs this, so that a serving
+    process never loads torch. An error is one line on stderr, exit status 2."""
+    try:
+        data = cached_onnx_bytes(argv[0])
+    except FashionclfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

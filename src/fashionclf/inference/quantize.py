@@ -43,7 +43,7 @@ def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
         quantize_static,
     )
 
-    from fashionclf.inference.export import METADATA_KEY
+    from fashionclf.inference.graphs import METADATA_KEY
 
     class Batches(CalibrationDataReader):
         def __init__(self):

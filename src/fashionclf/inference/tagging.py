@@ -12,7 +12,7 @@ import numpy as np
 from fashionclf.data.attributes import Schema
 from fashionclf.data.photos import PhotoError
 from fashionclf.inference.classifier import NAN_ERROR, Classifier
-from fashionclf.models.contract import top_k as top_k_labels
+from fashionclf.models.inputs import top_k as top_k_labels
 from fashionclf.training.config import PREDICT_BATCH_SIZE
 
 

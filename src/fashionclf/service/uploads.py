@@ -14,7 +14,7 @@ from fashionclf.data.attributes import Schema
 from fashionclf.data.photos import FORMATS, MAX_PIXELS, PhotoError, open_image, per_file
 from fashionclf.inference.classifier import NAN_ERROR, Classifier
 from fashionclf.inference.tagging import answers
-from fashionclf.models.contract import top_k
+from fashionclf.models.inputs import top_k
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "unreadable": 422}
 
