@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
 from helpers import (
+    app_server,
     catalogue_photo,
     dataset_like_image,
     free_port,
@@ -304,28 +304,6 @@ def test_several_worker_processes_answer_alike(model_path):
             answers.add((item["label"], round(item["confidence"], 5)))
         assert len(answers) == 1
         assert httpx.get(url + "/model").json()["model"] == "fast-cnn"
-
-
-@contextmanager
-def app_server(app, **config):
-    """A real uvicorn server for ``app`` in a thread, on a free port; yields its URL."""
-    import threading
-
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_create_app_returns_the_app_and_enforces_the_limits_it_shows(model_path):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage  # imported here once: inside find_item, the import statement cost ~1% a photo
 
 BAND = 0.04  # the border band the backdrop is fitted to: 4% of the shorter side (at least 2 px)
 MIN_INLIERS = 0.3  # under this share of the band fitting the surface, the item fills the border
@@ -64,7 +65,11 @@ def _terms(h: int, w: int) -> np.ndarray:
 def surface_at(coef: np.ndarray, shape: tuple[int, int], rows: range, cols: range) -> np.ndarray:
     """The fitted surface (``coef`` of ``_terms``) at pixels ``rows`` x ``cols`` of an image of
     ``shape``, (len(rows), len(cols), C): evaluated separably, c0 + c1 x + c3 x² + y (c2 + c4 x)
-    + c5 y², three image-sized operations instead of twelve."""
+    + c5 y², three image-sized operations instead of twelve. A flat backdrop (most catalogue
+    photos: only ``c0``) is one colour, (1, 1, C), which the callers broadcast: no image-sized
+    work at all."""
+    if not coef[1:].any():
+        return coef[:1][None]
     h, w = shape
     y = (np.asarray(rows, np.float32) / max(h - 1, 1) * 2 - 1)[:, None, None]
     x = (np.asarray(cols, np.float32) / max(w - 1, 1) * 2 - 1)[None, :, None]
@@ -93,10 +98,11 @@ def fit_backdrop(image: np.ndarray) -> tuple[np.ndarray, float]:
     ``_terms``, and the band's noise: the median distance of its fitting pixels from it."""
     h, w, c = image.shape
     band = _band(h, w)
-    a, values = _terms(h, w)[band], image[band]
+    values = image[band]
     # The first fit leaves out what is far from the band's median colour (an item on the edge:
     # half a band of it would bend the surface towards it); a gradient's spread stays in.
-    median = np.median(values, 0)
+    k = len(values) // 2  # the upper median per channel, by one partition (np.median: 5x the time)
+    median = np.partition(values.T, k, axis=1)[:, k]
     residual = _channel_max(np.abs(values - median))
     typical = _median(residual)
     keep = residual <= max(3 * (1.4826 * typical + 1.0), NOISE_FLOOR)
@@ -106,6 +112,7 @@ def fit_backdrop(image: np.ndarray) -> tuple[np.ndarray, float]:
     # colour) needs no surface: its median is the backdrop, and the fits below are skipped.
     if keep.mean() < MIN_INLIERS or _quantile(residual, 0.95) <= NOISE_FLOOR / 2:
         return flat, typical  # or the item fills most of the border: one colour, the median
+    a = _terms(h, w)[band]
     for _ in range(REFITS + 1):
         if keep.mean() < MIN_INLIERS:
             return flat, typical
@@ -239,8 +246,6 @@ def find_item(image: np.ndarray, work_side: int = WORK_SIDE) -> Item | None:
     """An (H, W) grey or (H, W, 3) colour uint8 photo -> where its item is (``Item``), or None
     for a blank photo. The search runs on block means of at most about ``work_side`` pixels a
     side: the box needs no more, and it keeps the cost per photo flat whatever its size."""
-    from scipy import ndimage
-
     small = _shrink(image, work_side)
     coef, noise = fit_backdrop(small)
     h, w = small.shape[:2]

@@ -16,7 +16,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when insta
 
 from fashionclf.service.settings import ServeSettings
 
-ENDPOINTS = ("/", "/health", "/model", "/predict", "/explain", "/metrics")
+ENDPOINTS = ("/", "/health", "/model", "/predict", "/batch", "/explain", "/metrics")
 
 
 class HeaderDeadline(AutoHTTPProtocol):
@@ -65,21 +65,22 @@ class HeaderDeadline(AutoHTTPProtocol):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``limit`` bytes, judged from
-    Content-Length when given and by counting otherwise, before the form parser sees it; 408
-    when the client sends no part of the body for ``timeout`` seconds (a slow client must not
-    hold a worker forever)."""
+    """ASGI middleware: 413 for a request body over ``limit`` bytes (``paths``: other limits
+    for some paths), judged from Content-Length when given and by counting otherwise, before
+    the form parser sees it; 408 when the client sends no part of the body for ``timeout``
+    seconds (a slow client must not hold a worker forever)."""
 
-    def __init__(self, app, limit: int, timeout: float = 30.0):
-        self.app, self.limit, self.timeout = app, limit, timeout
+    def __init__(self, app, limit: int, timeout: float = 30.0, paths: dict[str, int] | None = None):
+        self.app, self.default, self.timeout, self.paths = app, limit, timeout, paths or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.paths.get(scope["path"], self.default)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._too_large(send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._too_large(send, limit)
         seen = 0
 
         async def counted():
@@ -94,15 +95,15 @@ class BodyLimit:
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     scope[TOO_LARGE] = True
                     return {"type": "http.disconnect"}
             return message
 
         await self.app(scope, counted, send)
 
-    async def _too_large(self, send):
-        body = json.dumps({"detail": too_large_message(self.limit)}).encode()
+    async def _too_large(self, send, limit: int):
+        body = json.dumps({"detail": too_large_message(limit)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -127,7 +128,7 @@ class Guard:
     the API key on the guarded endpoints, ``X-Content-Type-Options: nosniff`` on every answer,
     and the request metrics."""
 
-    GUARDED = ("/predict", "/explain", "/model", "/metrics")  # a path ending in "/" guards every path below it
+    GUARDED = ("/predict", "/batch", "/explain", "/model", "/metrics")  # a path ending in "/" guards every path below it
 
     def __init__(self, app, api_key: str | None, metrics=None, guarded: tuple[str, ...] = GUARDED):
         self.app, self.api_key, self.metrics, self.guarded = app, api_key, metrics, guarded

@@ -13,9 +13,12 @@ Endpoints:
   image, 422 unreadable (damaged, truncated, blank). Limits, whole request: ``max_request_bytes``
   and ``max_files`` (413); per image ``Limits.max_pixels`` (25 MP, half of predict's limit)
   and per request ``max_request_pixels``, both checked from the headers before decoding (413).
-  Decoding and classifying run in ``Limits.concurrency`` worker threads, off the event loop;
-  over ``Limits.max_queue`` requests at once get 503 with ``Retry-After``.
+  Small requests are answered on the event loop, larger ones in ``Limits.concurrency`` worker
+  threads; over ``Limits.max_queue`` requests at once get 503 with ``Retry-After``.
   Every error body is JSON ``{"detail": "..."}``; bad input never causes a 500.
+- ``POST /batch``: many photos in one multipart body (up to ``Limits.batch_max_files``); the
+  answers stream back as NDJSON, one /predict answer object per photo with its ``index``,
+  then a summary line (``fashionclf.service.routes``).
 - ``GET /health``: ``{"status": "ok"}``.
 - ``GET /metrics``: Prometheus metrics of this process (requests by endpoint and status,
   latency histogram, files by outcome or error kind, requests admitted).
@@ -35,21 +38,14 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
 
 from fashionclf.errors import UsageError
 from fashionclf.inference.classifier import Classifier, load_classifier
-from fashionclf.service.protocol import (
-    TOO_LARGE,
-    TOO_SLOW,
-    BodyLimit,
-    Guard,
-    HeaderDeadline,
-    content_security_policy,
-    too_large_message,
-)
+from fashionclf.service.forms import FormError, files
+from fashionclf.service.protocol import BodyLimit, Guard, HeaderDeadline, content_security_policy
+from fashionclf.service.routes import PhotoRoutes, form_limits
 from fashionclf.service.settings import API_KEY_ENV, LOOPBACK, ServeSettings
-from fashionclf.service.uploads import Limits, header_pixels, public, tag_uploads
+from fashionclf.service.uploads import Limits
 
 # ---------------------------------------------------------------- what the endpoints answer
 
@@ -75,6 +71,12 @@ class FileResult(BaseModel):
     # those at or above their thresholds), their confidences and every value's probability;
     # label, confidence and probabilities above are the first attribute's.
     attributes: dict[str, AttributeAnswer] | None = None
+
+
+class BatchLine(FileResult):
+    """One line of /batch's answer: a photo's answer and its place in the upload."""
+
+    index: int
 
 
 class Detail(BaseModel):
@@ -162,7 +164,9 @@ def create_app(settings: ServeSettings, limits: Limits | None = None, classifier
     app.state.limiter, app.state.metrics = anyio.CapacityLimiter(limits.concurrency), Metrics()
     app.state.explainer = None  # a model.pt's network for /explain, loaded at its first call
     add_routes(app, page, content_security_policy(page), settings)
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout)
+    app.add_middleware(PhotoRoutes, state=app.state)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout,
+                       paths={"/batch": limits.batch_max_bytes})
     app.add_middleware(Guard, api_key=settings.api_key, metrics=app.state.metrics)
     if settings.loopback:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK, "[::1]"])
@@ -191,32 +195,20 @@ def add_routes(app: FastAPI, page: str, csp: str, settings: ServeSettings) -> No
     async def model() -> dict:
         return {**state.classifier.info, "backend": state.classifier.backend, "limits": asdict(state.limits)}
 
-    # The answers are built as JSON directly (no second validation of what tag_uploads made:
-    # that cost requests/s); the response models above describe them in /openapi.json.
+    # Answered by ``routes.PhotoRoutes`` (plain ASGI, before this router); declared here so that
+    # /openapi.json describes them. Never reached.
     @app.post("/predict", response_model=list[FileResult], responses=PREDICT_ANSWERS)
-    async def predict(request: Request, preview: bool = False):
-        if state.admitted >= state.limits.max_queue:
-            return JSONResponse({"detail": f"busy: {state.admitted} requests in progress; retry in a second"}, 503,
-                                headers={"Retry-After": "1"})
-        state.admitted += 1
-        try:
-            return await answer(request, preview)
-        finally:
-            state.admitted -= 1
+    async def predict(preview: bool = False):
+        """Tag one or more photos (multipart ``file`` fields): one answer per file, in order."""
+        raise RuntimeError("POST /predict is answered by routes.PhotoRoutes")
 
-    async def answer(request: Request, preview: bool) -> JSONResponse:
-        limits, classifier = state.limits, state.classifier
-        uploads = await read_uploads(request, limits)
-        if isinstance(uploads, JSONResponse):
-            return uploads
-        if sum(header_pixels(data) for _, data in uploads) <= limits.inline_pixels:
-            # about a millisecond of work: handing it to a thread would cost 20% of the requests/s
-            results, status = tag_uploads(classifier, uploads, limits, preview)
-        else:
-            results, status = await anyio.to_thread.run_sync(
-                functools.partial(tag_uploads, classifier, uploads, limits, preview), limiter=state.limiter)
-        state.metrics.count_files(results)
-        return JSONResponse(public(results), status)
+    @app.post("/batch", response_model=BatchLine, responses={k: v for k, v in PREDICT_ANSWERS.items() if k != 408},
+              response_description="NDJSON: one BatchLine per photo as it is tagged, then a summary line")
+    async def batch():
+        """Tag many photos (multipart ``file`` fields, up to ``limits.batch_max_files``): the answers
+        stream back as NDJSON lines, one per photo with its ``index`` in the upload, then
+        ``{"summary": {...}}`` (or ``{"error", "status", "summary"}`` if the upload broke off)."""
+        raise RuntimeError("POST /batch is answered by routes.PhotoRoutes")
 
     @app.post("/explain", responses={200: {"content": {"image/png": {}}, "description": "the heatmap, a PNG"},
                                      **{k: v for k, v in PREDICT_ANSWERS.items() if k != 503},
@@ -225,38 +217,12 @@ def add_routes(app: FastAPI, page: str, csp: str, settings: ServeSettings) -> No
         """The first file's heatmap (Grad-CAM): what the model saw, and where it looked for its
         answer (``attribute``'s, for a model of several; default the first). Loads torch and the
         model.pt at the first call."""
-        uploads = await read_uploads(request, state.limits)
-        if isinstance(uploads, JSONResponse):
-            return uploads
+        try:
+            uploads = await files(request.scope, request.receive, form_limits(state.limits))
+        except FormError as exc:
+            return JSONResponse({"detail": exc.detail}, exc.status)
         return await anyio.to_thread.run_sync(functools.partial(explain_upload, state, settings.model,
                                                                 uploads[0][1], attribute), limiter=state.limiter)
-
-
-async def read_uploads(request: Request, limits: Limits) -> list[tuple[str | None, bytes]] | JSONResponse:
-    """The request's ``file`` fields (name, bytes), or the JSON error answer that says why not."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        return JSONResponse({"detail": "expected multipart/form-data with one or more 'file' fields, "
-                                       f"got Content-Type {content_type or 'none'!r}"}, 415)
-    try:
-        form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 8)
-    except Exception as exc:  # the form parser's errors (too many files, malformed body, cut short)
-        if request.scope.get(TOO_LARGE):
-            return JSONResponse({"detail": too_large_message(limits.max_request_bytes)}, 413)
-        if request.scope.get(TOO_SLOW):
-            return JSONResponse({"detail": f"the request body stalled for {limits.body_timeout:g} s; "
-                                           "send it at once"}, 408)
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        status = 413 if "Too many" in str(detail) else 422
-        return JSONResponse({"detail": f"could not read the form: {detail} "
-                                       f"(at most {limits.max_files} files per request)"}, status)
-    try:
-        files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
-        if not files:
-            return JSONResponse({"detail": "no 'file' field in the form; send the photo as file=@photo.jpg"}, 422)
-        return [(f.filename, await f.read()) for f in files]
-    finally:
-        await form.close()
 
 
 def explain_upload(state, model: str, data: bytes, attribute: str | None) -> Response:

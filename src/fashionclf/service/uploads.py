@@ -35,6 +35,9 @@ class Limits:
     # Zen 4); larger ones
     # decode in the worker threads, so they never hold up /health or other clients.
     inline_pixels: int = 1_000_000
+    # /batch: many photos in one body, answered line by line (``routes.PhotoRoutes.batch``)
+    batch_max_files: int = 10_000
+    batch_max_bytes: int = 512 * 1024 * 1024
 
 
 MAX_NAME = 255  # characters of a file name echoed back
@@ -66,11 +69,26 @@ def header_pixels(data: bytes) -> int:
         return 0
 
 
+def open_uploads(uploads: list[tuple[str | None, bytes]], limits: Limits) -> tuple[list, int]:
+    """Each upload opened (its header read, nothing decoded) where it can be, else left as bytes
+    for ``tag_uploads`` to report; and the pixels of all of them together (from the headers)."""
+    opened, pixels = [], 0
+    for name, data in uploads:
+        try:
+            img = open_image(data, limits.max_pixels)
+            opened.append((name, img))
+            pixels += img.size[0] * img.size[1]
+        except Exception:  # every failure is that file's own error, said by convert_upload
+            opened.append((name, data))
+    return opened, pixels
+
+
 @per_file
-def convert_upload(classifier: Classifier, data: bytes, limits: Limits, budget: list[int]) -> np.ndarray:
-    """One upload -> model input; its pixels are taken from the request's ``budget``. Every
-    failure is a ``PhotoError`` of this file (``photos.per_file``)."""
-    img = open_image(data, limits.max_pixels)
+def convert_upload(classifier: Classifier, data: bytes | Image.Image, limits: Limits, budget: list[int]) -> np.ndarray:
+    """One upload (bytes, or opened by ``open_uploads``) -> model input; its pixels are taken
+    from the request's ``budget``. Every failure is a ``PhotoError`` of this file
+    (``photos.per_file``)."""
+    img = data if isinstance(data, Image.Image) else open_image(data, limits.max_pixels)
     pixels = img.size[0] * img.size[1]
     if pixels > budget[0]:
         raise PhotoError(f"the request's images together are over the limit of {limits.max_request_pixels:,} "
@@ -79,10 +97,11 @@ def convert_upload(classifier: Classifier, data: bytes, limits: Limits, budget: 
     return classifier.to_input(img)
 
 
-def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes]], limits: Limits,
+def tag_uploads(classifier: Classifier, uploads: list[tuple[str | None, bytes | Image.Image]], limits: Limits,
                 preview: bool = False) -> tuple[list[dict], int]:
-    """The CPU work of one request (decoding, converting, classifying), run in a worker thread:
-    one result per upload, in order, and the response status."""
+    """The CPU work of one request (decoding, converting, classifying), on the event loop or in a
+    worker thread: one result per upload (bytes, or opened by ``open_uploads``), in order, and
+    the response status."""
     classes = classifier.classes
     results, images, ok, statuses = [], [], [], []
     budget = [limits.max_request_pixels]
