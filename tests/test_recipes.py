@@ -105,15 +105,37 @@ def test_recipe_trains_exports_and_predicts_through_both_backends(recipe, tiny_d
                  "--calibration-images", "200"]) == 0
     report = capsys.readouterr().out
     assert "calibrated on 200 training images" in report and "test accuracy on 100 images: fp32" in report
+    assert "images/s at batch 256" in report and ("int8 is faster here" in report or "of the int8 graph's time" in report)
     import onnx
 
+    from fashionclf.inference.quantize import input_convs
+
     graph = onnx.load(str(out / "model.int8.onnx")).graph
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("DequantizeLinear") >= ops.count("Conv") > 0  # every convolution's weights and input in int8
+    weights = {i.name for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    first = set(input_convs(onnx.load(str(out / "model.int8.onnx"))))
+    assert first and len(convs) > len(first)  # the convolutions reading the image stay fp32 ...
+    assert all((n.input[1] in weights) == (n.name in first) for n in convs)  # ... every other one's weights in int8
     assert {i.data_type for i in graph.initializer} >= {onnx.TensorProto.INT8}
     assert main(["predict", str(out / "model.int8.onnx"), str(folder), "--format", "json"]) == 0
     int8 = [r["label"] for r in json.loads(capsys.readouterr().out)]
     assert sum(a == b for a, (b, _) in zip(int8, results["torch"])) >= 9
+
+    # --graph: the int8 file beside the model.pt, or whichever graph is faster here, said on stderr
+    assert main(["predict", str(out / "model.pt"), str(folder), "--format", "json", "--graph", "int8"]) == 0
+    assert [r["label"] for r in json.loads(capsys.readouterr().out)] == int8
+    assert main(["predict", str(out / "model.pt"), str(folder), "--format", "json", "--graph", "fastest"]) == 0
+    captured = capsys.readouterr()
+    assert "--graph fastest: int8" in captured.err and len(json.loads(captured.out)) == 10
+    from helpers import save_untrained_checkpoint
+
+    other = save_untrained_checkpoint(out / "other.pt", RECIPES[recipe]["model"], classes=config["classes"])
+    (out / "model.int8.onnx").rename(out / "other.int8.onnx")  # int8 of the trained weights, beside other ones
+    assert main(["predict", str(other), str(folder), "--graph", "int8"]) == 2
+    assert "was not made from these weights" in capsys.readouterr().err
+    assert main(["predict", str(out / "model.pt"), str(folder), "--graph", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--graph int8: no " in err and "--int8" in err
 
 
 def test_recipes_command_lists_every_recipe(capsys):

@@ -19,6 +19,7 @@ from fashionclf.errors import FashionclfError
 from fashionclf.service.settings import ServeSettings
 from fashionclf.training.config import (
     BACKENDS,
+    GRAPHS,
     PREDICT_BATCH_SIZE,
     SPLITS,
     TTA_CHOICES,
@@ -169,7 +170,7 @@ def cmd_predict(args) -> int:
 
     settings = TagSettings(args.format, args.top_k, args.batch_size, args.min_confidence, args.backend, args.device,
                            review=args.review, review_attribute=args.review_attribute, dask=args.dask,
-                           explain=args.explain)
+                           explain=args.explain, graph=args.graph)
     if args.output:
         counts = tag_to_file(args.output, args.checkpoint, args.inputs, settings)
     else:
@@ -216,15 +217,19 @@ def cmd_export(args) -> int:
     from fashionclf.inference.export import export_onnx
 
     if args.int8:
+        from fashionclf.inference.classifier import INT8_PAYS
         from fashionclf.inference.quantize import export_int8
 
         r = export_int8(args.checkpoint, args.output, args.data, args.calibration_images, args.verify)
         print(f"wrote {r['output']} ({r['bytes'] / 1e6:.2f} MB against {r['fp32_bytes'] / 1e6:.2f} MB in fp32; "
               f"calibrated on {r['calibration_images']} training images in {r['quantize_seconds']:.1f} s)")
         print(f"test accuracy on {r['images']} images: fp32 {r['fp32_accuracy']:.4f}, int8 {r['int8_accuracy']:.4f} "
-              f"({r['change_points']:+.2f} pt, same top class for {r['agreement']:.2%}); images/s at batch 256: "
-              f"fp32 {r['fp32_images_per_second']:,.0f}, int8 {r['int8_images_per_second']:,.0f} "
-              f"({r['speedup']:.2f}x)")
+              f"({r['change_points']:+.2f} pt, same top class for {r['agreement']:.2%})")
+        print(f"images/s at batch 256: fp32 {r['fp32_images_per_second']:,.0f}, int8 {r['int8_images_per_second']:,.0f} "
+              f"({r['speedup']:.2f}x); at batch 1: fp32 {r['fp32_images_per_second_single']:,.0f}, int8 "
+              f"{r['int8_images_per_second_single']:,.0f} ({r['speedup_single']:.2f}x)")
+        print("int8 is faster here: serve or predict it with --graph int8 (or --graph fastest)" if r["pays"] else
+              f"int8 is not {INT8_PAYS}x as fast here at both batch sizes: {r['why_not']}; --graph fastest keeps fp32")
         return 0
 
     r = export_onnx(args.checkpoint, args.output)
@@ -241,7 +246,7 @@ def cmd_serve(args) -> int:
 
     serve(ServeSettings(args.checkpoint, args.host, args.port, args.backend, args.workers, args.access_log,
                         args.limit_concurrency, args.timeout_keep_alive, args.header_timeout, args.docs,
-                        read_api_key(args.api_key_file), args.insecure))
+                        read_api_key(args.api_key_file), args.insecure, args.graph))
     return 0
 
 
@@ -266,6 +271,10 @@ def cmd_review(args) -> int:
                           read_api_key(args.api_key_file), args.insecure, args.export_label_studio,
                           args.import_label_studio, args.document_root))
     return 0
+
+
+GRAPH_HELP = ("a model.pt's ONNX graph: fp32 (default), int8 (the model.int8.onnx that 'export --int8' wrote beside it) "
+              "or fastest (whichever of the two is faster on this CPU, timed at start)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch or onnx (ONNX Runtime; a model.pt is exported in memory); "
                         "auto: the file's own kind (default)")
     p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (default: cpu)")
+    p.add_argument("--graph", choices=GRAPHS, default="fp32", help=GRAPH_HELP)
     p.add_argument("--output", "-o", help="write here instead of stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--top-k", type=positive_int, default=1)
@@ -391,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "auto"], default=d.backend,
                    help=f"onnx (ONNX Runtime; a model.pt is exported in memory) or torch (default: {d.backend})")
+    p.add_argument("--graph", choices=GRAPHS, default=d.graph, help=GRAPH_HELP)
     p.add_argument("--workers", type=positive_int, default=d.workers,
                    help="server processes, each with its own model copy")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")

@@ -41,7 +41,7 @@ def onednn_isa_cap() -> str | None:
 
 
 # The extensions that decide how fast these networks train and run on a CPU.
-ISA_NAMES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI",
+ISA_NAMES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
              "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
 
 

@@ -137,7 +137,19 @@ class Checkpoint:
             or None,
             "input": {"dtype": "uint8", "shape": shape, "polarity": POLARITY[self.contract.source]},
             **({"attributes": self.attributes.to_dict()} if self.attributes is not None else {}),
+            "weights_sha256": self.weights_sha256(),
         }
+
+    def weights_sha256(self) -> str:
+        """A fingerprint of the weights (16 hex digits of a SHA-256 over the state dict): tells
+        an int8 graph made from these weights from one made from others."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.state_dict):
+            digest.update(name.encode())
+            digest.update(self.state_dict[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+        return digest.hexdigest()[:16]
 
     @property
     def heads(self) -> list[tuple[int, int, bool, float]] | None:

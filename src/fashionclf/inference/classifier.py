@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,13 +26,16 @@ import numpy as np
 from fashionclf.data.attributes import Schema
 from fashionclf.errors import DataError, UsageError
 from fashionclf.models.inputs import InputContract, contract_of_info
-from fashionclf.training.config import BACKENDS
+from fashionclf.training.config import BACKENDS, GRAPHS
 
 if TYPE_CHECKING:
     from fashionclf.inference.checkpoint import Checkpoint
 
 NAN_ERROR = "the model's output for this image is not a number (NaN or infinite); the model file may be damaged"
 PARITY_TOLERANCE = 1e-4  # largest acceptable |p_onnx - p_torch| over the check images
+# An int8 graph counts as faster from this ratio of fp32's images/s on: one process's timings on
+# a shared machine move by a few percent, and changed answers should buy more than noise.
+INT8_PAYS = 1.05
 
 
 class Classifier:
@@ -43,6 +47,8 @@ class Classifier:
     contract: InputContract
     info: dict  # model name, preprocessing, accuracy, unknown (score, temperature, threshold) where known
     schema: Schema | None = None  # a model of several attributes; None: one, ``classes``
+    graph: str = "fp32"  # the ONNX graph's precision ("int8" for an ``export --int8`` file)
+    graph_note: str = ""  # why this graph, when ``load_classifier`` chose it (``--graph fastest``)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, k) probabilities (of the first attribute, for a model of several) and (N,)
@@ -166,6 +172,7 @@ class OnnxClassifier(Classifier):
             raise UsageError("this ONNX file was not written by 'fashionclf export' (no fashionclf metadata); "
                              "export the checkpoint with 'fashionclf export MODEL.pt'")
         self.info = json.loads(meta[METADATA_KEY])
+        self.graph = "int8" if self.info.get("int8") else "fp32"
         self.classes = self.info["classes"]
         self.schema = Schema.from_dict(self.info["attributes"]) if self.info.get("attributes") else None
         self.contract = contract_of_info(self.info)
@@ -187,23 +194,34 @@ class OnnxClassifier(Classifier):
 
 
 def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
-                    threads: int | None = None) -> Classifier:
-    """``threads``: ONNX Runtime's intra-op threads (default: torch's thread count)."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+                    threads: int | None = None, graph: str = "fp32", batch: int = 1) -> Classifier:
+    """``threads``: ONNX Runtime's intra-op threads (default: torch's thread count). ``graph``
+    (a model.pt served through ONNX Runtime): ``fp32``, ``int8`` (the ``<stem>.int8.onnx`` that
+    ``fashionclf export --int8`` wrote beside it) or ``fastest`` (whichever is faster here at
+    ``batch`` images a call, timed now); the classifier's ``graph`` and ``graph_note`` say
+    which and why."""
+    if backend not in BACKENDS or graph not in GRAPHS:
+        raise UsageError(f"unknown backend {backend!r} or graph {graph!r}; valid: {', '.join(BACKENDS)}; "
+                         f"{', '.join(GRAPHS)}")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         if backend == "torch":
             raise UsageError(f"{path} is an ONNX file; the torch backend needs the model.pt it was exported from")
         if not path.is_file():
             raise UsageError(f"ONNX model {path} not found; write one with 'fashionclf export MODEL.pt'")
+        if graph != "fp32":
+            raise UsageError(f"--graph {graph} picks among the graphs of a model.pt; give the model.pt, or the "
+                             ".onnx file to serve as it is")
         return OnnxClassifier(path.read_bytes(), threads)
-    if backend == "onnx":
+    if graph != "fp32" and backend == "torch":
+        raise UsageError(f"--graph {graph} runs ONNX graphs; leave --backend torch out")
+    if backend == "onnx" or graph != "fp32":
         if "torch" in sys.modules:  # exporting here costs nothing more
             from fashionclf.inference.export import cached_onnx_bytes as graph_bytes
         else:
             from fashionclf.inference.graphs import graph_bytes
-        return OnnxClassifier(graph_bytes(path), threads)
+        fp32 = OnnxClassifier(graph_bytes(path), threads)
+        return fp32 if graph == "fp32" else pick_graph(fp32, int8_file(path), graph, threads, batch)
     import torch
 
     from fashionclf.inference.checkpoint import load_checkpoint
@@ -212,6 +230,58 @@ def load_classifier(path: str | os.PathLike, backend: str = "auto", device: str 
     if threads:
         torch.set_num_threads(threads)
     return TorchClassifier(ckpt, device)
+
+
+def int8_file(checkpoint: Path) -> Path:
+    """Where ``fashionclf export --int8`` writes a checkpoint's int8 graph by default."""
+    from fashionclf.inference.graphs import checkpoint_file
+
+    path = checkpoint_file(checkpoint)
+    return path.parent / f"{path.stem}.int8.onnx"
+
+
+def pick_graph(fp32: OnnxClassifier, int8_path: Path, graph: str, threads: int | None, batch: int) -> OnnxClassifier:
+    """``--graph int8`` or ``fastest``: the int8 graph beside the checkpoint (refused when it was
+    made from other weights), or, for ``fastest``, whichever of the two is faster here at
+    ``batch`` images a call (int8 from ``INT8_PAYS`` times fp32's images/s)."""
+    stale = None
+    if int8_path.is_file():
+        int8 = OnnxClassifier(int8_path.read_bytes(), threads)
+        if int8.info.get("weights_sha256") != fp32.info.get("weights_sha256") or not int8.info.get("int8"):
+            stale = f"{int8_path} was not made from these weights"
+    else:
+        stale = f"no {int8_path} beside the model"
+    if stale:
+        if graph == "int8":
+            raise UsageError(f"--graph int8: {stale}; write it with 'fashionclf export {int8_path.parent} --int8'")
+        fp32.graph_note = f"--graph fastest: {stale} ('fashionclf export --int8' writes one): fp32"
+        return fp32
+    if graph == "int8":
+        return int8
+    images = np.random.default_rng(0).integers(0, 256, (max(64, 8 * batch), *fp32.contract.source_shape), np.uint8)
+    speed = images_per_second({"fp32": fp32, "int8": int8}, images, batch)
+    ratio = speed["int8"] / speed["fp32"]
+    chosen = int8 if ratio >= INT8_PAYS else fp32
+    chosen.graph_note = (f"--graph fastest: int8 {ratio:.2f}x fp32's images/s at batch {batch} on this CPU "
+                         f"(faster from {INT8_PAYS}x): {chosen.graph}")
+    return chosen
+
+
+def images_per_second(classifiers: dict[str, Classifier], images: np.ndarray, batch: int,
+                      rounds: int = 5) -> dict[str, float]:
+    """Each classifier's images/s on ``images`` at ``batch`` a call: the median of ``rounds``
+    passes after an untimed one, the classifiers taking turns (a shared machine's drift falls
+    on all of them alike)."""
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    seconds: dict[str, list[float]] = {name: [] for name in classifiers}
+    for round_ in range(rounds + 1):
+        for name, clf in classifiers.items():
+            start = time.perf_counter()
+            for chunk in chunks:
+                clf.predict(chunk)
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: len(images) / float(np.median(t)) for name, t in seconds.items()}
 
 
 def parity_images(count: int = 1000, data: list[str] | str | None = None) -> tuple[np.ndarray, str]:

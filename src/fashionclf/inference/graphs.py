@@ -25,6 +25,7 @@ from fashionclf.errors import UsageError
 
 OPSET = 18  # the first opset whose Resize has the antialias attribute mobilenet_v2's resize needs
 METADATA_KEY = "fashionclf"  # the graph's metadata entry holding the checkpoint's facts (classes, contract, ...)
+GRAPH_FORMAT = 2  # raised when the graph or its metadata changes (2: the weights' fingerprint): kept graphs go stale
 EXPORT_TIMEOUT = 900  # seconds for the child process's export (mobilenet_v2 takes about a minute)
 
 
@@ -36,7 +37,7 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
 
 def cache_file(checkpoint: Path, raw: bytes) -> Path:
     """Where the graph of the checkpoint file ``checkpoint`` (whose bytes are ``raw``) is kept."""
-    key = hashlib.sha256(raw + f"fashionclf {__version__} opset {OPSET}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(raw + f"fashionclf {__version__} opset {OPSET} {GRAPH_FORMAT}".encode()).hexdigest()[:16]
     return checkpoint.parent / f".{checkpoint.stem}.{key}.onnx"
 
 

@@ -216,8 +216,11 @@ class ReviewFolder:
         self.file.close()
 
 
-def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k: int) -> Classifier:
-    classifier = load_classifier(checkpoint, backend, device)
+def load_checked(checkpoint: str | os.PathLike, backend: str, device: str, top_k: int, graph: str = "fp32",
+                 batch: int = PREDICT_BATCH_SIZE) -> Classifier:
+    classifier = load_classifier(checkpoint, backend, device, graph=graph, batch=batch)
+    if classifier.graph_note:
+        print(classifier.graph_note, file=sys.stderr)
     if not 1 <= top_k <= len(classifier.classes):
         raise UsageError(f"--top-k must be between 1 and {len(classifier.classes)} (the number of classes), "
                          f"got {top_k}")
@@ -239,6 +242,7 @@ class TagSettings:
     review_attribute: str | None = None  # a model of several attributes: review this one's answers (default: the first)
     dask: str | None = None  # a Dask scheduler address, or local:N
     explain: str | os.PathLike | None = None  # a folder for a heatmap per photo (``inference.explain``)
+    graph: str = "fp32"  # a model.pt's ONNX graph: fp32, int8 or fastest (``classifier.load_classifier``)
 
 
 def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sys.stdout,
@@ -251,7 +255,12 @@ def tag_files(checkpoint: str | os.PathLike, inputs: list[str], out: TextIO = sy
     backend = s.backend
     if s.dask and backend == "auto" and Path(checkpoint).suffix.lower() != ".onnx":
         backend = "onnx"  # one graph per worker process, exported once and kept beside the checkpoint
-    classifier = load_checked(checkpoint, backend, s.device, s.top_k)  # checked here, before any worker starts
+    # checked here, before any worker starts
+    classifier = load_checked(checkpoint, backend, s.device, s.top_k, s.graph, s.batch_size)
+    if classifier.graph == "int8" and Path(checkpoint).suffix.lower() != ".onnx":
+        from fashionclf.inference.classifier import int8_file
+
+        checkpoint = int8_file(Path(checkpoint))  # the graph chosen, for Dask's workers too
     if s.min_confidence is not None and not 0 <= s.min_confidence <= 1:
         raise UsageError(f"--min-confidence takes a probability between 0 and 1, got {s.min_confidence}")
     paths = iter_inputs(inputs)

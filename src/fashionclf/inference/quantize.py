@@ -6,8 +6,16 @@ ONNX Runtime fuses into int8 kernels): weights int8 per output channel, activati
 with ranges calibrated on training images (the test split is only measured on, never used to
 choose). Dynamic quantization would touch only the Gemm layers, not the convolutions that
 take the time in these CNNs. The preprocessing, test-time augmentation and softmax in the
-graph stay fp32. The result is an ordinary fashionclf ONNX file: ``predict`` and ``serve``
-take it like any other.
+graph stay fp32, and so do the convolutions that read the image (``input_convs``: at most 3
+input channels, so cheap, and the most sensitive: in int8, strong-cnn's first convolution
+alone cost 4.4 points of test accuracy). The result is an ordinary fashionclf ONNX file:
+``predict`` and ``serve`` take it like any other, and ``--graph fastest`` picks whichever of
+the two graphs is faster on the CPU at hand.
+
+Whether int8 pays depends on the CPU (VNNI's int8 dot products, or AVX2's 16-bit
+multiply-adds) and on how much of the graph is left in fp32 around the int8 kernels:
+``export_int8`` measures both graphs at a large batch and at batch 1, and when int8 is not
+faster, says why from ONNX Runtime's own per-operator profile (``why_not_faster``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,18 @@ import numpy as np
 CALIBRATION_IMAGES = 1000  # training images; min-max ranges settle within a few hundred
 CALIBRATION_BATCH = 100
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # where the time goes; Add/Mul/pooling in int8 cost accuracy for ~nothing
+# An int8 graph counts as faster from this ratio of images/s on: timings of one process on a
+# shared machine move by a few percent, and a change of answers should buy more than noise.
+PAYS = 1.05
+CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+LAYOUT = ("ReorderInput", "ReorderOutput", "Transpose")  # ONNX Runtime's blocked fp32 and NHWC int8 layouts
+
+
+def input_convs(proto) -> list[str]:
+    """The convolutions that read the image (weights of at most 3 input channels): kept fp32."""
+    weights = {t.name: t for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node
+            if n.op_type == "Conv" and n.input[1] in weights and weights[n.input[1]].dims[1] <= 3]
 
 
 def calibration_images(dataset, count: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
@@ -61,7 +81,7 @@ def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=QUANTIZED_OPS)
+                        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=input_convs(onnx.load(str(prepared))))
         proto = onnx.load(str(out))
     meta = {p.key: p.value for p in onnx.load_from_string(fp32).metadata_props}
     info = dict(json.loads(meta[METADATA_KEY]), int8=True)
@@ -73,30 +93,78 @@ def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
 
 
 def compare_int8(fp32: bytes, int8: bytes, images: np.ndarray, labels: np.ndarray, threads: int | None = None,
-                 repeats: int = 3) -> dict:
-    """Accuracy of both graphs on ``images`` and their images/s at batch 256 (median of
-    ``repeats`` passes over the images, the two graphs alternating)."""
-    from fashionclf.inference.classifier import OnnxClassifier
+                 rounds: int = 7) -> dict:
+    """Accuracy of both graphs on ``images``; their images/s at batch 256 (``speedup``: int8's
+    over fp32's) and at batch 1 (``speedup_single``, as a server calls it), medians of
+    ``rounds`` passes, the graphs taking turns; ``pays`` when int8 is at least ``INT8_PAYS``
+    times as fast at both, else ``why_not``, from the profile (``why_not_faster``)."""
+    from fashionclf.inference.classifier import INT8_PAYS, OnnxClassifier, images_per_second
 
     graphs = {"fp32": OnnxClassifier(fp32, threads), "int8": OnnxClassifier(int8, threads)}
     result: dict = {"images": len(images)}
-    seconds: dict[str, list[float]] = {name: [] for name in graphs}
     for name, clf in graphs.items():
         probs = np.concatenate([clf.predict_proba(images[i : i + 256]) for i in range(0, len(images), 256)])
         result[f"{name}_accuracy"] = float((probs.argmax(1) == labels).mean())
         result[f"{name}_top"] = probs.argmax(1)
-    for _ in range(repeats):
-        for name, clf in graphs.items():
-            t0 = time.perf_counter()
-            for i in range(0, len(images), 256):
-                clf.predict(images[i : i + 256])
-            seconds[name].append(time.perf_counter() - t0)
+    large = images_per_second(graphs, images, 256, rounds)
+    single = images_per_second(graphs, images[:512], 1, rounds)
     for name in graphs:
-        result[f"{name}_images_per_second"] = len(images) / float(np.median(seconds[name]))
+        result[f"{name}_images_per_second"] = large[name]
+        result[f"{name}_images_per_second_single"] = single[name]
     result["agreement"] = float((result.pop("fp32_top") == result.pop("int8_top")).mean())
     result["change_points"] = 100 * (result["int8_accuracy"] - result["fp32_accuracy"])
-    result["speedup"] = result["int8_images_per_second"] / result["fp32_images_per_second"]
+    result["speedup"] = large["int8"] / large["fp32"]
+    result["speedup_single"] = single["int8"] / single["fp32"]
+    result["pays"] = min(result["speedup"], result["speedup_single"]) >= INT8_PAYS
+    if not result["pays"]:
+        result["why_not"] = why_not_faster(fp32, int8, images[:256], threads)
     return result
+
+
+def op_shares(model: bytes, images: np.ndarray, threads: int | None = None) -> dict[str, float]:
+    """Share of a graph's time per operator kind, from ONNX Runtime's own profile of a few
+    calls on ``images`` (one batch): {"QLinearConv": 0.41, ...}."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads or 0, 1
+    with tempfile.TemporaryDirectory(prefix="fashionclf-profile-") as tmp:
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp, "profile"))
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        for _ in range(4):
+            session.run(None, {"images": images})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    whole = sum(totals.values()) or 1.0
+    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def why_not_faster(fp32: bytes, int8: bytes, images: np.ndarray, threads: int | None = None) -> str:
+    """Why the int8 graph is not faster here, from both graphs' operator profiles and the CPU's
+    int8 instructions: the share of the int8 graph spent converting between fp32 and int8,
+    and what is left in fp32 around the int8 kernels."""
+    from fashionclf.device import cpu_info
+
+    shares = op_shares(int8, images, threads)
+    conversions = sum(v for op, v in shares.items() if op in CONVERSIONS)
+    def int8_kernel(op: str) -> bool:  # QLinearConv, QGemm, ...: ONNX Runtime's fused int8 operators
+        return op.startswith(("Q", "ConvInteger", "MatMulInteger")) and op not in CONVERSIONS
+
+    int8_ops = sum(v for op, v in shares.items() if int8_kernel(op))
+    layout = sum(v for op, v in shares.items() if op in LAYOUT)
+    rest = sorted(((v, op) for op, v in shares.items()
+                   if op not in CONVERSIONS and op not in LAYOUT and not int8_kernel(op)), reverse=True)[:2]
+    flags = set(cpu_info().get("flags", []))
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return (f"of the int8 graph's time, {int8_ops:.0%} goes to its int8 kernels, {conversions:.0%} to converting "
+            f"between fp32 and int8, {layout:.0%} to changing tensor layouts between the int8 and fp32 kernels and "
+            "the rest to operators left in fp32 (" + ", ".join(f"{op} {v:.0%}" for v, op in rest) + "); this CPU "
+            + ("has VNNI int8 dot products" if vnni else "has no VNNI, so int8 dot products run on AVX2's "
+               "16-bit multiply-adds"))
 
 
 def export_int8(checkpoint, output=None, data=None, calibration: int = CALIBRATION_IMAGES, verify: bool = True,

@@ -30,7 +30,9 @@ Endpoints:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -97,8 +99,10 @@ class ModelInfo(BaseModel):
     unknown: dict | None
     input: dict
     backend: str
+    graph: str  # the ONNX graph served: fp32, or int8 (``--graph``)
     limits: dict
     attributes: list[dict] | None = None  # a model of several attributes: name, values, multi, thresholds
+    weights_sha256: str | None = None  # a fingerprint of the weights (``Checkpoint.weights_sha256``)
 
 
 PREDICT_ANSWERS = {413: {"model": list[FileResult] | Detail, "description": "too large (every file, or the body)"},
@@ -153,7 +157,8 @@ def create_app(settings: ServeSettings, limits: Limits | None = None, classifier
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if app.state.classifier is None:
-            app.state.classifier = load_classifier(settings.model, settings.backend, threads=settings.threads)
+            app.state.classifier = load_classifier(settings.model, settings.backend, threads=settings.threads,
+                                                   graph=settings.graph)
         yield
 
     app = FastAPI(title="fashionclf", description="Tag clothing photos with a fashionclf model.", lifespan=lifespan,
@@ -193,7 +198,9 @@ def add_routes(app: FastAPI, page: str, csp: str, settings: ServeSettings) -> No
 
     @app.get("/model", response_model=ModelInfo)
     async def model() -> dict:
-        return {**state.classifier.info, "backend": state.classifier.backend, "limits": asdict(state.limits)}
+        classifier = state.classifier
+        return {**classifier.info, "backend": classifier.backend, "graph": classifier.graph,
+                "limits": asdict(state.limits)}
 
     # Answered by ``routes.PhotoRoutes`` (plain ASGI, before this router); declared here so that
     # /openapi.json describes them. Never reached.
@@ -264,7 +271,11 @@ def serve(settings: ServeSettings) -> None:
     clients cannot pile up without bound)."""
     import uvicorn
 
-    load_classifier(settings.model, settings.backend)  # fail here, with one line, on a bad model or backend
+    # fail here, with one line, on a bad model or backend; --graph fastest is decided here, once for every worker
+    chosen = load_classifier(settings.model, settings.backend, threads=settings.threads, graph=settings.graph)
+    if chosen.graph_note:
+        print(chosen.graph_note, file=sys.stderr)
+    settings = dataclasses.replace(settings, graph=chosen.graph if settings.graph == "fastest" else settings.graph)
     if not settings.loopback and settings.api_key is None and not settings.insecure:
         raise UsageError(f"--host {settings.host} opens the service to the network without an API key: give "
                          f"--api-key-file PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")

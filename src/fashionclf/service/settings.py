@@ -34,6 +34,7 @@ class ServeSettings:
     docs: bool = False  # /docs and /openapi.json: off, less to attack
     api_key: str | None = None  # required as "Authorization: Bearer KEY" on /predict, /model, /metrics
     insecure: bool = False  # allow a host beyond loopback without an API key
+    graph: str = "fp32"  # a model.pt's ONNX graph: fp32, int8 or fastest (timed at start, at batch 1)
 
     @property
     def loopback(self) -> bool:

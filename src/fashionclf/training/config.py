@@ -32,6 +32,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # equal), named here too so that the command line starts without importing torch.
 TTA_CHOICES = ("none", "flip")
 BACKENDS = ("auto", "torch", "onnx")
+GRAPHS = ("fp32", "int8", "fastest")  # predict/serve --graph: which ONNX graph of a model.pt (classifier.load_classifier)
 INPUTS = ("grey", "rgb")
 SERVE_BACKEND = "onnx"  # ONNX Runtime: 2-6x PyTorch's images/s for these small models (docs/results.md)
 SPLITS = ("test", "val", "train")
