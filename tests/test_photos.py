@@ -106,5 +106,5 @@ def test_any_decoder_failure_becomes_the_files_own_error(monkeypatch):
 
     monkeypatch.setattr(ImageOps, "exif_transpose", broken)
     with pytest.raises(PhotoError, match=r"cannot decode the image \(error: unpack requires") as exc:
-        photo_to_28(catalogue_photo(dataset_like_image(), np.random.default_rng(0), "jpeg"))
+        photo_to_28(catalogue_photo(dataset_like_image(), np.random.default_rng(0), "jpeg-exif-rotated"))
     assert exc.value.kind == "unreadable"

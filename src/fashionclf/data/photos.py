@@ -44,6 +44,9 @@ CUT_SIDE = 2 * SIZE  # the item is cut from at least this many pixels a side (th
 # on block means of at most WORK_SIDE (64) pixels and cut from at least CUT_SIDE; libjpeg's cost
 # falls with the scale (a catalogue photo of 400 px at 1/4 rather than 1/2: 0.8x the whole path)
 DRAFT_SIDE = 64
+# Other images shrink by a whole factor (a box filter) while at least this many pixels a side:
+# the box filter loses more of a thin edge than libjpeg's scaled decoding does
+REDUCE_SIDE = 4 * SIZE
 REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}  # modes Image.reduce takes
 PIPELINE_VERSION = 5  # raised whenever photo_to_28's output changes: converted-photo caches are keyed by it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -136,7 +139,7 @@ def decode(img: Image.Image, mode: str = "L", draft_side: int = DRAFT_SIDE) -> n
             sixteen = img.mode.startswith("I;16")
             if sixteen:
                 img = img.convert("I")
-            factor = max(img.size) // draft_side
+            factor = max(img.size) // max(draft_side, REDUCE_SIDE)
             if factor >= 2 and img.mode in REDUCIBLE:
                 # Shrink by a whole factor (a box filter, in Pillow's C code) before any numpy
                 # array exists: a 25 MP PNG then costs megabytes, not the ~20 bytes per pixel
