@@ -2,7 +2,7 @@
 
     python benchmarks/load.py MODEL.pt [--concurrency 1 8 32] [--requests 3000] [--seconds 20]
                                        [--workers 1] [--backend onnx] [--batch-files 2000] [--json FILE]
-                                       [--client hey|python]
+                                       [--client hey|python] [--before OLD/src] [--rounds 1]
 
 The photos are catalogue-style JPEGs made from test images (``tests/helpers.py``'s ``catalogue_photo``:
 white background, colour, 168-336 px, off-centre). The server runs in its own process on
@@ -15,7 +15,13 @@ whichever comes first, and reports requests/s, p50/p99 latency and errors (non-2
 and failed connections).
 
 Batch tagging: ``fashionclf.inference.predict.tag_files`` over a folder of ``--batch-files`` JPEGs,
-images/s, for each backend.
+images/s, for each backend, and the same JPEGs in one ``POST /batch`` (answers streamed back).
+
+``--before OLD/src``: the same levels against a server run from another checkout's ``src``
+(``git worktree add /tmp/old COMMIT``), the two servers taking turns level by level
+(``--rounds`` times each), so that both figures come from one run on one machine. The
+server's footprint is reported too: resident memory after the warm-up, and whether libtorch
+is loaded in it.
 """
 
 from __future__ import annotations
@@ -146,10 +152,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, backend: str, workers: int) -> subprocess.Popen:
+def start_server(model: str, port: int, backend: str, workers: int, src: str | None = None) -> subprocess.Popen:
+    """``fashionclf serve`` in its own process; ``src``: run another checkout's code."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     proc = subprocess.Popen([sys.executable, "-m", "fashionclf", "serve", model, "--port", str(port),
                              "--backend", backend, "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     for _ in range(600):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
@@ -160,6 +170,29 @@ def start_server(model: str, port: int, backend: str, workers: int) -> subproces
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("server did not start in 60 s")
+
+
+def footprint(pid: int) -> dict:
+    """A server process's resident memory (MB) and whether libtorch is mapped into it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+    return {"rss_mb": round(rss, 1), "torch_loaded": "libtorch" in Path(f"/proc/{pid}/maps").read_text()}
+
+
+def batch_endpoint(port: int, files: list[bytes]) -> dict:
+    """All ``files`` in one ``POST /batch``; images/s until the summary line is in."""
+    import httpx
+
+    parts = [("file", (f"{i:06d}.jpg", data, "image/jpeg")) for i, data in enumerate(files)]
+    start = time.perf_counter()
+    last = "{}"
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/batch", files=parts, timeout=600) as r:
+        for line in r.iter_lines():
+            last = line or last
+    seconds = time.perf_counter() - start
+    summary = json.loads(last)["summary"]
+    return {"backend": "serve /batch", "files": summary["tagged"], "failed": summary["failed"], "seconds": seconds,
+            "images_per_s": summary["tagged"] / seconds}
 
 
 def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
@@ -184,6 +217,43 @@ def batch_tagging(model: str, files: list[bytes]) -> list[dict]:
     return rows
 
 
+def measure(model: str, args, src: str | None, jpegs: list[bytes], levels: dict, batch: bool) -> dict:
+    """One server (this checkout's, or ``src``'s): warmed up, its footprint, one pass over the
+    concurrency levels (appended to ``levels``), and with ``batch`` the /batch figure."""
+    port = free_port()
+    server = start_server(model, port, args.backend, args.workers, src)
+    try:
+        requests = [request_bytes(p, port) for p in jpegs[: args.photos]]
+        asyncio.run(level(port, requests, 1, 50, 10))  # warm-up
+        time.sleep(1)
+        out = {"footprint": footprint(server.pid)}
+        for c in args.concurrency:
+            if args.client == "hey":
+                photo = sorted(jpegs[: args.photos], key=len)[args.photos // 2]  # the median-size JPEG
+                levels.setdefault(c, []).append(hey_level(port, photo, c, args.requests, args.seconds))
+            else:
+                levels.setdefault(c, []).append(asyncio.run(level(port, requests, c, args.requests, args.seconds)))
+        if batch:
+            out["batch_endpoint"] = batch_endpoint(port, jpegs[: args.batch_files])
+        return out
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def median_level(runs: list[dict]) -> dict:
+    """The run of median requests/s among ``runs`` of one level."""
+    return sorted(runs, key=lambda r: r["requests_per_s"] or 0)[len(runs) // 2]
+
+
+def print_levels(title: str, levels: dict[int, list[dict]]) -> None:
+    print(f"{title}\n\n| clients | requests | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    for c, runs in levels.items():
+        r = median_level(runs)
+        print(f"| {c} | {r['requests']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+              f"| {r['errors']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -198,6 +268,9 @@ def main() -> int:
     parser.add_argument("--client", choices=("hey", "python"),
                         help="load generator: hey (Debian's package; the default when installed) or the asyncio "
                              "client here, which cycles through --photos JPEGs and checks every answer")
+    parser.add_argument("--before", metavar="OLD_SRC",
+                        help="also measure a server run from this src folder of another checkout, taking turns")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the levels per server (medians reported)")
     args = parser.parse_args()
     import shutil
 
@@ -206,36 +279,32 @@ def main() -> int:
         raise SystemExit("--client hey: install Debian's hey (apt-get install hey)")
 
     jpegs = photos(max(args.photos, args.batch_files))
-    port = free_port()
-    server = start_server(args.model, port, args.backend, args.workers)
-    try:
-        requests = [request_bytes(p, port) for p in jpegs[: args.photos]]
-        asyncio.run(level(port, requests, 1, 50, 10))  # warm-up
-        if args.client == "hey":
-            photo = sorted(jpegs[: args.photos], key=len)[args.photos // 2]  # the median-size JPEG
-            levels = [hey_level(port, photo, c, args.requests, args.seconds) for c in args.concurrency]
-        else:
-            levels = [asyncio.run(level(port, requests, c, args.requests, args.seconds)) for c in args.concurrency]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    sides = {"after": None, "before": args.before} if args.before else {"after": None}
+    levels: dict[str, dict[int, list[dict]]] = {name: {} for name in sides}
+    servers: dict[str, dict] = {}
+    for round_ in range(args.rounds):
+        for name, src in sides.items():
+            last = round_ == args.rounds - 1
+            servers[name] = measure(args.model, args, src, jpegs, levels[name],
+                                    batch=last and bool(args.batch_files) and name == "after")
     from fashionclf.device import cpu_info
 
     result = {"model": args.model, "backend": args.backend, "workers": args.workers, "cpu": cpu_info(),
-              "client": args.client,
+              "client": args.client, "rounds": args.rounds,
               "jpeg_bytes_median": int(statistics.median(len(p) for p in jpegs[: args.photos])),
-              "levels": levels,
+              **{name: {"levels": [median_level(runs) for runs in levels[name].values()],
+                        "all_levels": levels[name], **servers[name]} for name in sides},
               "batch_tagging": batch_tagging(args.model, jpegs[: args.batch_files]) if args.batch_files else []}
     print(f"`python benchmarks/load.py {args.model} --workers {args.workers} --backend {args.backend} "
-          f"--client {args.client}` "
+          f"--client {args.client}{' --before ' + args.before if args.before else ''} --rounds {args.rounds}` "
           f"({cpu_info()['label']}; JPEGs of median {result['jpeg_bytes_median']:,} bytes)\n")
-    print("| clients | requests | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
-    for r in levels:
-        print(f"| {r['concurrency']} | {r['requests']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} "
-              f"| {r['p99_ms']:.2f} | {r['errors']} |")
-    for b in result["batch_tagging"]:
-        print(f"\nbatch tagging ({b['backend']}): {b['files']} JPEGs in {b['seconds']:.1f} s = "
+    for name in sides:
+        fp = servers[name]["footprint"]
+        print_levels(f"{name}{' (' + sides[name] + ')' if sides[name] else ''}: idle server {fp['rss_mb']:.0f} MB, "
+                     f"torch {'loaded' if fp['torch_loaded'] else 'not loaded'}", levels[name])
+        print()
+    for b in [*result["batch_tagging"], *([servers["after"]["batch_endpoint"]] if args.batch_files else [])]:
+        print(f"batch tagging ({b['backend']}): {b['files']} JPEGs in {b['seconds']:.1f} s = "
               f"{b['images_per_s']:,.0f} images/s, {b['failed']} failed")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

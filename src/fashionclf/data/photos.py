@@ -40,9 +40,10 @@ from fashionclf.errors import DataError
 SIZE = 28
 MAX_PIXELS = 50_000_000  # 50 megapixels (e.g. 8,000 x 6,000): larger images are refused unread
 CUT_SIDE = 2 * SIZE  # the item is cut from at least this many pixels a side (then Lanczos to 28)
-# JPEGs decode at 1/2, 1/4 or 1/8 scale while at least this many pixels a side: the item is found
-# on block means of at most WORK_SIDE (64) pixels and cut from at least CUT_SIDE; libjpeg's cost
-# falls with the scale (a catalogue photo of 400 px at 1/4 rather than 1/2: 0.8x the whole path)
+# Grey models' JPEGs decode at 1/2, 1/4 or 1/8 scale while at least this many pixels a side: the
+# item is found on block means of at most WORK_SIDE (64) pixels and cut from at least CUT_SIDE;
+# libjpeg's cost falls with the scale (a catalogue photo of 400 px at 1/4 rather than 1/2: 0.8x
+# the whole path, the same accuracy on benchmarks/backdrops.py). Colour models keep REDUCE_SIDE.
 DRAFT_SIDE = 64
 # Other images shrink by a whole factor (a box filter) while at least this many pixels a side:
 # the box filter loses more of a thin edge than libjpeg's scaled decoding does
@@ -232,7 +233,7 @@ def photo_to_colour(source: str | os.PathLike | bytes | Image.Image, size: int =
     image, so a model adapted from grey starts where it was, and colours stay apart (a red item
     on white is bright in green and blue, a blue one in red and green). Raises PhotoError."""
     img = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
-    rgb = decode(img, "RGB", draft_side=max(DRAFT_SIDE, 2 * size))
+    rgb = decode(img, "RGB", draft_side=max(REDUCE_SIDE, 2 * size))  # colour's hues: the larger draft kept
     if rgb.shape[:2] == (size, size) and border_value(rgb.max(-1)) <= 127:
         return rgb  # already in this form
     item = find_item(rgb)
