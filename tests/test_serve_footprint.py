@@ -34,6 +34,7 @@ def test_a_fresh_checkpoint_is_served_without_torch_until_explain_is_called(tmp_
         assert list(tmp_path.glob(".model.*.onnx"))  # the child process kept the graph beside the model
         answer = httpx.post(url + "/predict", files={"file": ("a.jpg", photo)}, timeout=30)
         assert answer.status_code == 200 and answer.json()[0]["label"]
+        assert httpx.get(url + "/model").json()["graph"] == "fp32"
         assert not mapped(proc.pid, "libtorch"), "the ONNX serving process loaded torch"
         assert resident_mb(proc.pid) <= IDLE_MB
         heatmap = httpx.post(url + "/explain", files={"file": ("a.jpg", photo)}, timeout=120)
