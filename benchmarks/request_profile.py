@@ -38,7 +38,6 @@ def timed(fn, n: int) -> float:
 
 def main() -> int:
     from load import photos, request_bytes
-    from starlette.requests import Request
 
     from fashionclf.data.photos import decode, open_image
     from fashionclf.device import cpu_info
@@ -77,15 +76,14 @@ def main() -> int:
         await app(dict(scope), receive, send)
         assert sent[0]["status"] == 200, sent
 
-    async def read_form():
+    async def read_form():  # the service's own reader (routes.PhotoRoutes uses it)
+        from fashionclf.service.forms import files
+        from fashionclf.service.routes import form_limits
+
         async def receive():
             return {"type": "http.request", "body": body, "more_body": False}
 
-        request = Request(dict(scope), receive)
-        form = await request.form()
-        data = await form["file"].read()
-        await form.close()
-        return data
+        return await files(dict(scope), receive, form_limits(Limits()))
 
     def decode_draft():
         decode(open_image(photo, Limits().max_pixels), "L")

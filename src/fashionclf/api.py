@@ -156,12 +156,12 @@ class TrainedRun:
 class Model:
     """A trained model (model.pt, its run folder, or model.onnx) ready to tag photos."""
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto", device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", device: str = "cpu", graph: str = "fp32"):
         from fashionclf.inference.checkpoint import checkpoint_file
         from fashionclf.inference.classifier import load_classifier
 
         self.path = checkpoint_file(path)
-        self.classifier = load_classifier(self.path, backend, device)
+        self.classifier = load_classifier(self.path, backend, device, graph=graph, batch=256)
         self.device = device
 
     @property
@@ -222,7 +222,8 @@ class Model:
 
     def _repr_html_(self) -> str:
         info = self.classifier.info
-        rows = [("file", str(self.path)), ("model", info.get("model", "")), ("backend", self.classifier.backend),
+        rows = [("file", str(self.path)), ("model", info.get("model", "")),
+                ("backend", self.classifier.backend + (", int8 graph" if self.classifier.graph == "int8" else "")),
                 ("classes", ", ".join(self.classes)),
                 ("test accuracy", "" if info.get("test_accuracy") is None else f"{info['test_accuracy']:.4f}"),
                 ("unknown items", "flagged" if self.classifier.threshold is not None else "not calibrated")]
@@ -259,9 +260,10 @@ class Predictions(list):
         return f"<table>{head}{body}</table>"
 
 
-def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu") -> Model:
-    """A trained model: model.pt, its run folder, or model.onnx (``backend``: auto, torch, onnx)."""
-    return Model(path, backend, device)
+def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", graph: str = "fp32") -> Model:
+    """A trained model: model.pt, its run folder, or model.onnx (``backend``: auto, torch, onnx;
+    ``graph``, for a model.pt through ONNX Runtime: fp32, int8 or fastest, as ``predict --graph``)."""
+    return Model(path, backend, device, graph)
 
 
 def load_dataset(data: str | os.PathLike | Iterable | None = None, classes: str | list | None = None,

@@ -31,7 +31,7 @@ This module imports nothing of fashionclf.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -197,6 +197,9 @@ class Item:
     coef: np.ndarray
     floor: float
     peak: float = 255.0  # the 99th percentile of the strength (``shadow_like``'s scale)
+    # Found on the photo itself (no block means): its strength, difference and item mask, which
+    # ``cut`` at full scale would only compute again.
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def colour(self) -> np.ndarray:
@@ -208,11 +211,28 @@ class Item:
         (h, w, C), 0 where the strength is), and the tight box they were cut from (in the
         photo's pixels). ``max_side``: cut from block means of the box, by a whole factor that
         leaves its longest side at least this long (a 28-pixel output needs no more than 2-3x
-        that, and the cost falls with the square of the factor)."""
+        that, and the cost falls with the square of the factor). ``image``: the photo
+        ``find_item`` was given."""
+        top, bottom, left, right = self.box
+        f = max(1, max(bottom - top, right - left) // max_side) if max_side else 1
+        if f == 1 and self.maps is not None and self.maps[0].shape == image.shape[:2]:
+            strength, difference, item = (m[top:bottom, left:right] for m in self.maps)  # the same arithmetic
+            strength = np.maximum(strength, 0.0)
+        else:
+            strength, difference, item = self._measure(image, f)
+        rows, cols = np.flatnonzero(item.any(1)), np.flatnonzero(item.any(0))
+        if len(rows) == 0:
+            return Cut(strength, difference, self.box)
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # the box has a margin: trim it
+        box = (top + f * r0, min(bottom, top + f * r1), left + f * c0, min(right, left + f * c1))
+        return Cut(strength[r0:r1, c0:c1], difference[r0:r1, c0:c1], box)
+
+
+    def _measure(self, image: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Strength, difference and item mask over the box, on block means of ``f`` pixels."""
         from PIL import Image
 
         top, bottom, left, right = self.box
-        f = max(1, max(bottom - top, right - left) // max_side) if max_side else 1
         x = image[top:bottom, left:right]
         if f > 1:
             x = np.asarray(Image.fromarray(x).reduce(f))
@@ -223,12 +243,7 @@ class Item:
         item = strength > 0
         if x.shape[-1] == 3:
             item &= ~shadow_like(x, surface, strength < SHADOW * self.peak)
-        rows, cols = np.flatnonzero(item.any(1)), np.flatnonzero(item.any(0))
-        if len(rows) == 0:
-            return Cut(strength, difference, self.box)
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # the box has a margin: trim it
-        box = (top + f * r0, min(bottom, top + f * r1), left + f * c0, min(right, left + f * c1))
-        return Cut(strength[r0:r1, c0:c1], difference[r0:r1, c0:c1], box)
+        return strength, difference, item
 
 
 class Cut(NamedTuple):
@@ -250,7 +265,8 @@ def find_item(image: np.ndarray, work_side: int = WORK_SIDE) -> Item | None:
     coef, noise = fit_backdrop(small)
     h, w = small.shape[:2]
     surface = surface_at(coef, (h, w), range(h), range(w))
-    strength = _distance(small - surface) - max(NOISE_FLOOR, 4 * noise)
+    difference = small - surface
+    strength = _distance(difference) - max(NOISE_FLOOR, 4 * noise)
     if not (strength > 0).any():
         return None
     positive = strength[strength > 0]
@@ -269,4 +285,5 @@ def find_item(image: np.ndarray, work_side: int = WORK_SIDE) -> Item | None:
     sy, sx = image.shape[0] / h, image.shape[1] / w  # back to the photo's pixels, a block's margin kept
     box = (max(0, int((top - 1) * sy)), min(image.shape[0], int(np.ceil((bottom + 1) * sy))),
            max(0, int((left - 1) * sx)), min(image.shape[1], int(np.ceil((right + 1) * sx))))
-    return Item(box, coef, max(NOISE_FLOOR, 4 * noise), peak)
+    maps = (strength, difference, above) if (h, w) == image.shape[:2] else None  # searched on the photo itself
+    return Item(box, coef, max(NOISE_FLOOR, 4 * noise), peak, maps)
