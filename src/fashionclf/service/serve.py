@@ -276,6 +276,7 @@ def serve(settings: ServeSettings) -> None:
     if chosen.graph_note:
         print(chosen.graph_note, file=sys.stderr)
     settings = dataclasses.replace(settings, graph=chosen.graph if settings.graph == "fastest" else settings.graph)
+    del chosen  # each server process loads its own; this one (uvicorn's supervisor with --workers N) keeps none
     if not settings.loopback and settings.api_key is None and not settings.insecure:
         raise UsageError(f"--host {settings.host} opens the service to the network without an API key: give "
                          f"--api-key-file PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
