@@ -6,8 +6,8 @@ them, so a process that serves an ONNX graph never loads torch. Adding a model: 
 here with a ``@register_model`` builder, and its name in the import line below.
 """
 
-__all__ = ["ModelEntry", "adapt_input_conv", "body_of", "count_parameters", "create_model", "get_model_entry", "head_of",
-           "list_models", "register_model"]
+__all__ = ["ModelEntry", "adapt_input_conv", "body_of", "count_parameters", "create_model", "get_model_entry",
+           "head_of", "list_models", "register_model"]
 
 
 def __getattr__(name: str):

@@ -12,8 +12,9 @@ answers thousands of these a second. FastAPI still declares both endpoints (``se
 millisecond; a hand-off to a thread cost 20% of the requests/s), larger ones in the worker
 threads. /batch: up to ``Limits.batch_max_files`` photos in one multipart body, read as it
 arrives and tagged in chunks of ``BATCH_CHUNK`` in a worker thread (the event loop stays free
-for other clients); each chunk's lines go out as soon as it is tagged. Each answer line is a /predict answer object with its ``index`` in the upload; the last line is the
-summary ``{"summary": {"files", "tagged", "failed"}}``, or ``{"error", "status"}`` when the
+for other clients); each chunk's lines go out as soon as it is tagged. Each answer line is a
+/predict answer object with its ``index`` in the upload; the last line is the summary
+``{"summary": {"files", "tagged", "failed"}}``, or ``{"error", "status", "summary"}`` when the
 body broke off (too large, stalled, malformed) after answers had gone out.
 """
 
@@ -104,9 +105,8 @@ class PhotoRoutes:
             if not started:
                 await send({"type": "http.response.start", "status": 200, "headers": NDJSON_HEADERS})
                 started = True
-            opened, _ = open_uploads(chunk, limits)
             results, _ = await anyio.to_thread.run_sync(
-                functools.partial(tag_uploads, state.classifier, opened, limits), limiter=state.limiter)
+                lambda: tag_uploads(state.classifier, open_uploads(chunk, limits)[0], limits), limiter=state.limiter)
             state.metrics.count_files(results)
             lines = []
             for result in public(results):
