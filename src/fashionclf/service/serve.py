@@ -276,12 +276,16 @@ def serve(settings: ServeSettings) -> None:
     if chosen.graph_note:
         print(chosen.graph_note, file=sys.stderr)
     settings = dataclasses.replace(settings, graph=chosen.graph if settings.graph == "fastest" else settings.graph)
-    del chosen  # each server process loads its own; this one (uvicorn's supervisor with --workers N) keeps none
     if not settings.loopback and settings.api_key is None and not settings.insecure:
         raise UsageError(f"--host {settings.host} opens the service to the network without an API key: give "
                          f"--api-key-file PATH (or ${API_KEY_ENV}), or --insecure to do it anyway")
+    options = dict(host=settings.host, port=settings.port, access_log=settings.access_log, log_level="info",
+                   limit_concurrency=settings.limit_concurrency, timeout_keep_alive=settings.timeout_keep_alive,
+                   http=HeaderDeadline)
+    if settings.workers == 1:  # this process serves: the model just loaded is the one it serves
+        HeaderDeadline.timeout = settings.header_timeout
+        uvicorn.run(create_app(settings, classifier=chosen), **options)
+        return
+    del chosen  # each worker process loads its own; uvicorn's supervisor (this process) keeps none
     settings.to_env()
-    uvicorn.run("fashionclf.service.serve:app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, access_log=settings.access_log, log_level="info",
-                limit_concurrency=settings.limit_concurrency, timeout_keep_alive=settings.timeout_keep_alive,
-                http=HeaderDeadline)
+    uvicorn.run("fashionclf.service.serve:app_from_env", factory=True, workers=settings.workers, **options)
