@@ -6,9 +6,9 @@ For each registered model: its ONNX graph (from ``--checkpoint`` where given, tr
 accuracy can be compared on Fashion-MNIST's test split; else freshly initialised, speed only),
 quantized as ``export --int8`` does (``quantize.quantize_int8``, calibrated on 1,000 training
 images, or on random images for a colour model without its photos), both graphs timed in turns
-at a large batch and at batch 1 (``classifier.images_per_second``), with two ONNX Runtime
-threads. Where int8 is not ``INT8_PAYS`` times as fast at both, the reason from the operator
-profile (``quantize.why_not_faster``).
+at a large batch and at batch 1, with two ONNX Runtime threads, as ``export --int8`` compares
+them (``quantize.compare_int8``); where int8 is not 1.05x as fast at both, the reason from the
+operator profile.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def main() -> int:
 
     from fashionclf.data.fashion_mnist import load_dataset
     from fashionclf.device import cpu_info
-    from fashionclf.inference.classifier import INT8_PAYS, OnnxClassifier, images_per_second
-    from fashionclf.inference.quantize import why_not_faster
+    from fashionclf.inference.classifier import OnnxClassifier
+    from fashionclf.inference.quantize import compare_int8
     from fashionclf.models import list_models
 
     torch.set_num_threads(args.threads)
@@ -68,20 +68,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in list_models():
             fp32, int8, images, labels = graphs(name, given.get(name), Path(tmp), dataset)
-            pair = {"fp32": OnnxClassifier(fp32, args.threads), "int8": OnnxClassifier(int8, args.threads)}
-            batch = min(256, pair["fp32"].contract.eval_batch)
-            large = images_per_second(pair, images, batch, args.rounds)
-            single = images_per_second(pair, images[: min(256, len(images) // 2)], 1, args.rounds)
-            row = {"model": name, "trained": name in given, "batch": batch,
-                   "speedup": large["int8"] / large["fp32"], "speedup_single": single["int8"] / single["fp32"],
-                   "fp32_images_per_second": large["fp32"], "int8_images_per_second": large["int8"]}
-            if labels is not None:
-                for kind, clf in pair.items():
-                    probs = np.concatenate([clf.predict_proba(images[i : i + 256]) for i in range(0, len(images), 256)])
-                    row[f"{kind}_accuracy"] = float((probs.argmax(1) == labels).mean())
-            row["pays"] = min(row["speedup"], row["speedup_single"]) >= INT8_PAYS
-            if not row["pays"]:
-                row["why_not"] = why_not_faster(fp32, int8, images[:batch], args.threads)
+            batch = min(256, OnnxClassifier(fp32).contract.eval_batch)
+            row = {"model": name, "trained": name in given,
+                   **compare_int8(fp32, int8, images, labels, args.threads, args.rounds, batch)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     print(f"`python benchmarks/int8.py {' '.join('--checkpoint ' + c for c in args.checkpoint)}` "

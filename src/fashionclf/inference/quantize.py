@@ -92,32 +92,35 @@ def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
     return proto.SerializeToString()
 
 
-def compare_int8(fp32: bytes, int8: bytes, images: np.ndarray, labels: np.ndarray, threads: int | None = None,
-                 rounds: int = 7) -> dict:
-    """Accuracy of both graphs on ``images``; their images/s at batch 256 (``speedup``: int8's
-    over fp32's) and at batch 1 (``speedup_single``, as a server calls it), the fastest of
-    ``rounds`` passes, the graphs taking turns; ``pays`` when int8 is at least ``INT8_PAYS``
-    times as fast at both, else ``why_not``, from the profile (``why_not_faster``)."""
+def compare_int8(fp32: bytes, int8: bytes, images: np.ndarray, labels: np.ndarray | None, threads: int | None = None,
+                 rounds: int = 7, batch: int = 256) -> dict:
+    """Accuracy of both graphs on ``images`` (with ``labels``; None: speed only); their images/s
+    at ``batch`` (``speedup``: int8's over fp32's) and at batch 1 (``speedup_single``, as a
+    server calls it), the fastest of ``rounds`` passes, the graphs taking turns; ``pays`` when
+    int8 is at least ``INT8_PAYS`` times as fast at both, else ``why_not``, from the profile
+    (``why_not_faster``)."""
     from fashionclf.inference.classifier import INT8_PAYS, OnnxClassifier, images_per_second
 
     graphs = {"fp32": OnnxClassifier(fp32, threads), "int8": OnnxClassifier(int8, threads)}
-    result: dict = {"images": len(images)}
-    for name, clf in graphs.items():
-        probs = np.concatenate([clf.predict_proba(images[i : i + 256]) for i in range(0, len(images), 256)])
-        result[f"{name}_accuracy"] = float((probs.argmax(1) == labels).mean())
-        result[f"{name}_top"] = probs.argmax(1)
-    large = images_per_second(graphs, images, 256, rounds)
-    single = images_per_second(graphs, images[:1024], 1, rounds)
+    result: dict = {"images": len(images), "batch": batch}
+    if labels is not None:
+        top = {}
+        for name, clf in graphs.items():
+            top[name] = np.concatenate([clf.predict_proba(images[i : i + batch])
+                                        for i in range(0, len(images), batch)]).argmax(1)
+            result[f"{name}_accuracy"] = float((top[name] == labels).mean())
+        result["agreement"] = float((top["fp32"] == top["int8"]).mean())
+        result["change_points"] = 100 * (result["int8_accuracy"] - result["fp32_accuracy"])
+    large = images_per_second(graphs, images, batch, rounds)
+    single = images_per_second(graphs, images[: min(1024, len(images))], 1, rounds)
     for name in graphs:
         result[f"{name}_images_per_second"] = large[name]
         result[f"{name}_images_per_second_single"] = single[name]
-    result["agreement"] = float((result.pop("fp32_top") == result.pop("int8_top")).mean())
-    result["change_points"] = 100 * (result["int8_accuracy"] - result["fp32_accuracy"])
     result["speedup"] = large["int8"] / large["fp32"]
     result["speedup_single"] = single["int8"] / single["fp32"]
     result["pays"] = min(result["speedup"], result["speedup_single"]) >= INT8_PAYS
     if not result["pays"]:
-        result["why_not"] = why_not_faster(fp32, int8, images[:256], threads)
+        result["why_not"] = why_not_faster(fp32, int8, images[:batch], threads)
     return result
 
 
